@@ -1,0 +1,763 @@
+//! Configuration: a TOML file plus `TASKSTREAM_*` environment overrides.
+//!
+//! Loading never panics. A file that does not parse, has an unknown key (typos are
+//! rejected, not ignored) or a value out of range yields a [`ConfigError`] that lists
+//! every problem as `file: key: reason`, which `taskstream config check FILE` prints.
+//! Validation is pure (no I/O) so it is unit-tested without Redis.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::Backoff;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Redis connection.
+    pub redis: RedisConfig,
+    /// Worker process settings.
+    pub worker: WorkerConfig,
+    /// Producer settings.
+    pub producer: ProducerConfig,
+    /// HTTP server (/metrics, /health, /ready).
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Queues this process works on.
+    pub queues: Vec<QueueConfig>,
+    /// HTTP handlers: task types served by POSTing to a URL.
+    pub http_handlers: Vec<HttpHandlerConfig>,
+}
+
+/// Redis connection settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db` or `rediss://` for TLS.
+    pub url: String,
+    /// Time limit for one (non-blocking) command's reply, in ms.
+    pub response_timeout_ms: u64,
+    /// Time limit for establishing a connection, in ms.
+    pub connect_timeout_ms: u64,
+    /// What to do when the server fails a preflight check: "warn" or "refuse".
+    pub preflight: PreflightMode,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            response_timeout_ms: 2_000,
+            connect_timeout_ms: 2_000,
+            preflight: PreflightMode::Warn,
+        }
+    }
+}
+
+/// Preflight policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PreflightMode {
+    /// Log a warning and carry on.
+    Warn,
+    /// Refuse to start.
+    Refuse,
+}
+
+/// Worker process settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Consumer name; default `<hostname>-<pid>-<random>`. Must be unique per process.
+    pub consumer_name: Option<String>,
+    /// How long one XREADGROUP blocks waiting for work, in ms.
+    pub block_ms: u64,
+    /// Most entries one XREADGROUP fetches.
+    pub read_count: usize,
+    /// How long in-flight tasks may run after SIGTERM before the process exits, in ms.
+    pub shutdown_grace_ms: u64,
+    /// Heartbeat period, in ms.
+    pub heartbeat_interval_ms: u64,
+    /// A consumer whose heartbeat is older than this is dead, in ms.
+    pub heartbeat_lapse_ms: u64,
+    /// Period of the recovery loop, in ms.
+    pub recovery_interval_ms: u64,
+    /// Safety net: entries idle longer than this are claimed even if their owner's
+    /// heartbeat looks alive (owners that never heartbeat), in ms.
+    pub min_idle_ms: u64,
+    /// A task delivered this many times without completing is poison: dead-lettered.
+    pub max_deliveries: u32,
+    /// Period of the scheduled-task forwarder, in ms.
+    pub forward_interval_ms: u64,
+    /// Most completions one ACK round trip carries.
+    pub ack_batch: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            consumer_name: None,
+            block_ms: 1_000,
+            read_count: 256,
+            shutdown_grace_ms: 30_000,
+            heartbeat_interval_ms: 500,
+            heartbeat_lapse_ms: 1_500,
+            recovery_interval_ms: 250,
+            min_idle_ms: 60_000,
+            max_deliveries: 5,
+            forward_interval_ms: 100,
+            ack_batch: 512,
+        }
+    }
+}
+
+/// Producer settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerConfig {
+    /// Largest payload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// How long an idempotency key dedupes repeated enqueues, in seconds.
+    pub idempotency_window_secs: u64,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            max_payload_bytes: 1 << 20,
+            idempotency_window_secs: 86_400,
+        }
+    }
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address; empty disables the server.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "text" or "json".
+    pub format: LogFormat,
+    /// Filter in `RUST_LOG` syntax, e.g. "info" or "taskstream=debug".
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One queue.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Queue name (`[A-Za-z0-9_.-]`, at most 64).
+    pub name: String,
+    /// Most tasks of this queue running at once in this process.
+    pub concurrency: usize,
+    /// Slots reserved for express tasks (part of `concurrency`, never used by bulk work).
+    pub express_concurrency: usize,
+    /// Attempts in all before a failing task is dead-lettered.
+    pub max_attempts: u32,
+    /// Handler time limit, in ms.
+    pub timeout_ms: u64,
+    /// First retry delay, in ms.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay, in ms.
+    pub backoff_cap_ms: u64,
+    /// The consumer group this process reads with (default `taskstream`).
+    pub group: String,
+    /// Extra consumer groups that each receive every task of the queue (fan-out).
+    pub fanout_groups: Vec<String>,
+    /// Per task type overrides of attempts, timeout and backoff.
+    pub types: BTreeMap<String, TypeOverride>,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            name: String::new(),
+            concurrency: 64,
+            express_concurrency: 8,
+            max_attempts: 5,
+            timeout_ms: 30_000,
+            backoff_base_ms: 1_000,
+            backoff_cap_ms: 300_000,
+            group: crate::keys::DEFAULT_GROUP.into(),
+            fanout_groups: Vec::new(),
+            types: BTreeMap::new(),
+        }
+    }
+}
+
+/// Overrides for one task type.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypeOverride {
+    /// Attempts in all.
+    pub max_attempts: Option<u32>,
+    /// Handler time limit, in ms.
+    pub timeout_ms: Option<u64>,
+    /// First retry delay, in ms.
+    pub backoff_base_ms: Option<u64>,
+    /// Longest retry delay, in ms.
+    pub backoff_cap_ms: Option<u64>,
+}
+
+/// Effective retry policy of a task type in a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all.
+    pub max_attempts: u32,
+    /// Handler time limit.
+    pub timeout: Duration,
+    /// Retry delays.
+    pub backoff: Backoff,
+}
+
+impl QueueConfig {
+    /// The policy of `task_type`: the queue's, with the type's overrides on top.
+    pub fn policy(&self, task_type: &str) -> RetryPolicy {
+        let o = self.types.get(task_type);
+        let pick = |v: Option<u64>, d: u64| v.unwrap_or(d);
+        RetryPolicy {
+            max_attempts: o.and_then(|o| o.max_attempts).unwrap_or(self.max_attempts),
+            timeout: Duration::from_millis(pick(o.and_then(|o| o.timeout_ms), self.timeout_ms)),
+            backoff: Backoff {
+                base: Duration::from_millis(pick(
+                    o.and_then(|o| o.backoff_base_ms),
+                    self.backoff_base_ms,
+                )),
+                cap: Duration::from_millis(pick(
+                    o.and_then(|o| o.backoff_cap_ms),
+                    self.backoff_cap_ms,
+                )),
+            },
+        }
+    }
+
+    /// All groups of the queue: the read group, then the fan-out groups.
+    pub fn all_groups(&self) -> Vec<String> {
+        let mut g = vec![crate::keys::DEFAULT_GROUP.to_string()];
+        for x in self.fanout_groups.iter().chain(std::iter::once(&self.group)) {
+            if !g.contains(x) {
+                g.push(x.clone());
+            }
+        }
+        g
+    }
+
+    /// True when more than one group reads the queue: entries are then trimmed behind the
+    /// slowest group instead of deleted on ACK.
+    pub fn is_fanout(&self) -> bool {
+        self.all_groups().len() > 1
+    }
+}
+
+/// An HTTP handler: task type `task_type` is served by POSTing to `url`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHandlerConfig {
+    /// Task type served.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// URL to POST to.
+    pub url: String,
+    /// Request time limit in ms (default: the queue's task timeout).
+    pub timeout_ms: Option<u64>,
+    /// Extra request headers (e.g. Authorization). Values are never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    /// One entry per problem.
+    pub problems: Vec<Problem>,
+}
+
+/// One configuration problem: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file (or "environment").
+    pub file: String,
+    /// The key, dotted (`queues[0].concurrency`).
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.file, self.key, self.reason)
+    }
+}
+
+impl Config {
+    /// Reads, parses, applies environment overrides and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![Problem {
+                file: file.clone(),
+                key: "-".into(),
+                reason: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        let mut cfg = Config::parse(&file, &text)?;
+        cfg.apply_env(|k| std::env::var(k).ok())
+            .map_err(|problems| ConfigError { problems })?;
+        cfg.validate(&file)?;
+        Ok(cfg)
+    }
+
+    /// Built-in defaults plus environment overrides, validated (no file).
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| std::env::var(k).ok())
+            .map_err(|problems| ConfigError { problems })?;
+        cfg.validate("environment")?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            let (line, col) = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .unwrap_or((0, 0));
+            let key = key_at(text, e.span().map(|s| s.start));
+            ConfigError {
+                problems: vec![Problem {
+                    file: format!("{file}:{line}:{col}"),
+                    key,
+                    reason: e.message().trim().to_string(),
+                }],
+            }
+        })
+    }
+
+    /// Applies `TASKSTREAM_*` overrides read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Vec<Problem>> {
+        let mut problems = Vec::new();
+        let env_problem = |key: &str, reason: String| Problem {
+            file: "environment".into(),
+            key: key.into(),
+            reason,
+        };
+        if let Some(v) = get("TASKSTREAM_REDIS_URL") {
+            self.redis.url = v;
+        }
+        if let Some(v) = get("TASKSTREAM_HTTP_LISTEN") {
+            self.http.listen = v;
+        }
+        if let Some(v) = get("TASKSTREAM_LOG_LEVEL") {
+            self.log.level = v;
+        }
+        if let Some(v) = get("TASKSTREAM_CONSUMER_NAME") {
+            self.worker.consumer_name = Some(v);
+        }
+        if let Some(v) = get("TASKSTREAM_LOG_FORMAT") {
+            match v.as_str() {
+                "text" => self.log.format = LogFormat::Text,
+                "json" => self.log.format = LogFormat::Json,
+                _ => problems.push(env_problem(
+                    "TASKSTREAM_LOG_FORMAT",
+                    format!("must be \"text\" or \"json\", got {v:?}"),
+                )),
+            }
+        }
+        if let Some(v) = get("TASKSTREAM_PREFLIGHT") {
+            match v.as_str() {
+                "warn" => self.redis.preflight = PreflightMode::Warn,
+                "refuse" => self.redis.preflight = PreflightMode::Refuse,
+                _ => problems.push(env_problem(
+                    "TASKSTREAM_PREFLIGHT",
+                    format!("must be \"warn\" or \"refuse\", got {v:?}"),
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Checks every value; collects all problems instead of stopping at the first.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        let mut bad = |key: String, reason: String| {
+            p.push(Problem {
+                file: file.into(),
+                key,
+                reason,
+            })
+        };
+        if !(self.redis.url.starts_with("redis://")
+            || self.redis.url.starts_with("rediss://")
+            || self.redis.url.starts_with("unix://")
+            || self.redis.url.starts_with("redis+unix://"))
+        {
+            bad(
+                "redis.url".into(),
+                format!(
+                    "must start with redis://, rediss:// or unix://, got {:?}",
+                    redact_url(&self.redis.url)
+                ),
+            );
+        } else if redis::Client::open(self.redis.url.as_str()).is_err() {
+            bad(
+                "redis.url".into(),
+                format!("is not a valid Redis URL: {:?}", redact_url(&self.redis.url)),
+            );
+        }
+        for (key, v) in [
+            ("redis.response_timeout_ms", self.redis.response_timeout_ms),
+            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
+            ("worker.block_ms", self.worker.block_ms),
+            ("worker.heartbeat_interval_ms", self.worker.heartbeat_interval_ms),
+            ("worker.recovery_interval_ms", self.worker.recovery_interval_ms),
+            ("worker.min_idle_ms", self.worker.min_idle_ms),
+            ("worker.forward_interval_ms", self.worker.forward_interval_ms),
+        ] {
+            if v == 0 {
+                bad(key.into(), "must be positive".into());
+            }
+        }
+        let w = &self.worker;
+        if w.heartbeat_lapse_ms < 2 * w.heartbeat_interval_ms {
+            bad(
+                "worker.heartbeat_lapse_ms".into(),
+                format!(
+                    "must be at least twice worker.heartbeat_interval_ms ({} ms), or a live worker that misses one beat would be judged dead",
+                    w.heartbeat_interval_ms
+                ),
+            );
+        }
+        if w.read_count == 0 || w.read_count > 10_000 {
+            bad("worker.read_count".into(), "must be between 1 and 10000".into());
+        }
+        if w.ack_batch == 0 {
+            bad("worker.ack_batch".into(), "must be positive".into());
+        }
+        if w.max_deliveries < 1 {
+            bad("worker.max_deliveries".into(), "must be at least 1".into());
+        }
+        if let Some(n) = &w.consumer_name {
+            if n.is_empty() || n.contains(char::is_whitespace) {
+                bad(
+                    "worker.consumer_name".into(),
+                    "must be non-empty without spaces".into(),
+                );
+            }
+        }
+        if self.producer.max_payload_bytes == 0 || self.producer.max_payload_bytes > 512 << 20 {
+            bad(
+                "producer.max_payload_bytes".into(),
+                "must be between 1 and 536870912 (Redis' string limit)".into(),
+            );
+        }
+        if !self.http.listen.is_empty()
+            && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            bad(
+                "http.listen".into(),
+                format!(
+                    "must be an address like 127.0.0.1:9464 (or empty to disable), got {:?}",
+                    self.http.listen
+                ),
+            );
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            bad(
+                "log.level".into(),
+                format!("is not a valid filter: {:?}", self.log.level),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, q) in self.queues.iter().enumerate() {
+            let k = |f: &str| format!("queues[{i}].{f}");
+            if let Err(e) = crate::keys::validate_queue_name(&q.name) {
+                bad(k("name"), e);
+            } else if !names.insert(q.name.clone()) {
+                bad(k("name"), format!("queue {:?} is listed twice", q.name));
+            }
+            if q.concurrency == 0 {
+                bad(k("concurrency"), "must be at least 1".into());
+            }
+            if q.express_concurrency >= q.concurrency && q.concurrency > 0 {
+                bad(
+                    k("express_concurrency"),
+                    format!(
+                        "must be below concurrency ({}), or bulk work would have no slot",
+                        q.concurrency
+                    ),
+                );
+            }
+            if q.max_attempts == 0 {
+                bad(k("max_attempts"), "must be at least 1".into());
+            }
+            if q.timeout_ms == 0 {
+                bad(k("timeout_ms"), "must be positive".into());
+            }
+            if q.backoff_base_ms == 0 {
+                bad(k("backoff_base_ms"), "must be positive".into());
+            }
+            if q.backoff_cap_ms < q.backoff_base_ms {
+                bad(k("backoff_cap_ms"), "must be at least backoff_base_ms".into());
+            }
+            for g in q.fanout_groups.iter().chain(std::iter::once(&q.group)) {
+                if g.is_empty() || g.contains(char::is_whitespace) {
+                    bad(k("fanout_groups"), format!("group name {g:?} must be non-empty without spaces"));
+                }
+            }
+            for (t, o) in &q.types {
+                let tk = |f: &str| format!("queues[{i}].types.{t}.{f}");
+                if let Err(e) = crate::task::validate_type(t) {
+                    bad(format!("queues[{i}].types.{t}"), format!("task type {e}"));
+                }
+                if o.max_attempts == Some(0) {
+                    bad(tk("max_attempts"), "must be at least 1".into());
+                }
+                if o.timeout_ms == Some(0) {
+                    bad(tk("timeout_ms"), "must be positive".into());
+                }
+                if o.backoff_base_ms == Some(0) {
+                    bad(tk("backoff_base_ms"), "must be positive".into());
+                }
+            }
+        }
+        for (i, h) in self.http_handlers.iter().enumerate() {
+            let k = |f: &str| format!("http_handlers[{i}].{f}");
+            if let Err(e) = crate::task::validate_type(&h.task_type) {
+                bad(k("type"), format!("task type {e}"));
+            }
+            if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                bad(k("url"), format!("must be an http:// or https:// URL, got {:?}", h.url));
+            }
+            if h.timeout_ms == Some(0) {
+                bad(k("timeout_ms"), "must be positive".into());
+            }
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: p })
+        }
+    }
+
+    /// The configuration of queue `name`, if listed.
+    pub fn queue(&self, name: &str) -> Option<&QueueConfig> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+
+    /// Duration helpers.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.worker.shutdown_grace_ms)
+    }
+}
+
+/// Hides the password of a Redis URL for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            if creds.contains(':') {
+                format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+            } else {
+                url.to_string()
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// Best-effort dotted key for an error at `offset`: the nearest table header above plus
+/// the key on the line.
+fn key_at(text: &str, offset: Option<usize>) -> String {
+    let Some(offset) = offset else {
+        return "-".into();
+    };
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map(|i| line_start + i)
+        .unwrap_or(text.len());
+    let line = text[line_start..line_end].trim();
+    let mut table = String::new();
+    for l in before[..line_start].lines().rev() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            table = l.trim_matches(|c| c == '[' || c == ']').to_string();
+            break;
+        }
+    }
+    let key = if line.starts_with('[') {
+        String::new()
+    } else {
+        line.split('=').next().unwrap_or("").trim().to_string()
+    };
+    match (table.is_empty(), key.is_empty()) {
+        (true, true) => "-".into(),
+        (true, false) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config/taskstream.toml");
+        let cfg = Config::parse("taskstream.toml", text).unwrap();
+        cfg.validate("taskstream.toml").unwrap();
+        assert!(!cfg.queues.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let err = Config::parse("c.toml", "[worker]\nblock_ms = 10\nconcurency = 3\n").unwrap_err();
+        let s = err.to_string();
+        assert!(s.starts_with("c.toml:3:"), "{s}");
+        assert!(s.contains("worker.concurency"), "{s}");
+        assert!(s.contains("unknown field"), "{s}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let err = Config::parse("c.toml", "[[queues]]\nname = \"a\"\nconcurrency = \"ten\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queues.concurrency"), "{err}");
+    }
+
+    #[test]
+    fn validation_collects_every_problem() {
+        let text = r#"
+[redis]
+url = "http://nope"
+[worker]
+heartbeat_interval_ms = 1000
+heartbeat_lapse_ms = 1000
+[http]
+listen = "not an address"
+[[queues]]
+name = "a b"
+concurrency = 0
+[[queues]]
+name = "ok"
+express_concurrency = 64
+backoff_base_ms = 10
+backoff_cap_ms = 5
+[queues.types.send]
+timeout_ms = 0
+[[http_handlers]]
+type = "t"
+url = "ftp://x"
+"#;
+        let cfg = Config::parse("f.toml", text).unwrap();
+        let err = cfg.validate("f.toml").unwrap_err();
+        let keys: Vec<_> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "redis.url",
+            "worker.heartbeat_lapse_ms",
+            "http.listen",
+            "queues[0].name",
+            "queues[0].concurrency",
+            "queues[1].express_concurrency",
+            "queues[1].backoff_cap_ms",
+            "queues[1].types.send.timeout_ms",
+            "http_handlers[0].url",
+        ] {
+            assert!(keys.contains(&want), "missing {want} in {keys:?}");
+        }
+        assert!(err.problems.iter().all(|p| p.file == "f.toml"));
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_checked() {
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| match k {
+            "TASKSTREAM_REDIS_URL" => Some("rediss://u:secret@h:6380/0".into()),
+            "TASKSTREAM_LOG_FORMAT" => Some("json".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.redis.url, "rediss://u:secret@h:6380/0");
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        let errs = cfg
+            .apply_env(|k| (k == "TASKSTREAM_LOG_FORMAT").then(|| "xml".into()))
+            .unwrap_err();
+        assert_eq!(errs[0].key, "TASKSTREAM_LOG_FORMAT");
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://u:pw@h:1"), "redis://u:***@h:1");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn type_overrides_win() {
+        let mut q = QueueConfig::default();
+        q.types.insert(
+            "slow".into(),
+            TypeOverride {
+                max_attempts: Some(9),
+                timeout_ms: Some(5),
+                ..Default::default()
+            },
+        );
+        assert_eq!(q.policy("slow").max_attempts, 9);
+        assert_eq!(q.policy("slow").timeout, Duration::from_millis(5));
+        assert_eq!(q.policy("other").max_attempts, 5);
+    }
+}

@@ -1,0 +1,159 @@
+//! Key naming: the one place that knows how taskstream lays out its keys in Redis.
+//!
+//! Every key of a queue carries the queue name as a Redis Cluster hash tag
+//! (`ts:{orders}:stream`), so one queue lives on one slot and every Lua script that
+//! moves a task between the queue's keys is legal on a cluster. The layout is a public
+//! contract (see `docs/wire-format.md`): producers written in other languages XADD to
+//! [`QueueKeys::stream`] directly.
+
+/// The prefix of every key taskstream writes.
+pub const PREFIX: &str = "ts";
+
+/// The consumer group every queue has; fan-out groups come on top of it.
+pub const DEFAULT_GROUP: &str = "taskstream";
+
+/// Longest queue name accepted.
+pub const MAX_QUEUE_NAME: usize = 64;
+
+/// The two lanes of a queue: express work has its own stream and reserved capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Ordinary work.
+    Bulk,
+    /// Urgent work: read first, with capacity bulk work can never occupy.
+    Express,
+}
+
+impl Lane {
+    /// Label used in metrics, logs and the scheduled-set encoding.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Bulk => "bulk",
+            Lane::Express => "express",
+        }
+    }
+
+    /// Parses the label written by [`Lane::as_str`].
+    pub fn parse(s: &str) -> Option<Lane> {
+        match s {
+            "bulk" => Some(Lane::Bulk),
+            "express" => Some(Lane::Express),
+            _ => None,
+        }
+    }
+}
+
+/// Checks a queue name: 1–64 characters from `[A-Za-z0-9_.-]`. Braces would break the
+/// hash tag, colons would make key names ambiguous.
+pub fn validate_queue_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_QUEUE_NAME {
+        return Err(format!(
+            "queue name must be 1 to {MAX_QUEUE_NAME} characters, got {}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(format!(
+            "queue name {name:?} contains {c:?}; use only letters, digits, '_', '-' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// All the keys of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    /// The queue's name, as configured.
+    pub queue: String,
+    /// Bulk lane stream: `ts:{q}:stream`.
+    pub stream: String,
+    /// Express lane stream: `ts:{q}:express`.
+    pub express: String,
+    /// Sorted set of delayed and retrying tasks, scored by due time in ms: `ts:{q}:scheduled`.
+    pub scheduled: String,
+    /// Dead-letter stream: `ts:{q}:dlq`.
+    pub dlq: String,
+    /// Sorted set of consumer name → last heartbeat (ms): `ts:{q}:heartbeats`.
+    pub heartbeats: String,
+    /// Set of cancelled task ids: `ts:{q}:cancelled`.
+    pub cancelled: String,
+    /// Pause flag: `ts:{q}:paused` exists while delivery is paused.
+    pub paused: String,
+    /// Prefix of idempotency keys: `ts:{q}:idem:` + key.
+    pub idem_prefix: String,
+}
+
+impl QueueKeys {
+    /// Builds the key set for `queue`. The name should have passed [`validate_queue_name`].
+    pub fn new(queue: &str) -> QueueKeys {
+        let base = format!("{PREFIX}:{{{queue}}}");
+        QueueKeys {
+            queue: queue.to_string(),
+            stream: format!("{base}:stream"),
+            express: format!("{base}:express"),
+            scheduled: format!("{base}:scheduled"),
+            dlq: format!("{base}:dlq"),
+            heartbeats: format!("{base}:heartbeats"),
+            cancelled: format!("{base}:cancelled"),
+            paused: format!("{base}:paused"),
+            idem_prefix: format!("{base}:idem:"),
+        }
+    }
+
+    /// The stream of a lane.
+    pub fn lane_stream(&self, lane: Lane) -> &str {
+        match lane {
+            Lane::Bulk => &self.stream,
+            Lane::Express => &self.express,
+        }
+    }
+
+    /// The heartbeat set of `group`: `ts:{q}:heartbeats` for the default group,
+    /// `ts:{q}:heartbeats:<group>` for the others (a process reads one group per queue,
+    /// and recoverers must only judge consumers of their own group).
+    pub fn heartbeats_for(&self, group: &str) -> String {
+        if group == DEFAULT_GROUP {
+            self.heartbeats.clone()
+        } else {
+            format!("{}:{group}", self.heartbeats)
+        }
+    }
+
+    /// The idempotency key for a producer-supplied key.
+    pub fn idem(&self, key: &str) -> String {
+        format!("{}{key}", self.idem_prefix)
+    }
+}
+
+/// The set of all known queue names, so `stats` and `dlq` can find queues that a
+/// producer created before any worker was configured for them.
+pub fn queues_registry() -> String {
+    format!("{PREFIX}:queues")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_hash_tag() {
+        let k = QueueKeys::new("orders");
+        for key in [&k.stream, &k.express, &k.scheduled, &k.dlq, &k.heartbeats] {
+            assert!(key.starts_with("ts:{orders}:"), "{key}");
+        }
+        assert_eq!(k.stream, "ts:{orders}:stream");
+        assert_eq!(k.idem("abc"), "ts:{orders}:idem:abc");
+    }
+
+    #[test]
+    fn queue_names_are_checked() {
+        assert!(validate_queue_name("orders.v2-eu_1").is_ok());
+        assert!(validate_queue_name("").is_err());
+        assert!(validate_queue_name("a{b}").is_err());
+        assert!(validate_queue_name("a:b").is_err());
+        assert!(validate_queue_name(&"x".repeat(65)).is_err());
+    }
+}

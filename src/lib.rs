@@ -1,0 +1,34 @@
+//! # taskstream
+//!
+//! Background work on Redis Streams: producers enqueue tasks to per-queue streams, worker
+//! pools consume them through consumer groups with batched reads and atomic ACKs, orphaned
+//! tasks of crashed workers are recovered, express tasks take a priority lane, and a saga
+//! orchestrator runs multi-step workflows with compensation.
+//!
+//! Module map (one concept per file):
+//! - [`keys`]: key naming (the hash-tagged key layout, a public contract).
+//! - [`task`]: the task envelope and its wire format (a public contract).
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`handler`]: the handler trait and registry.
+//! - [`backoff`]: retry schedules (pure).
+//! - [`metrics`]: every metric name.
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod config;
+pub mod error;
+pub mod handler;
+pub mod health;
+pub mod http_handler;
+pub mod keys;
+pub mod metrics;
+pub mod saga;
+pub mod preflight;
+pub mod producer;
+pub mod rdb;
+pub mod recovery;
+pub mod task;
+pub mod worker;
+
+pub use error::{Error, Result};
+pub use handler::{handler_fn, Handler, HandlerError, HandlerResult, Registry, TaskContext};

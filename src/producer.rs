@@ -1,0 +1,362 @@
+//! The producer: enqueue one task or a pipelined batch.
+//!
+//! A plain enqueue is one `XADD` to the lane's stream. A delayed task is a `ZADD` to the
+//! queue's scheduled set, moved into the stream by the forwarder when due. An enqueue with
+//! an idempotency key runs one Lua script that checks and sets the key and adds the task
+//! atomically, so "seen before" and "added" can never disagree after a crash.
+//! `enqueue_batch` sends all of its commands in one pipeline (one round trip).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::Pipeline;
+use serde::Serialize;
+
+use crate::config::ProducerConfig;
+use crate::error::{Error, Result};
+use crate::keys::{validate_queue_name, Lane, QueueKeys};
+use crate::rdb;
+use crate::task::{now_ms, validate_type, Task};
+
+/// A task to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// Queue name.
+    pub queue: String,
+    /// Task type.
+    pub task_type: String,
+    /// Payload as JSON text.
+    pub payload: String,
+    /// Express lane.
+    pub express: bool,
+    /// Do not run before this delay has passed.
+    pub delay: Option<Duration>,
+    /// Attempts in all (default: the queue's setting in the worker).
+    pub max_attempts: Option<u32>,
+    /// Handler time limit (default: the queue's setting in the worker).
+    pub timeout: Option<Duration>,
+    /// Dedupes enqueues with the same key within the idempotency window.
+    pub idempotency_key: Option<String>,
+    /// Task id; a UUIDv7 when not set.
+    pub id: Option<String>,
+    /// Saga id, for saga steps.
+    pub saga_id: Option<String>,
+    /// Stream that receives the outcome.
+    pub reply_to: Option<String>,
+    /// Correlation text echoed in the reply.
+    pub correlation: Option<String>,
+    /// W3C traceparent; a new trace is started when not set.
+    pub traceparent: Option<String>,
+}
+
+impl NewTask {
+    /// A task with a payload serialized from `payload`.
+    pub fn new(queue: impl Into<String>, task_type: impl Into<String>, payload: &impl Serialize) -> Result<Self> {
+        Ok(Self::raw(queue, task_type, serde_json::to_string(payload)?))
+    }
+
+    /// A task whose payload is already JSON text (validated at enqueue).
+    pub fn raw(queue: impl Into<String>, task_type: impl Into<String>, payload_json: impl Into<String>) -> Self {
+        NewTask {
+            queue: queue.into(),
+            task_type: task_type.into(),
+            payload: payload_json.into(),
+            express: false,
+            delay: None,
+            max_attempts: None,
+            timeout: None,
+            idempotency_key: None,
+            id: None,
+            saga_id: None,
+            reply_to: None,
+            correlation: None,
+            traceparent: None,
+        }
+    }
+
+    /// Sends the task through the express lane.
+    pub fn express(mut self) -> Self {
+        self.express = true;
+        self
+    }
+    /// Delays the task.
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = Some(d);
+        self
+    }
+    /// Sets the attempts allowed.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n);
+        self
+    }
+    /// Sets the handler time limit.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, k: impl Into<String>) -> Self {
+        self.idempotency_key = Some(k.into());
+        self
+    }
+    /// Sets the task id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+    /// Sets the trace context.
+    pub fn traceparent(mut self, tp: impl Into<String>) -> Self {
+        self.traceparent = Some(tp.into());
+        self
+    }
+
+    fn lane(&self) -> Lane {
+        if self.express {
+            Lane::Express
+        } else {
+            Lane::Bulk
+        }
+    }
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    /// Task id (of the earlier task, for a duplicate).
+    pub task_id: String,
+    /// Stream entry id; `None` for a scheduled task or a duplicate.
+    pub entry_id: Option<String>,
+    /// True when the idempotency key had been seen within the window.
+    pub duplicate: bool,
+    /// True when the task went to the schedule (delay).
+    pub scheduled: bool,
+}
+
+/// Enqueues tasks.
+#[derive(Clone)]
+pub struct Producer {
+    conn: ConnectionManager,
+    cfg: ProducerConfig,
+    known_queues: Arc<Mutex<HashSet<String>>>,
+}
+
+enum Plan {
+    /// XADD or ZADD without a key.
+    Plain { task_id: String, scheduled: bool },
+    /// Script with a key.
+    Idem { task_id: String, scheduled: bool },
+}
+
+/// Makes a new W3C traceparent (version 00, sampled).
+pub fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
+impl Producer {
+    /// A producer on an existing connection.
+    pub fn new(conn: ConnectionManager, cfg: ProducerConfig) -> Self {
+        Producer {
+            conn,
+            cfg,
+            known_queues: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Connects to Redis (retrying with backoff until it answers).
+    pub async fn connect(cfg: &crate::config::Config) -> Result<Self> {
+        let never = tokio_util::sync::CancellationToken::new();
+        let conn = rdb::connect(&cfg.redis, &never).await?;
+        Ok(Self::new(conn, cfg.producer.clone()))
+    }
+
+    /// The connection, for callers that need other commands.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn check(&self, t: &NewTask) -> Result<()> {
+        validate_queue_name(&t.queue).map_err(|reason| Error::Invalid {
+            what: "queue name",
+            reason,
+        })?;
+        validate_type(&t.task_type).map_err(|reason| Error::Invalid {
+            what: "task type",
+            reason: format!("{:?} {reason}", t.task_type),
+        })?;
+        if t.payload.len() > self.cfg.max_payload_bytes {
+            return Err(Error::PayloadTooLarge {
+                task_type: t.task_type.clone(),
+                size: t.payload.len(),
+                limit: self.cfg.max_payload_bytes,
+            });
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&t.payload) {
+            return Err(Error::Invalid {
+                what: "payload",
+                reason: format!("not valid JSON: {e}"),
+            });
+        }
+        if t.max_attempts == Some(0) {
+            return Err(Error::Invalid {
+                what: "max_attempts",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if let Some(k) = &t.idempotency_key {
+            if k.is_empty() || k.len() > 256 {
+                return Err(Error::Invalid {
+                    what: "idempotency key",
+                    reason: "must be 1 to 256 bytes".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn add_to_pipe(&self, p: &mut Pipeline, t: NewTask, now: u64) -> Result<Plan> {
+        self.check(&t)?;
+        let keys = QueueKeys::new(&t.queue);
+        let lane = t.lane();
+        let task_id = t.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let task = Task {
+            id: task_id.clone(),
+            task_type: t.task_type,
+            payload: t.payload,
+            attempt: 1,
+            max_attempts: t.max_attempts,
+            enqueued_at: now,
+            timeout_ms: t.timeout.map(|d| d.as_millis().max(1) as u64),
+            idempotency_key: t.idempotency_key.clone(),
+            saga_id: t.saga_id,
+            reply_to: t.reply_to,
+            correlation: t.correlation,
+            traceparent: Some(t.traceparent.unwrap_or_else(new_traceparent)),
+            last_error: None,
+            only_group: None,
+        };
+        let scheduled = t.delay.is_some_and(|d| !d.is_zero());
+        let due = now + t.delay.map(|d| d.as_millis() as u64).unwrap_or(0);
+        match &t.idempotency_key {
+            None => {
+                if scheduled {
+                    p.cmd("ZADD")
+                        .arg(&keys.scheduled)
+                        .arg(due)
+                        .arg(task.encode_json(lane));
+                } else {
+                    let mut c = redis::cmd("XADD");
+                    c.arg(keys.lane_stream(lane)).arg("*");
+                    for (k, v) in task.encode() {
+                        c.arg(k).arg(v);
+                    }
+                    p.add_command(c);
+                }
+                Ok(Plan::Plain { task_id, scheduled })
+            }
+            Some(k) => {
+                let window_ms = self.cfg.idempotency_window_secs.max(1) * 1000;
+                let mut args: Vec<Vec<u8>> = vec![task_id.clone().into_bytes(), window_ms.to_string().into_bytes()];
+                let target = if scheduled {
+                    args.push(b"z".to_vec());
+                    args.push(due.to_string().into_bytes());
+                    args.push(task.encode_json(lane).into_bytes());
+                    keys.scheduled.clone()
+                } else {
+                    args.push(b"x".to_vec());
+                    for (k, v) in task.encode() {
+                        args.push(k.as_bytes().to_vec());
+                        args.push(v.into_bytes());
+                    }
+                    keys.lane_stream(lane).to_string()
+                };
+                let idem = keys.idem(k);
+                p.add_command(rdb::evalsha(&rdb::SCRIPTS.enqueue_idem, &[&idem, &target], args));
+                Ok(Plan::Idem { task_id, scheduled })
+            }
+        }
+    }
+
+    async fn register_queues<'a>(&self, queues: impl Iterator<Item = &'a str>) -> Result<()> {
+        let new: Vec<String> = {
+            let known = self.known_queues.lock().expect("poisoned");
+            queues.filter(|q| !known.contains(*q)).map(str::to_string).collect()
+        };
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        redis::cmd("SADD")
+            .arg(crate::keys::queues_registry())
+            .arg(&new)
+            .query_async::<()>(&mut conn)
+            .await?;
+        self.known_queues.lock().expect("poisoned").extend(new);
+        Ok(())
+    }
+
+    /// Enqueues one task.
+    pub async fn enqueue(&self, t: NewTask) -> Result<Enqueued> {
+        let mut v = self.enqueue_batch(vec![t]).await?;
+        Ok(v.pop().expect("one result per task"))
+    }
+
+    /// Enqueues tasks in one pipelined round trip. Every task is validated first; if one is
+    /// invalid nothing is sent. Each task's add is atomic on its own; on a connection error
+    /// some tasks may have been added (as with any producer, retry with idempotency keys
+    /// for exactly-once enqueue).
+    pub async fn enqueue_batch(&self, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut queues: Vec<(String, Lane)> = Vec::with_capacity(tasks.len());
+        let mut p = Pipeline::with_capacity(tasks.len());
+        let mut plans = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            queues.push((t.queue.clone(), t.lane()));
+            plans.push(self.add_to_pipe(&mut p, t, now)?);
+        }
+        self.register_queues(queues.iter().map(|(q, _)| q.as_str())).await?;
+        let mut conn = self.conn.clone();
+        let replies: Vec<redis::Value> = rdb::query_pipe(&mut conn, &p).await?;
+        let mut out = Vec::with_capacity(plans.len());
+        for ((plan, reply), (queue, lane)) in plans.into_iter().zip(replies).zip(queues) {
+            let e = match plan {
+                Plan::Plain { task_id, scheduled } => Enqueued {
+                    task_id,
+                    entry_id: if scheduled { None } else { redis::from_redis_value(reply).ok() },
+                    duplicate: false,
+                    scheduled,
+                },
+                Plan::Idem { task_id, scheduled } => {
+                    let (added, id): (i64, String) = redis::from_redis_value(reply).map_err(|e| Error::Redis(e.into()))?;
+                    if added == 1 {
+                        Enqueued {
+                            task_id,
+                            entry_id: (!id.is_empty()).then_some(id),
+                            duplicate: false,
+                            scheduled,
+                        }
+                    } else {
+                        metrics::counter!(crate::metrics::ENQUEUE_DUPLICATES_TOTAL, "queue" => queue.clone()).increment(1);
+                        Enqueued {
+                            task_id: id,
+                            entry_id: None,
+                            duplicate: true,
+                            scheduled: false,
+                        }
+                    }
+                }
+            };
+            if !e.duplicate {
+                metrics::counter!(crate::metrics::ENQUEUED_TOTAL, "queue" => queue, "lane" => lane.as_str()).increment(1);
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+}

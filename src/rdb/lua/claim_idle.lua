@@ -1,0 +1,34 @@
+-- Safety net for owners that never heartbeat (or hang without dying): claims entries idle
+-- longer than min_idle with XAUTOCLAIM, one page per call. Entries delivered more than
+-- max_deliveries times are poison and go to the dead-letter stream instead.
+-- KEYS[1] stream, KEYS[2] dead-letter stream
+-- ARGV[1] group, ARGV[2] claiming consumer, ARGV[3] min idle ms, ARGV[4] cursor,
+-- ARGV[5] page size, ARGV[6] max deliveries, ARGV[7] now ms, ARGV[8] '1' to XDEL poison
+-- Returns {next cursor, claimed entries, poison count, deleted-meanwhile count,
+-- flat list of id, delivery count}.
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', tonumber(ARGV[5]))
+local cursor, claimed, deleted = r[1], r[2], r[3] or {}
+local keep, counts, poison = {}, {}, 0
+local maxd = tonumber(ARGV[6])
+for _, e in ipairs(claimed) do
+  local id = e[1]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  local n = 1
+  if p[1] then n = tonumber(p[1][4]) end
+  if n > maxd and e[2] then
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    local f = e[2]
+    f[#f + 1] = 'dlq_reason'; f[#f + 1] = 'poison: delivered ' .. (n - 1) .. ' times without completion'
+    f[#f + 1] = 'dlq_attempts'; f[#f + 1] = tostring(n - 1)
+    f[#f + 1] = 'dlq_at'; f[#f + 1] = ARGV[7]
+    f[#f + 1] = 'dlq_entry_id'; f[#f + 1] = id
+    redis.call('XADD', KEYS[2], '*', unpack(f))
+    if ARGV[8] == '1' then redis.call('XDEL', KEYS[1], id) end
+    poison = poison + 1
+  else
+    keep[#keep + 1] = e
+    counts[#counts + 1] = id
+    counts[#counts + 1] = n
+  end
+end
+return {cursor, keep, poison, #deleted, counts}

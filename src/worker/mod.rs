@@ -1,0 +1,196 @@
+//! The worker: consumes queues through consumer groups and runs handlers.
+//!
+//! A worker process runs, per configured queue, one reader per lane ([`reader`]), an acker
+//! ([`acker`]), a forwarder for due scheduled tasks ([`forwarder`]), the recovery loop
+//! ([`crate::recovery`]) and, on fan-out queues, a janitor ([`janitor`]); one heartbeat
+//! loop ([`heartbeat`]) serves all queues. Each loop is one file with a start and a stop.
+//!
+//! Shutdown (SIGINT/SIGTERM, or the token passed to [`Worker::run`]): readers stop taking
+//! new work; running tasks get `shutdown_grace` to finish and are acknowledged; tasks still
+//! running after that are told to stop (their cancellation token fires) and left pending;
+//! the process marks itself gone so another worker recovers them at once, and returns.
+
+pub(crate) mod acker;
+pub(crate) mod forwarder;
+pub(crate) mod heartbeat;
+pub(crate) mod janitor;
+pub(crate) mod reader;
+pub(crate) mod runtime;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::handler::Registry;
+use crate::keys::Lane;
+use crate::rdb;
+use crate::recovery::{self, RecoveryConfig};
+
+use runtime::QueueRuntime;
+
+/// Makes a consumer name unique to this process: `<host>-<pid>-<random>`.
+pub fn default_consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let rnd: u32 = rand::random::<u32>() & 0xffff;
+    format!("{host}-{}-{rnd:04x}", std::process::id())
+}
+
+/// A worker process' queues and handlers.
+pub struct Worker {
+    cfg: Config,
+    registry: Arc<Registry>,
+    consumer: String,
+}
+
+impl Worker {
+    /// A worker for the queues of `cfg`, running the handlers of `registry`.
+    pub fn new(cfg: Config, registry: Registry) -> Self {
+        let consumer = cfg.worker.consumer_name.clone().unwrap_or_else(default_consumer_name);
+        Worker {
+            cfg,
+            registry: Arc::new(registry),
+            consumer,
+        }
+    }
+
+    /// This process' consumer name.
+    pub fn consumer_name(&self) -> &str {
+        &self.consumer
+    }
+
+    /// Runs until `shutdown` fires, then shuts down gracefully. Redis being unreachable at
+    /// start is not an error: the worker retries with backoff (and says so in the log).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let cfg = self.cfg;
+        let w = &cfg.worker;
+        let mut conn = match rdb::connect(&cfg.redis, &shutdown).await {
+            Ok(c) => c,
+            Err(_) if shutdown.is_cancelled() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        crate::preflight::run(&mut conn, cfg.redis.preflight).await?;
+        // Groups: retried until Redis lets us create them.
+        let mut attempt = 0;
+        loop {
+            let mut ok = rdb::load_scripts(&mut conn).await.is_ok();
+            if ok {
+                for q in &cfg.queues {
+                    let keys = crate::keys::QueueKeys::new(&q.name);
+                    if let Err(e) = rdb::ensure_queue(&mut conn, &keys, &q.all_groups()).await {
+                        tracing::warn!(queue = %q.name, error = %e, "cannot create consumer groups yet");
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                break;
+            }
+            attempt += 1;
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(rdb::reconnect_delay(attempt)) => {}
+            }
+        }
+        crate::health::set_groups_ready(true);
+        tracing::info!(
+            consumer = %self.consumer,
+            queues = ?cfg.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(),
+            types = ?self.registry.types(),
+            "worker started"
+        );
+
+        let block = Duration::from_millis(w.block_ms);
+        let pool = rdb::reader_pool(&cfg.redis, block, cfg.queues.len() * 2 + 2)?;
+        let tracker = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        let stop_reading = shutdown.child_token();
+        let acker_stop = CancellationToken::new();
+        let loops = TaskTracker::new();
+        let ackers = TaskTracker::new();
+        let mut runtimes = Vec::new();
+        for q in &cfg.queues {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let rt = Arc::new(QueueRuntime::new(
+                q.clone(),
+                self.consumer.clone(),
+                tx,
+                self.registry.clone(),
+                cfg.producer.max_payload_bytes,
+                w.max_deliveries,
+                tracker.clone(),
+                hard_stop.clone(),
+            ));
+            let actx = Arc::new(acker::AckerCtx {
+                keys: rt.keys.clone(),
+                group: rt.group.clone(),
+                delete_on_ack: rt.delete_on_ack,
+                batch: w.ack_batch,
+            });
+            ackers.spawn(acker::run(actx, conn.clone(), rx, acker_stop.clone()));
+            runtimes.push(rt);
+        }
+        // Heartbeat first, so no reader takes work before the process is known alive.
+        heartbeat::mark_alive(&mut conn, &runtimes).await;
+        let hb_stop = CancellationToken::new();
+        let touch_every = Duration::from_millis((w.min_idle_ms / 4).max(w.heartbeat_interval_ms));
+        let hb = tokio::spawn(heartbeat::run(
+            runtimes.clone(),
+            conn.clone(),
+            Duration::from_millis(w.heartbeat_interval_ms),
+            touch_every,
+            hb_stop.clone(),
+        ));
+        let rcfg = RecoveryConfig {
+            interval: Duration::from_millis(w.recovery_interval_ms),
+            lapse: Duration::from_millis(w.heartbeat_lapse_ms),
+            min_idle: Duration::from_millis(w.min_idle_ms),
+        };
+        let paused = Arc::new(AtomicBool::new(false));
+        for rt in &runtimes {
+            for lane in [Lane::Bulk, Lane::Express] {
+                loops.spawn(reader::run(rt.clone(), lane, pool.clone(), w.read_count, block, paused.clone(), stop_reading.clone()));
+            }
+            let keys = Arc::new(rt.keys.clone());
+            loops.spawn(forwarder::run(keys.clone(), conn.clone(), Duration::from_millis(w.forward_interval_ms), stop_reading.clone()));
+            loops.spawn(recovery::run(rt.clone(), conn.clone(), rcfg, stop_reading.clone()));
+            if rt.cfg.is_fanout() {
+                loops.spawn(janitor::run(keys, rt.cfg.all_groups(), conn.clone(), Duration::from_secs(1), stop_reading.clone()));
+            }
+        }
+        loops.close();
+
+        shutdown.cancelled().await;
+        crate::health::set_shutting_down();
+        tracing::info!(grace_ms = w.shutdown_grace_ms, "shutting down: no new work; waiting for running tasks");
+        loops.wait().await;
+        tracker.close();
+        let running = tracker.len();
+        if tokio::time::timeout(cfg.shutdown_grace(), tracker.wait()).await.is_err() {
+            let left: usize = runtimes.iter().map(|r| r.inflight.lock().expect("poisoned").len()).sum();
+            tracing::warn!(left, "grace period over: cancelling running tasks; they stay pending and will be recovered");
+            hard_stop.cancel();
+        } else if running > 0 {
+            tracing::info!(finished = running, "running tasks finished");
+        }
+        acker_stop.cancel();
+        ackers.close();
+        ackers.wait().await;
+        hb_stop.cancel();
+        let _ = hb.await;
+        heartbeat::mark_gone(&mut conn, &runtimes).await;
+        tracing::info!(consumer = %self.consumer, "worker stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,115 @@
+//! The reader: one loop per lane of a queue, each on its own exclusive connection, moving
+//! entries from `XREADGROUP` to handlers.
+//!
+//! The loop reads only as many entries as it has free slots. While its stream is empty it
+//! blocks (`BLOCK block_ms`) holding a single slot, so an idle reader never hoards capacity
+//! that recovery or the other lane could use; as soon as a read comes back full it switches
+//! to non-blocking batch reads sized to every free slot, which is what keeps throughput
+//! high on a backlog.
+//!
+//! A dropped connection is discarded (never returned to the pool) and replaced with
+//! exponential backoff and jitter; the loop never exits on a Redis error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::keys::Lane;
+use crate::metrics as m;
+use crate::rdb::{self, ReaderPool};
+
+use super::runtime::QueueRuntime;
+
+/// Reads one lane of one queue until `stop` fires. A read already in flight when `stop`
+/// fires is completed (at most `block` later) and its entries are run, so shutdown never
+/// strands delivered entries in this consumer's pending list.
+pub(crate) async fn run(
+    rt: Arc<QueueRuntime>,
+    lane: Lane,
+    pool: ReaderPool,
+    read_count: usize,
+    block: Duration,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) {
+    let stream = rt.keys.lane_stream(lane).to_string();
+    let mut conn: Option<deadpool_redis::Connection> = None;
+    let mut failures: u32 = 0;
+    let mut backlog = false;
+    while !stop.is_cancelled() {
+        if paused.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            }
+        }
+        if conn.is_none() {
+            match pool.get().await {
+                Ok(c) => {
+                    if failures > 0 {
+                        tracing::info!(queue = %rt.cfg.name, lane = lane.as_str(), "reader reconnected to redis");
+                        metrics::counter!(m::RECONNECTS_TOTAL, "role" => "reader").increment(1);
+                    }
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    failures += 1;
+                    crate::health::set_redis_up(false);
+                    let d = rdb::reconnect_delay(failures);
+                    tracing::warn!(queue = %rt.cfg.name, lane = lane.as_str(), error = %e, retry_in_ms = d.as_millis() as u64, "reader cannot connect to redis, retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(d) => continue,
+                    }
+                }
+            }
+        }
+        let want = if backlog { read_count } else { 1 };
+        let slots = rt.acquire(lane, want, true, &stop).await;
+        if slots.is_empty() {
+            continue;
+        }
+        let c = conn.as_mut().expect("connected above");
+        let block_for = if backlog { None } else { Some(block) };
+        match rdb::read_group(&mut **c, &rt.group, &rt.consumer, &stream, slots.len(), block_for).await {
+            Ok(entries) => {
+                if failures > 0 {
+                    failures = 0;
+                }
+                crate::health::set_redis_up(true);
+                backlog = !entries.is_empty() && entries.len() == slots.len();
+                let mut slots = slots.into_iter();
+                for e in entries {
+                    let slot = slots.next().expect("read at most one entry per slot");
+                    rt.dispatch(lane, e, 1, slot);
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                backlog = false;
+                drop(slots);
+                // The connection may hold a half-read reply: never reuse it.
+                if let Some(c) = conn.take() {
+                    let _ = deadpool_redis::Connection::take(c);
+                }
+                if e.code() == Some("NOGROUP") {
+                    tracing::warn!(queue = %rt.cfg.name, lane = lane.as_str(), "consumer group missing (stream deleted?), recreating it");
+                    let mut p = pool.get().await.ok();
+                    if let Some(p) = p.as_mut() {
+                        let _: redis::RedisResult<()> = redis::cmd("XGROUP").arg("CREATE").arg(&stream).arg(&rt.group).arg("0").arg("MKSTREAM").query_async(&mut **p).await;
+                    }
+                    continue;
+                }
+                crate::health::set_redis_up(false);
+                metrics::counter!(m::REDIS_ERRORS_TOTAL, "op" => "xreadgroup").increment(1);
+                let d = rdb::reconnect_delay(failures);
+                tracing::warn!(queue = %rt.cfg.name, lane = lane.as_str(), error = %e, retry_in_ms = d.as_millis() as u64, "read failed, reconnecting");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(d) => {}
+                }
+            }
+        }
+    }
+}

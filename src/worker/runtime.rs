@@ -1,0 +1,450 @@
+//! The per-queue state every loop of a worker shares, and the path of one delivery from
+//! decoded entry to settled outcome.
+//!
+//! Capacity: `total` has `concurrency` permits and `bulk` has `concurrency -
+//! express_concurrency`. A bulk task holds one of each, an express task only a `total`
+//! permit, so bulk work can never occupy the express reservation, and express work may use
+//! any free slot. Entries are read only when a slot is free, so nothing waits in a local
+//! buffer while its pending-entry idle clock runs (dapr components-contrib#4599).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Histogram};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::backoff::honour_retry_after;
+use crate::config::QueueConfig;
+use crate::handler::{HandlerError, Registry, TaskContext};
+use crate::keys::{Lane, QueueKeys};
+use crate::metrics as m;
+use crate::rdb::RawEntry;
+use crate::task::{entry_id_ms, now_ms, Task};
+
+use super::acker::{Action, Reply, Settle};
+
+/// One slot of capacity; dropping it frees the slot.
+pub(crate) struct Slot {
+    _total: OwnedSemaphorePermit,
+    _bulk: Option<OwnedSemaphorePermit>,
+}
+
+/// A task running now.
+pub(crate) struct InFlight {
+    /// Lane it came from.
+    pub lane: Lane,
+    /// Task id (for cancel signals).
+    pub task_id: String,
+    /// Fires the handler's cancellation token.
+    pub cancel: CancellationToken,
+}
+
+/// Metric handles of one task type, registered once.
+struct TypeMetrics {
+    duration: Histogram,
+    succeeded: Counter,
+    retried: Counter,
+    dead: Counter,
+}
+
+/// Everything the loops of one queue share.
+pub(crate) struct QueueRuntime {
+    /// Queue configuration.
+    pub cfg: QueueConfig,
+    /// Key names.
+    pub keys: QueueKeys,
+    /// Group this process reads with.
+    pub group: String,
+    /// This process' consumer name.
+    pub consumer: String,
+    /// Heartbeat set of the group.
+    pub heartbeats: String,
+    /// XDEL entries on ACK (false on fan-out queues: trimmed behind the slowest group).
+    pub delete_on_ack: bool,
+    /// All slots.
+    pub total: Arc<Semaphore>,
+    /// Slots bulk work may use.
+    pub bulk: Arc<Semaphore>,
+    /// Entry id → running task.
+    pub inflight: Mutex<HashMap<String, InFlight>>,
+    /// Outcomes to the acker.
+    pub settle_tx: mpsc::UnboundedSender<Settle>,
+    /// Handlers.
+    pub registry: Arc<Registry>,
+    /// Payload size limit.
+    pub max_payload: usize,
+    /// Tracks running executions for graceful shutdown.
+    pub tracker: TaskTracker,
+    /// Fired when the grace period is over: handlers still running are told to stop.
+    pub hard_stop: CancellationToken,
+    /// Most deliveries before a task is poison.
+    pub max_deliveries: u32,
+    type_metrics: Mutex<HashMap<String, Arc<TypeMetrics>>>,
+    wait_bulk: Histogram,
+    wait_express: Histogram,
+    inflight_bulk: metrics::Gauge,
+    inflight_express: metrics::Gauge,
+}
+
+impl QueueRuntime {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        cfg: QueueConfig,
+        consumer: String,
+        settle_tx: mpsc::UnboundedSender<Settle>,
+        registry: Arc<Registry>,
+        max_payload: usize,
+        max_deliveries: u32,
+        tracker: TaskTracker,
+        hard_stop: CancellationToken,
+    ) -> Self {
+        let keys = QueueKeys::new(&cfg.name);
+        let q = cfg.name.clone();
+        metrics::gauge!(m::CONCURRENCY, "queue" => q.clone()).set(cfg.concurrency as f64);
+        QueueRuntime {
+            group: cfg.group.clone(),
+            heartbeats: keys.heartbeats_for(&cfg.group),
+            delete_on_ack: !cfg.is_fanout(),
+            total: Arc::new(Semaphore::new(cfg.concurrency)),
+            bulk: Arc::new(Semaphore::new(cfg.concurrency - cfg.express_concurrency)),
+            inflight: Mutex::new(HashMap::new()),
+            settle_tx,
+            registry,
+            max_payload,
+            tracker,
+            hard_stop,
+            max_deliveries,
+            type_metrics: Mutex::new(HashMap::new()),
+            wait_bulk: metrics::histogram!(m::WAIT_SECONDS, "queue" => q.clone(), "lane" => "bulk"),
+            wait_express: metrics::histogram!(m::WAIT_SECONDS, "queue" => q.clone(), "lane" => "express"),
+            inflight_bulk: metrics::gauge!(m::IN_FLIGHT, "queue" => q.clone(), "lane" => "bulk"),
+            inflight_express: metrics::gauge!(m::IN_FLIGHT, "queue" => q, "lane" => "express"),
+            keys,
+            consumer,
+            cfg,
+        }
+    }
+
+    fn type_metrics(&self, t: &str) -> Arc<TypeMetrics> {
+        let mut map = self.type_metrics.lock().expect("poisoned");
+        if let Some(tm) = map.get(t) {
+            return tm.clone();
+        }
+        let q = self.cfg.name.clone();
+        let c = |outcome: &'static str| {
+            metrics::counter!(m::COMPLETED_TOTAL, "queue" => q.clone(), "type" => t.to_string(), "outcome" => outcome)
+        };
+        let tm = Arc::new(TypeMetrics {
+            duration: metrics::histogram!(m::HANDLER_DURATION_SECONDS, "queue" => q.clone(), "type" => t.to_string()),
+            succeeded: c("succeeded"),
+            retried: c("retried"),
+            dead: c("dead"),
+        });
+        map.insert(t.to_string(), tm.clone());
+        tm
+    }
+
+    /// Takes up to `max` free slots of `lane`; waits for the first one unless `wait` is
+    /// false. Returns an empty vector when `stop` fires first (or nothing is free).
+    pub(crate) async fn acquire(&self, lane: Lane, max: usize, wait: bool, stop: &CancellationToken) -> Vec<Slot> {
+        let mut slots = Vec::new();
+        if max == 0 {
+            return slots;
+        }
+        let first = async {
+            let bulk = match lane {
+                Lane::Bulk => Some(self.bulk.clone().acquire_owned().await.ok()?),
+                Lane::Express => None,
+            };
+            let total = self.total.clone().acquire_owned().await.ok()?;
+            Some(Slot { _total: total, _bulk: bulk })
+        };
+        if wait {
+            tokio::select! {
+                _ = stop.cancelled() => return slots,
+                s = first => match s { Some(s) => slots.push(s), None => return slots },
+            }
+        }
+        while slots.len() < max {
+            let bulk = match lane {
+                Lane::Bulk => match self.bulk.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => break,
+                },
+                Lane::Express => None,
+            };
+            match self.total.clone().try_acquire_owned() {
+                Ok(t) => slots.push(Slot { _total: t, _bulk: bulk }),
+                Err(_) => break,
+            }
+        }
+        slots
+    }
+
+    fn dlq_fields(&self, lane: Lane, entry_id: &str, reason: &str, error: &str, attempts: u32, mut fields: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut add = |k: &str, v: String| fields.push((k.as_bytes().to_vec(), v.into_bytes()));
+        add("dlq_reason", reason.to_string());
+        add("dlq_error", error.to_string());
+        add("dlq_attempts", attempts.to_string());
+        add("dlq_at", now_ms().to_string());
+        add("dlq_entry_id", entry_id.to_string());
+        add("dlq_lane", lane.as_str().to_string());
+        add("dlq_group", self.group.clone());
+        add("dlq_consumer", self.consumer.clone());
+        fields
+    }
+
+    fn send(&self, s: Settle) {
+        // The acker outlives every execution; if it is gone the process is exiting and the
+        // entry stays pending for recovery.
+        let _ = self.settle_tx.send(s);
+    }
+
+    fn dead_letter_now(&self, lane: Lane, entry_id: String, reason_label: &'static str, reason: String, fields: Vec<(Vec<u8>, Vec<u8>)>, task: Option<&Task>) {
+        metrics::counter!(m::DEAD_LETTERED_TOTAL, "queue" => self.cfg.name.clone(), "reason" => reason_label).increment(1);
+        tracing::warn!(queue = %self.cfg.name, entry_id = %entry_id, task_id = task.map(|t| t.id.as_str()).unwrap_or(""), reason = %reason, "task dead-lettered");
+        let dlq = self.dlq_fields(lane, &entry_id, &reason, &reason, task.map(|t| t.attempt).unwrap_or(0), fields);
+        let reply = task.and_then(|t| reply_for(t, &self.cfg.name, false, "null", &reason));
+        self.send(Settle {
+            lane,
+            entry_id,
+            action: Action::Dead(dlq),
+            reply,
+        });
+    }
+
+    /// Takes one delivered entry: decodes it, finds its handler and runs it on `slot`, or
+    /// dead-letters it with the reason. `deliveries` is the delivery count (1 for a fresh
+    /// read; higher for a recovered entry, which raises the attempt number).
+    pub(crate) fn dispatch(self: &Arc<Self>, lane: Lane, entry: RawEntry, deliveries: u32, slot: Slot) {
+        let Some(fields) = entry.fields else {
+            // Deleted while pending (trimmed): nothing to run; drop the reference.
+            self.send(Settle {
+                lane,
+                entry_id: entry.id,
+                action: Action::Skip,
+                reply: None,
+            });
+            return;
+        };
+        let raw = fields.clone();
+        let task = match Task::decode(&entry.id, fields, self.max_payload) {
+            Ok(t) => t,
+            Err(e) => {
+                self.dead_letter_now(lane, entry.id, "malformed", e.to_string(), raw, None);
+                return;
+            }
+        };
+        drop(raw);
+        if let Some(g) = &task.only_group {
+            if g != &self.group {
+                self.send(Settle {
+                    lane,
+                    entry_id: entry.id,
+                    action: Action::Skip,
+                    reply: None,
+                });
+                return;
+            }
+        }
+        let Some(handler) = self.registry.get(&task.task_type).cloned() else {
+            metrics::counter!(m::CROSS_TYPE_TOTAL, "queue" => self.cfg.name.clone(), "type" => task.task_type.clone()).increment(1);
+            let reason = format!(
+                "unknown task type {:?}: no handler is registered for it in queue {:?} (this worker serves: {})",
+                task.task_type,
+                self.cfg.name,
+                self.registry.types().join(", ")
+            );
+            let fields = task.encode().into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes())).collect();
+            self.dead_letter_now(lane, entry.id, "unknown_type", reason, fields, Some(&task));
+            return;
+        };
+        let attempt = task.attempt + deliveries.saturating_sub(1);
+        let rt = self.clone();
+        self.tracker.spawn(async move {
+            rt.execute(lane, entry.id, task, attempt, handler).await;
+            drop(slot);
+        });
+    }
+
+    async fn execute(self: Arc<Self>, lane: Lane, entry_id: String, task: Task, attempt: u32, handler: Arc<dyn crate::handler::Handler>) {
+        let policy = self.cfg.policy(&task.task_type);
+        let max_attempts = task.max_attempts.unwrap_or(policy.max_attempts);
+        let timeout = task.timeout_ms.map(Duration::from_millis).unwrap_or(policy.timeout);
+        let tm = self.type_metrics(&task.task_type);
+        let now = now_ms();
+        if let Some(ms) = entry_id_ms(&entry_id) {
+            let wait = now.saturating_sub(ms) as f64 / 1000.0;
+            match lane {
+                Lane::Bulk => self.wait_bulk.record(wait),
+                Lane::Express => self.wait_express.record(wait),
+            }
+        }
+        let gauge = match lane {
+            Lane::Bulk => &self.inflight_bulk,
+            Lane::Express => &self.inflight_express,
+        };
+        gauge.increment(1.0);
+        let cancel = self.hard_stop.child_token();
+        self.inflight.lock().expect("poisoned").insert(
+            entry_id.clone(),
+            InFlight {
+                lane,
+                task_id: task.id.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        let span = tracing::info_span!(
+            "task",
+            task_id = %task.id,
+            queue = %self.cfg.name,
+            task_type = %task.task_type,
+            attempt,
+            saga_id = task.saga_id.as_deref().unwrap_or(""),
+            traceparent = task.traceparent.as_deref().unwrap_or(""),
+        );
+        let ctx = TaskContext::new(task, self.cfg.name.clone(), lane, entry_id.clone(), attempt, max_attempts, cancel.clone());
+        let started = Instant::now();
+        let hctx = ctx.clone();
+        let mut join = tokio::spawn(async move { handler.handle(hctx).await }.instrument(span.clone()));
+        let result = tokio::select! {
+            r = &mut join => match r {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => Err(HandlerError::retryable(format!("handler panicked: {}", panic_message(e)))),
+                Err(e) => Err(HandlerError::retryable(format!("handler task failed: {e}"))),
+            },
+            _ = tokio::time::sleep(timeout) => {
+                cancel.cancel();
+                join.abort();
+                Err(HandlerError::retryable(format!("timed out after {} ms", timeout.as_millis())))
+            }
+        };
+        tm.duration.record(started.elapsed().as_secs_f64());
+        self.inflight.lock().expect("poisoned").remove(&entry_id);
+        gauge.decrement(1.0);
+        let task = ctx.task();
+        let settle = match result {
+            Ok(value) => {
+                tm.succeeded.increment(1);
+                let reply = task.reply_to.as_ref().and_then(|_| reply_for(task, &self.cfg.name, true, &value.to_string(), ""));
+                Settle { lane, entry_id, action: Action::Ok, reply }
+            }
+            Err(HandlerError::Retryable { message, retry_after }) if attempt < max_attempts => {
+                tm.retried.increment(1);
+                let delay = honour_retry_after(policy.backoff.delay_random(attempt), retry_after);
+                let mut next = task.clone();
+                next.attempt = attempt + 1;
+                next.last_error = Some(truncate(&message, 2048));
+                if !self.delete_on_ack {
+                    next.only_group = Some(self.group.clone());
+                }
+                let _e = span.enter();
+                tracing::info!(error = %message, retry_in_ms = delay.as_millis() as u64, "task failed, will retry");
+                Settle {
+                    lane,
+                    entry_id,
+                    action: Action::Retry {
+                        due_ms: now_ms() + delay.as_millis() as u64,
+                        member: next.encode_json(lane),
+                    },
+                    reply: None,
+                }
+            }
+            Err(e) => {
+                tm.dead.increment(1);
+                let (label, reason) = match &e {
+                    HandlerError::Permanent { .. } => ("failed", "failed: permanent error".to_string()),
+                    HandlerError::Retryable { .. } => ("exhausted", format!("exhausted: {attempt} of {max_attempts} attempts failed")),
+                };
+                metrics::counter!(m::DEAD_LETTERED_TOTAL, "queue" => self.cfg.name.clone(), "reason" => label).increment(1);
+                {
+                    let _e = span.enter();
+                    tracing::warn!(error = %e.message(), reason = %reason, "task dead-lettered");
+                }
+                let fields = task.encode().into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes())).collect();
+                let msg = truncate(e.message(), 4096);
+                let mut dlq = self.dlq_fields(lane, &entry_id, &reason, &msg, attempt, fields);
+                dlq.retain(|(k, _)| k.as_slice() != b"attempt");
+                dlq.push((b"attempt".to_vec(), attempt.to_string().into_bytes()));
+                let reply = reply_for(task, &self.cfg.name, false, "null", &msg);
+                Settle { lane, entry_id, action: Action::Dead(dlq), reply }
+            }
+        };
+        self.send(settle);
+    }
+
+    /// Fires the cancellation token of a running task; true when it was running here.
+    pub(crate) fn cancel_running(&self, task_id: &str) -> bool {
+        let map = self.inflight.lock().expect("poisoned");
+        let mut found = false;
+        for f in map.values().filter(|f| f.task_id == task_id) {
+            f.cancel.cancel();
+            found = true;
+        }
+        found
+    }
+
+    /// Entry ids running now in `lane`.
+    pub(crate) fn inflight_ids(&self, lane: Lane) -> Vec<String> {
+        self.inflight
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .filter(|(_, f)| f.lane == lane)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+fn reply_for(task: &Task, queue: &str, ok: bool, result: &str, error: &str) -> Option<Reply> {
+    let stream = task.reply_to.clone()?;
+    let mut f: Vec<(&'static str, String)> = vec![
+        ("task_id", task.id.clone()),
+        ("type", task.task_type.clone()),
+        ("queue", queue.to_string()),
+        ("outcome", if ok { "succeeded" } else { "failed" }.to_string()),
+        ("attempt", task.attempt.to_string()),
+        ("at", now_ms().to_string()),
+    ];
+    if ok {
+        f.push(("result", result.to_string()));
+    } else {
+        f.push(("error", error.to_string()));
+    }
+    if let Some(s) = &task.saga_id {
+        f.push(("saga_id", s.clone()));
+    }
+    if let Some(c) = &task.correlation {
+        f.push(("correlation", c.clone()));
+    }
+    if let Some(t) = &task.traceparent {
+        f.push(("traceparent", t.clone()));
+    }
+    Some(Reply { stream, fields: f })
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
