@@ -95,6 +95,10 @@ pub struct WorkerConfig {
     pub forward_interval_ms: u64,
     /// Most completions one ACK round trip carries.
     pub ack_batch: usize,
+    /// Register the `builtin.*` handlers (noop, echo, sleep, record) in the binary.
+    pub builtin_handlers: bool,
+    /// Period of the collector that samples queue gauges from Redis, in ms.
+    pub collect_interval_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -111,6 +115,8 @@ impl Default for WorkerConfig {
             max_deliveries: 5,
             forward_interval_ms: 100,
             ack_batch: 512,
+            builtin_handlers: false,
+            collect_interval_ms: 5_000,
         }
     }
 }
@@ -287,7 +293,7 @@ impl QueueConfig {
 }
 
 /// An HTTP handler: task type `task_type` is served by POSTing to `url`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpHandlerConfig {
     /// Task type served.
@@ -300,6 +306,18 @@ pub struct HttpHandlerConfig {
     /// Extra request headers (e.g. Authorization). Values are never logged.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for HttpHandlerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header values are often credentials: show only their names.
+        f.debug_struct("HttpHandlerConfig")
+            .field("task_type", &self.task_type)
+            .field("url", &self.url)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Every problem found in a configuration file.
@@ -455,6 +473,7 @@ impl Config {
             ("worker.recovery_interval_ms", self.worker.recovery_interval_ms),
             ("worker.min_idle_ms", self.worker.min_idle_ms),
             ("worker.forward_interval_ms", self.worker.forward_interval_ms),
+            ("worker.collect_interval_ms", self.worker.collect_interval_ms),
         ] {
             if v == 0 {
                 bad(key.into(), "must be positive".into());

@@ -84,6 +84,8 @@ pub struct QueueKeys {
     pub paused: String,
     /// Prefix of idempotency keys: `ts:{q}:idem:` + key.
     pub idem_prefix: String,
+    /// Hash of running totals (`done`, `dead`, `retried`): `ts:{q}:counters`.
+    pub counters: String,
 }
 
 impl QueueKeys {
@@ -100,6 +102,7 @@ impl QueueKeys {
             cancelled: format!("{base}:cancelled"),
             paused: format!("{base}:paused"),
             idem_prefix: format!("{base}:idem:"),
+            counters: format!("{base}:counters"),
         }
     }
 

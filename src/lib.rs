@@ -15,10 +15,15 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod builtin;
+pub mod cli;
+pub mod collector;
 pub mod config;
+pub mod dlq;
 pub mod error;
 pub mod handler;
 pub mod health;
+pub mod http;
 pub mod http_handler;
 pub mod keys;
 pub mod metrics;
@@ -27,6 +32,7 @@ pub mod preflight;
 pub mod producer;
 pub mod rdb;
 pub mod recovery;
+pub mod stats;
 pub mod task;
 pub mod worker;
 

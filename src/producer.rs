@@ -237,6 +237,8 @@ impl Producer {
             traceparent: Some(t.traceparent.unwrap_or_else(new_traceparent)),
             last_error: None,
             only_group: None,
+            backoff_base_ms: None,
+            backoff_cap_ms: None,
         };
         let scheduled = t.delay.is_some_and(|d| !d.is_zero());
         let due = now + t.delay.map(|d| d.as_millis() as u64).unwrap_or(0);

@@ -53,6 +53,10 @@ pub mod field {
     pub const LAST_ERROR: &str = "last_error";
     /// Consumer group a retry is meant for (fan-out queues only).
     pub const ONLY_GROUP: &str = "only_group";
+    /// First retry delay in ms; default from the queue configuration.
+    pub const BACKOFF_BASE_MS: &str = "backoff_base_ms";
+    /// Longest retry delay in ms; default from the queue configuration.
+    pub const BACKOFF_CAP_MS: &str = "backoff_cap_ms";
 }
 
 /// Current Unix time in milliseconds.
@@ -99,6 +103,10 @@ pub struct Task {
     pub last_error: Option<String>,
     /// Group a retry is meant for (fan-out queues).
     pub only_group: Option<String>,
+    /// Per-task first retry delay in ms (saga steps carry their own policy).
+    pub backoff_base_ms: Option<u64>,
+    /// Per-task longest retry delay in ms.
+    pub backoff_cap_ms: Option<u64>,
 }
 
 /// Why a stream entry is not a valid task.
@@ -156,6 +164,8 @@ impl Task {
             traceparent: None,
             last_error: None,
             only_group: None,
+            backoff_base_ms: None,
+            backoff_cap_ms: None,
         };
         let (mut have_type, mut have_payload) = (false, false);
         for (name, value) in fields {
@@ -238,6 +248,14 @@ impl Task {
                 b"traceparent" => t.traceparent = Some(utf8(&name, value)?),
                 b"last_error" => t.last_error = Some(utf8(&name, value)?),
                 b"only_group" => t.only_group = Some(utf8(&name, value)?),
+                b"backoff_base_ms" => {
+                    let v: u64 = parse_num(field::BACKOFF_BASE_MS, &utf8(&name, value)?)?;
+                    t.backoff_base_ms = Some(v.max(1));
+                }
+                b"backoff_cap_ms" => {
+                    let v: u64 = parse_num(field::BACKOFF_CAP_MS, &utf8(&name, value)?)?;
+                    t.backoff_cap_ms = Some(v.max(1));
+                }
                 // Unknown fields are ignored so newer producers can add optional fields.
                 _ => {}
             }
@@ -273,6 +291,8 @@ impl Task {
             (field::TRACEPARENT, self.traceparent.clone()),
             (field::LAST_ERROR, self.last_error.clone()),
             (field::ONLY_GROUP, self.only_group.clone()),
+            (field::BACKOFF_BASE_MS, self.backoff_base_ms.map(|v| v.to_string())),
+            (field::BACKOFF_CAP_MS, self.backoff_cap_ms.map(|v| v.to_string())),
         ];
         for (k, v) in opt {
             if let Some(v) = v {
@@ -352,6 +372,8 @@ mod tests {
             traceparent: Some("00-aa-bb-01".into()),
             last_error: Some("boom".into()),
             only_group: None,
+            backoff_base_ms: Some(10),
+            backoff_cap_ms: Some(100),
         };
         let fields = t
             .encode()

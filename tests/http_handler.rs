@@ -141,6 +141,8 @@ fn task(saga: Option<&str>, traceparent: Option<&str>) -> Task {
         traceparent: traceparent.map(Into::into),
         last_error: None,
         only_group: None,
+        backoff_base_ms: None,
+        backoff_cap_ms: None,
     }
 }
 

@@ -468,8 +468,12 @@ impl SagaState {
                 _ => return Err(stale),
             },
 
+            // Rejected above already; repeated so the match needs no panic.
             (SagaStatus::Completed | SagaStatus::RolledBack | SagaStatus::Failed, _) => {
-                unreachable!("terminal statuses are rejected above")
+                return Err(IllegalTransition::Terminal {
+                    status,
+                    event: kind,
+                })
             }
         };
         Ok(Transition {

@@ -96,6 +96,21 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
         }
         p.cmd("EXEC").ignore();
     }
+    // Running totals for `stats --watch` (not part of any task's state transition).
+    let (mut done, mut retried, mut dead) = (0u64, 0u64, 0u64);
+    for s in batch {
+        match s.action {
+            Action::Ok => done += 1,
+            Action::Retry { .. } => retried += 1,
+            Action::Dead(_) => dead += 1,
+            Action::Skip => {}
+        }
+    }
+    for (f, n) in [("done", done), ("retried", retried), ("dead", dead)] {
+        if n > 0 {
+            p.cmd("HINCRBY").arg(&ctx.keys.counters).arg(f).arg(n).ignore();
+        }
+    }
     for s in batch {
         if matches!(s.action, Action::Ok | Action::Skip) && s.reply.is_none() {
             continue;

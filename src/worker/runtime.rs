@@ -272,7 +272,13 @@ impl QueueRuntime {
     }
 
     async fn execute(self: Arc<Self>, lane: Lane, entry_id: String, task: Task, attempt: u32, handler: Arc<dyn crate::handler::Handler>) {
-        let policy = self.cfg.policy(&task.task_type);
+        let mut policy = self.cfg.policy(&task.task_type);
+        if let Some(b) = task.backoff_base_ms {
+            policy.backoff.base = Duration::from_millis(b);
+        }
+        if let Some(c) = task.backoff_cap_ms {
+            policy.backoff.cap = Duration::from_millis(c).max(policy.backoff.base);
+        }
         let max_attempts = task.max_attempts.unwrap_or(policy.max_attempts);
         let timeout = task.timeout_ms.map(Duration::from_millis).unwrap_or(policy.timeout);
         let tm = self.type_metrics(&task.task_type);

@@ -1,0 +1,94 @@
+//! Built-in handlers of the `taskstream` binary, enabled with `worker.builtin_handlers`.
+//!
+//! They make the binary useful on its own for smoke tests, load tests and fault tests
+//! (the test suite drives real `taskstream worker` processes with them):
+//!
+//! | type | payload | does |
+//! |---|---|---|
+//! | `builtin.noop` | anything | succeeds at once |
+//! | `builtin.echo` | anything | succeeds with the payload as result |
+//! | `builtin.sleep` | `{"ms": N}` | sleeps N ms (stops early when cancelled), succeeds |
+//! | `builtin.record` | `{"key": K, "ms"?: N, "fail_until_attempt"?: A, "permanent"?: bool}` | `HINCRBY K <task id> 1` in Redis, then sleeps N ms, then fails (retryable) while attempt < A, or permanently when asked, else succeeds |
+//!
+//! `builtin.record` is how tests count executions per task across processes: every run
+//! leaves a mark in Redis before it can be killed.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::Deserialize;
+
+use crate::handler::{handler_fn, HandlerError, Registry, TaskContext};
+
+#[derive(Deserialize, Default)]
+struct RecordPayload {
+    key: String,
+    #[serde(default)]
+    ms: u64,
+    #[serde(default)]
+    fail_until_attempt: u32,
+    #[serde(default)]
+    permanent: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct SleepPayload {
+    #[serde(default)]
+    ms: u64,
+}
+
+async fn sleep_cancellable(ctx: &TaskContext, ms: u64) -> Result<(), HandlerError> {
+    if ms == 0 {
+        return Ok(());
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
+        _ = ctx.cancellation().cancelled() => Err(HandlerError::retryable("cancelled")),
+    }
+}
+
+/// Registers the `builtin.*` handlers; `builtin.record` writes through `conn`.
+pub fn register(reg: &mut Registry, conn: ConnectionManager) {
+    reg.register("builtin.noop", handler_fn(|_ctx: TaskContext| async { Ok(serde_json::Value::Null) }));
+    reg.register(
+        "builtin.echo",
+        handler_fn(|ctx: TaskContext| async move {
+            serde_json::from_str(ctx.payload_str()).map_err(|e| HandlerError::permanent(e.to_string()))
+        }),
+    );
+    reg.register(
+        "builtin.sleep",
+        handler_fn(|ctx: TaskContext| async move {
+            let p: SleepPayload = ctx.payload()?;
+            sleep_cancellable(&ctx, p.ms).await?;
+            Ok(serde_json::Value::Null)
+        }),
+    );
+    reg.register(
+        "builtin.record",
+        handler_fn(move |ctx: TaskContext| {
+            let mut conn = conn.clone();
+            async move {
+                let p: RecordPayload = ctx.payload()?;
+                if p.key.is_empty() {
+                    return Err(HandlerError::permanent("builtin.record needs a non-empty \"key\""));
+                }
+                redis::cmd("HINCRBY")
+                    .arg(&p.key)
+                    .arg(ctx.id())
+                    .arg(1)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .map_err(|e| HandlerError::retryable(format!("record: {e}")))?;
+                sleep_cancellable(&ctx, p.ms).await?;
+                if p.permanent {
+                    return Err(HandlerError::permanent("asked to fail permanently"));
+                }
+                if ctx.attempt() < p.fail_until_attempt {
+                    return Err(HandlerError::retryable(format!("asked to fail until attempt {}", p.fail_until_attempt)));
+                }
+                Ok(serde_json::json!({"attempt": ctx.attempt()}))
+            }
+        }),
+    );
+}

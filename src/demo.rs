@@ -1,0 +1,284 @@
+//! `taskstream demo`: a self-contained showcase on a local Redis.
+//!
+//! It uses the Redis at the configured URL when one answers, and otherwise starts a private
+//! `redis-server` on a free port (and says what to install when there is none). Then it
+//! runs a worker in-process with demo handlers, enqueues a realistic mix (bulk image
+//! resizes, e-mails of which some fail once and are retried, express card charges enqueued
+//! behind the bulk backlog, delayed reminders, tasks that fail for good, a malformed entry
+//! and an unknown type written by "another language"), shows live progress and prints a
+//! summary: outcomes, dead letters with their reasons, and express vs bulk wait times.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio_util::sync::CancellationToken;
+
+use taskstream::cli::DemoArgs;
+use taskstream::config::{Config, QueueConfig};
+use taskstream::handler::{handler_fn, HandlerError, Registry, TaskContext};
+use taskstream::keys::QueueKeys;
+use taskstream::producer::{NewTask, Producer};
+use taskstream::task::now_ms;
+
+const QUEUE: &str = "demo";
+
+/// A private redis-server started by the demo; killed on drop.
+struct PrivateRedis {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else { return false };
+    let fut = async {
+        let mut c = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(1), fut).await, Ok(Some(_)))
+}
+
+async fn find_redis(cfg: &Config) -> anyhow::Result<(String, Option<PrivateRedis>)> {
+    if answers(&cfg.redis.url).await {
+        println!("• using the Redis at {}", taskstream::config::redact_url(&cfg.redis.url));
+        return Ok((cfg.redis.url.clone(), None));
+    }
+    let found = std::process::Command::new("redis-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if found.is_err() {
+        bail!(
+            "no Redis answers at {} and `redis-server` is not installed.\n\
+             Install it (Debian/Ubuntu: `sudo apt-get install redis-server`, macOS: `brew install redis`) \
+             or point the demo at a Redis with TASKSTREAM_REDIS_URL=redis://host:port",
+            taskstream::config::redact_url(&cfg.redis.url)
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dir = std::env::temp_dir().join(format!("taskstream-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--maxmemory-policy", "noeviction"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    let guard = PrivateRedis { child, dir };
+    let url = format!("redis://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !answers(&url).await {
+        if Instant::now() > deadline {
+            bail!("the private redis-server on port {port} did not start within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("• no Redis at {}: started a private redis-server on port {port}", taskstream::config::redact_url(&cfg.redis.url));
+    Ok((url, Some(guard)))
+}
+
+#[derive(Default)]
+struct Waits {
+    bulk: Vec<f64>,
+    express: Vec<f64>,
+    reminder_late_ms: Vec<i64>,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn record_wait(waits: &Arc<Mutex<Waits>>, ctx: &TaskContext) {
+    let wait = now_ms().saturating_sub(ctx.enqueued_at()) as f64;
+    let mut w = waits.lock().expect("poisoned");
+    match ctx.lane() {
+        taskstream::keys::Lane::Bulk => w.bulk.push(wait),
+        taskstream::keys::Lane::Express => w.express.push(wait),
+    }
+}
+
+fn demo_registry(waits: Arc<Mutex<Waits>>) -> Registry {
+    let mut reg = Registry::new();
+    let w = waits.clone();
+    reg.register(
+        "demo.resize_image",
+        handler_fn(move |ctx: TaskContext| {
+            record_wait(&w, &ctx);
+            async move {
+                let ms = 1 + (ctx.id().as_bytes().last().copied().unwrap_or(0) % 4) as u64;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(serde_json::json!({"resized": true}))
+            }
+        }),
+    );
+    let w = waits.clone();
+    reg.register(
+        "demo.send_email",
+        handler_fn(move |ctx: TaskContext| {
+            record_wait(&w, &ctx);
+            async move {
+                #[derive(serde::Deserialize)]
+                struct P {
+                    flaky: bool,
+                }
+                let p: P = ctx.payload()?;
+                if p.flaky && ctx.attempt() == 1 {
+                    return Err(HandlerError::retryable("smtp 421: try again later"));
+                }
+                Ok(serde_json::json!({"sent": true}))
+            }
+        }),
+    );
+    let w = waits.clone();
+    reg.register(
+        "demo.charge_card",
+        handler_fn(move |ctx: TaskContext| {
+            record_wait(&w, &ctx);
+            async move { Ok(serde_json::json!({"charged": true})) }
+        }),
+    );
+    let w = waits.clone();
+    reg.register(
+        "demo.send_reminder",
+        handler_fn(move |ctx: TaskContext| {
+            let w = w.clone();
+            async move {
+                #[derive(serde::Deserialize)]
+                struct P {
+                    due_ms: u64,
+                }
+                let p: P = ctx.payload()?;
+                w.lock().expect("poisoned").reminder_late_ms.push(now_ms() as i64 - p.due_ms as i64);
+                Ok(serde_json::Value::Null)
+            }
+        }),
+    );
+    reg.register(
+        "demo.sync_crm",
+        handler_fn(|_ctx: TaskContext| async { Err(HandlerError::permanent("crm rejected the record: account 42 is closed")) }),
+    );
+    reg
+}
+
+pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
+    println!("taskstream demo\n");
+    let (url, private) = find_redis(&cfg).await?;
+    cfg.redis.url = url;
+    cfg.http.listen = String::new();
+    cfg.queues = vec![QueueConfig {
+        name: QUEUE.into(),
+        concurrency: 64,
+        express_concurrency: 8,
+        max_attempts: 3,
+        timeout_ms: 5_000,
+        backoff_base_ms: 200,
+        backoff_cap_ms: 2_000,
+        ..Default::default()
+    }];
+    let never = CancellationToken::new();
+    let mut conn = taskstream::rdb::connect(&cfg.redis, &never).await?;
+    // Start from a clean demo queue.
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("ts:{{{QUEUE}}}:*")).query_async(&mut conn).await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
+    }
+    let waits = Arc::new(Mutex::new(Waits::default()));
+    let reg = demo_registry(waits.clone());
+    let shutdown = CancellationToken::new();
+    let worker = taskstream::worker::Worker::new(cfg.clone(), reg);
+    println!("• worker {} serving queue {QUEUE:?} (64 slots, 8 reserved for express)", worker.consumer_name());
+    let wh = tokio::spawn(worker.run(shutdown.clone()));
+
+    let producer = Producer::new(conn.clone(), cfg.producer.clone());
+    let started = Instant::now();
+    let n_bulk = a.tasks;
+    let mut tasks = Vec::new();
+    for i in 0..n_bulk {
+        tasks.push(NewTask::new(QUEUE, "demo.resize_image", &serde_json::json!({"image": format!("img-{i}.png")}))?);
+    }
+    let n_email = (n_bulk / 5).max(10);
+    for i in 0..n_email {
+        tasks.push(NewTask::new(QUEUE, "demo.send_email", &serde_json::json!({"to": format!("user{i}@example.com"), "flaky": i % 10 == 0}))?);
+    }
+    let mut enqueued = 0;
+    for chunk in tasks.chunks(500) {
+        enqueued += producer.enqueue_batch(chunk.to_vec()).await?.len();
+    }
+    println!("• enqueued {enqueued} bulk tasks (image resizes, e-mails; every 10th e-mail fails once)");
+    let n_express = 20;
+    for i in 0..n_express {
+        producer.enqueue(NewTask::new(QUEUE, "demo.charge_card", &serde_json::json!({"order": i}))?.express()).await?;
+    }
+    println!("• enqueued {n_express} express card charges behind that backlog");
+    for i in 0..3 {
+        let due = now_ms() + 1_500;
+        producer
+            .enqueue(NewTask::new(QUEUE, "demo.send_reminder", &serde_json::json!({"n": i, "due_ms": due}))?.delay(Duration::from_millis(1_500)))
+            .await?;
+    }
+    println!("• scheduled 3 reminders 1.5 s from now");
+    for i in 0..3 {
+        producer.enqueue(NewTask::new(QUEUE, "demo.sync_crm", &serde_json::json!({"account": 42, "n": i}))?).await?;
+    }
+    let first = producer.enqueue(NewTask::new(QUEUE, "demo.charge_card", &serde_json::json!({"order": "A-1"}))?.idempotency_key("order-A-1")).await?;
+    let again = producer.enqueue(NewTask::new(QUEUE, "demo.charge_card", &serde_json::json!({"order": "A-1"}))?.idempotency_key("order-A-1")).await?;
+    println!("• enqueued order A-1 twice with one idempotency key: second answer is a duplicate of {} ({})", first.task_id, again.duplicate);
+    let k = QueueKeys::new(QUEUE);
+    redis::cmd("XADD").arg(&k.stream).arg("*").arg("v").arg("1").arg("payload").arg("{}").query_async::<String>(&mut conn).await?;
+    redis::cmd("XADD").arg(&k.stream).arg("*").arg("v").arg("1").arg("type").arg("video.transcode").arg("payload").arg("{\"id\":7}").query_async::<String>(&mut conn).await?;
+    println!("• a producer in another language wrote a malformed entry and an unknown task type with raw XADD");
+    println!("• 3 CRM syncs will fail for good\n");
+    let total = (enqueued + n_express + 3 + 3 + 1 + 2) as u64;
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (done, retried, dead): (Option<u64>, Option<u64>, Option<u64>) =
+            redis::cmd("HMGET").arg(&k.counters).arg("done").arg("retried").arg("dead").query_async(&mut conn).await?;
+        let (done, retried, dead) = (done.unwrap_or(0), retried.unwrap_or(0), dead.unwrap_or(0));
+        let backlog: u64 = redis::cmd("XLEN").arg(&k.stream).query_async(&mut conn).await?;
+        let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
+        print!("\r  progress: {:>6}/{total} done, {retried:>4} retried, {dead:>2} dead-lettered, backlog {backlog:>6}, {rate:>7.0} tasks/s   ", done + dead);
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        if done + dead >= total {
+            break;
+        }
+        if Instant::now() > deadline {
+            println!();
+            bail!("the demo did not finish within 120 s; `taskstream stats --queue {QUEUE}` shows where it stands");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let elapsed = started.elapsed();
+    println!("\n");
+    shutdown.cancel();
+    wh.await??;
+
+    let dl = taskstream::dlq::list(&mut conn, QUEUE, 100).await?;
+    let mut w = std::mem::take(&mut *waits.lock().expect("poisoned"));
+    println!("summary ({:.2} s, {:.0} tasks/s end to end)", elapsed.as_secs_f64(), total as f64 / elapsed.as_secs_f64());
+    println!("  express wait  p50 {:>7.1} ms  p99 {:>7.1} ms  ({} tasks, enqueued behind the backlog)", pct(&mut w.express, 0.5), pct(&mut w.express, 0.99), w.express.len());
+    println!("  bulk wait     p50 {:>7.1} ms  p99 {:>7.1} ms  ({} runs)", pct(&mut w.bulk, 0.5), pct(&mut w.bulk, 0.99), w.bulk.len());
+    if let Some(late) = w.reminder_late_ms.iter().max() {
+        println!("  delayed reminders ran {} ms after their due time at most (never before)", late);
+    }
+    println!("  dead letters ({}):", dl.len());
+    for d in &dl {
+        println!("    {:<20} {:<18} {}", d.dlq_id, d.get("type").unwrap_or("-"), d.get("dlq_reason").unwrap_or("-"));
+    }
+    println!("\nInspect with: taskstream stats --redis-url {} ; taskstream dlq list --queue {QUEUE}", if private.is_some() { "<private redis, stopped now>" } else { cfg.redis.url.as_str() });
+    drop(private);
+    Ok(())
+}

@@ -1,0 +1,351 @@
+//! Test harness: private `redis-server` processes on free ports (never the shared 6379),
+//! real `taskstream` worker processes, and polling helpers. Everything is killed on drop.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Serializes the heavy tests of one test binary (many processes on a 2-core machine).
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Sends `sig` (e.g. "STOP", "CONT", "TERM", "KILL") to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("kill");
+    assert!(st.success(), "kill -{sig} {pid} failed");
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll
+    }
+}
+
+/// A private redis-server.
+pub struct RedisServer {
+    /// Its port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts one without persistence.
+    pub fn start() -> Self {
+        Self::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// Starts one with AOF on every write (for restart tests).
+    pub fn start_durable() -> Self {
+        Self::start_with(&["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+    }
+
+    /// Starts one with extra arguments.
+    pub fn start_with(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = RedisServer {
+            port: 0,
+            dir,
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        for _ in 0..5 {
+            s.port = free_port();
+            if s.spawn() {
+                return s;
+            }
+        }
+        panic!("could not start redis-server (is it installed? apt-get install redis-server)");
+    }
+
+    /// Starts one on a port chosen now but not yet started (for "Redis down at start").
+    pub fn reserve() -> Self {
+        let mut s = Self::start();
+        s.kill();
+        s
+    }
+
+    fn spawn(&mut self) -> bool {
+        let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--maxmemory-policy")
+            .arg("noeviction")
+            .args(&self.args)
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
+            if self.ping() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20)); // poll
+        }
+        false
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(c) = redis::Client::open(self.url()) else { return false };
+        let Ok(mut conn) = c.get_connection_with_timeout(Duration::from_millis(200)) else { return false };
+        // A loading server answers LOADING; wait for a real PONG.
+        redis::cmd("PING").query::<String>(&mut conn).is_ok()
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// A synchronous connection (for setup and assertions).
+    pub fn sync_conn(&self) -> redis::Connection {
+        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+    }
+
+    /// An async connection manager.
+    pub async fn conn(&self) -> redis::aio::ConnectionManager {
+        let c = redis::Client::open(self.url()).unwrap();
+        redis::aio::ConnectionManager::new(c).await.unwrap()
+    }
+
+    /// Kills the server with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(Instant::now() < deadline, "redis-server did not restart on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(100)); // poll
+        }
+    }
+
+    /// Starts the reserved server (see [`RedisServer::reserve`]).
+    pub fn start_reserved(&mut self) {
+        self.restart();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Path of the `taskstream` binary built for the tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_taskstream"))
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    let mut f = std::fs::File::create(&p).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    p
+}
+
+/// A worker configuration for tests: built-in handlers on, HTTP off, fast timings.
+pub fn worker_toml(url: &str, queue: &str, extra_worker: &str, extra_queue: &str) -> String {
+    format!(
+        r#"
+[redis]
+url = "{url}"
+response_timeout_ms = 1000
+[worker]
+builtin_handlers = true
+block_ms = 200
+collect_interval_ms = 500
+{extra_worker}
+[http]
+listen = ""
+[log]
+level = "info"
+[[queues]]
+name = "{queue}"
+concurrency = 32
+express_concurrency = 4
+backoff_base_ms = 20
+backoff_cap_ms = 200
+{extra_queue}
+"#
+    )
+}
+
+/// A `taskstream worker` child process.
+pub struct WorkerProc {
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    /// How many times it was started.
+    pub starts: usize,
+}
+
+impl WorkerProc {
+    /// Starts `taskstream worker --config <toml>`.
+    pub fn spawn(toml: &str) -> Self {
+        Self::spawn_env(toml, &[])
+    }
+
+    /// Same, with extra environment variables.
+    pub fn spawn_env(toml: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_file(dir.path(), "worker.toml", toml);
+        let log = dir.path().join("worker.log");
+        let mut w = WorkerProc {
+            child: None,
+            config,
+            log,
+            dir,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            starts: 0,
+        };
+        w.start();
+        w
+    }
+
+    /// (Re)starts the process; its log is appended to.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("worker").arg("--config").arg(&self.config);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .env_remove("TASKSTREAM_REDIS_URL")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn taskstream worker");
+        self.child = Some(child);
+        self.starts += 1;
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for exit; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        signal(c.id(), "TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("worker did not exit within {timeout:?} after SIGTERM; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20)); // poll
+        }
+    }
+
+    /// Resident memory in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the binary to completion with `args`; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env_remove("TASKSTREAM_REDIS_URL").env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run taskstream");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `HGETALL key` as (task id, count) pairs: the executions recorded by `builtin.record`.
+pub fn executions(conn: &mut redis::Connection, key: &str) -> std::collections::HashMap<String, u64> {
+    redis::cmd("HGETALL").arg(key).query(conn).unwrap()
+}
