@@ -2,15 +2,22 @@
 //! groups in place, is the process shutting down. Process-wide, because readiness is a
 //! property of the process that a load balancer or Kubernetes probes.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 static REDIS_UP: AtomicBool = AtomicBool::new(false);
 static GROUPS_READY: AtomicBool = AtomicBool::new(false);
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+/// Unix ms since when Redis has answered without interruption (0: not answering).
+static UP_SINCE_MS: AtomicU64 = AtomicU64::new(0);
 
 /// Records whether Redis answered the last command.
 pub fn set_redis_up(up: bool) {
     let was = REDIS_UP.swap(up, Ordering::Relaxed);
+    if up && !was {
+        UP_SINCE_MS.store(crate::task::now_ms(), Ordering::Relaxed);
+    } else if !up {
+        UP_SINCE_MS.store(0, Ordering::Relaxed);
+    }
     if was != up {
         metrics::gauge!(crate::metrics::REDIS_UP).set(if up { 1.0 } else { 0.0 });
     }
@@ -19,6 +26,19 @@ pub fn set_redis_up(up: bool) {
 /// True while Redis answers.
 pub fn redis_up() -> bool {
     REDIS_UP.load(Ordering::Relaxed)
+}
+
+/// How long Redis has answered without interruption, in ms (0 while it does not).
+///
+/// Recovery uses it: right after an outage (Redis restarted, paused or unreachable) every
+/// heartbeat in Redis looks stale, so no consumer may be judged dead until live workers
+/// have had a full lapse to beat again — otherwise a partition would make every worker
+/// steal every other worker's running tasks.
+pub fn redis_up_for_ms() -> u64 {
+    match UP_SINCE_MS.load(Ordering::Relaxed) {
+        0 => 0,
+        t => crate::task::now_ms().saturating_sub(t),
+    }
 }
 
 /// Records that the consumer groups exist.

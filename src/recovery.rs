@@ -15,6 +15,10 @@
 //!    Live workers refresh the entries they run (see `worker/heartbeat.rs`), so a long
 //!    handler is never taken away.
 //!
+//! Right after Redis comes back from an outage (restart, pause, network cut) every heartbeat
+//! looks stale; recovery then waits one full lapse, so live workers can beat again before
+//! anyone is judged dead.
+//!
 //! Claimed entries run again with a higher attempt number. An entry delivered
 //! `max_deliveries` times without completing is poison (it keeps killing workers) and goes
 //! to the dead-letter stream. A dead consumer is removed from its group only once its
@@ -237,9 +241,14 @@ pub(crate) async fn run(rt: Arc<QueueRuntime>, conn: ConnectionManager, cfg: Rec
     let mut cursors = ["0-0".to_string(), "0-0".to_string()];
     let idle_every = (cfg.min_idle / 4).max(cfg.interval);
     let mut last_idle = std::time::Instant::now();
+    let settle_ms = (cfg.lapse + cfg.interval).as_millis() as u64;
     while !stop.is_cancelled() {
-        if let Err(e) = recover_dead(&rt, &mut conn, cfg, &stop).await {
-            tracing::debug!(queue = %rt.cfg.name, error = %e, "recovery: redis error");
+        // After an outage, give live workers one full lapse to beat again first.
+        if crate::health::redis_up_for_ms() >= settle_ms {
+            if let Err(e) = recover_dead(&rt, &mut conn, cfg, &stop).await {
+                crate::health::set_redis_up(false);
+                tracing::debug!(queue = %rt.cfg.name, error = %e, "recovery: redis error");
+            }
         }
         if last_idle.elapsed() >= idle_every {
             last_idle = std::time::Instant::now();
