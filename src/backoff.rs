@@ -70,7 +70,10 @@ mod tests {
     #[test]
     fn retry_after_wins_when_longer() {
         let s = Duration::from_millis(100);
-        assert_eq!(honour_retry_after(s, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert_eq!(
+            honour_retry_after(s, Some(Duration::from_secs(3))),
+            Duration::from_secs(3)
+        );
         assert_eq!(honour_retry_after(s, Some(Duration::from_millis(1))), s);
         assert_eq!(honour_retry_after(s, None), s);
     }

@@ -8,7 +8,8 @@
 //! | `builtin.noop` | anything | succeeds at once |
 //! | `builtin.echo` | anything | succeeds with the payload as result |
 //! | `builtin.sleep` | `{"ms": N}` | sleeps N ms (stops early when cancelled), succeeds |
-//! | `builtin.record` | `{"key": K, "ms"?: N, "fail_until_attempt"?: A, "permanent"?: bool}` | `HINCRBY K <task id> 1` in Redis, then sleeps N ms, then fails (retryable) while attempt < A, or permanently when asked, else succeeds |
+//! | `builtin.crash` | anything | aborts the whole worker process (fault drills: poison tasks) |
+//! | `builtin.record` | `{"key": K, "ms"?: N, "fail_until_attempt"?: A, "permanent"?: bool, "log"?: L}` | `HINCRBY K <task id> 1` in Redis (and, with `log`, `RPUSH L "<task id> <attempt> <unix ms>"`), then sleeps N ms, then fails (retryable) while attempt < A, or permanently when asked, else succeeds |
 //!
 //! `builtin.record` is how tests count executions per task across processes: every run
 //! leaves a mark in Redis before it can be killed.
@@ -29,6 +30,8 @@ struct RecordPayload {
     fail_until_attempt: u32,
     #[serde(default)]
     permanent: bool,
+    #[serde(default)]
+    log: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -49,11 +52,15 @@ async fn sleep_cancellable(ctx: &TaskContext, ms: u64) -> Result<(), HandlerErro
 
 /// Registers the `builtin.*` handlers; `builtin.record` writes through `conn`.
 pub fn register(reg: &mut Registry, conn: ConnectionManager) {
-    reg.register("builtin.noop", handler_fn(|_ctx: TaskContext| async { Ok(serde_json::Value::Null) }));
+    reg.register(
+        "builtin.noop",
+        handler_fn(|_ctx: TaskContext| async { Ok(serde_json::Value::Null) }),
+    );
     reg.register(
         "builtin.echo",
         handler_fn(|ctx: TaskContext| async move {
-            serde_json::from_str(ctx.payload_str()).map_err(|e| HandlerError::permanent(e.to_string()))
+            serde_json::from_str(ctx.payload_str())
+                .map_err(|e| HandlerError::permanent(e.to_string()))
         }),
     );
     reg.register(
@@ -65,19 +72,41 @@ pub fn register(reg: &mut Registry, conn: ConnectionManager) {
         }),
     );
     reg.register(
+        "builtin.crash",
+        handler_fn(|_ctx: TaskContext| async {
+            tracing::error!("builtin.crash: aborting the process on purpose (fault drill)");
+            std::process::abort();
+        }),
+    );
+    reg.register(
         "builtin.record",
         handler_fn(move |ctx: TaskContext| {
             let mut conn = conn.clone();
             async move {
                 let p: RecordPayload = ctx.payload()?;
                 if p.key.is_empty() {
-                    return Err(HandlerError::permanent("builtin.record needs a non-empty \"key\""));
+                    return Err(HandlerError::permanent(
+                        "builtin.record needs a non-empty \"key\"",
+                    ));
                 }
-                redis::cmd("HINCRBY")
+                let mut pipe = redis::Pipeline::new();
+                pipe.cmd("HINCRBY")
                     .arg(&p.key)
                     .arg(ctx.id())
                     .arg(1)
-                    .query_async::<i64>(&mut conn)
+                    .ignore();
+                if let Some(l) = &p.log {
+                    pipe.cmd("RPUSH")
+                        .arg(l)
+                        .arg(format!(
+                            "{} {} {}",
+                            ctx.id(),
+                            ctx.attempt(),
+                            crate::task::now_ms()
+                        ))
+                        .ignore();
+                }
+                pipe.query_async::<()>(&mut conn)
                     .await
                     .map_err(|e| HandlerError::retryable(format!("record: {e}")))?;
                 sleep_cancellable(&ctx, p.ms).await?;
@@ -85,7 +114,10 @@ pub fn register(reg: &mut Registry, conn: ConnectionManager) {
                     return Err(HandlerError::permanent("asked to fail permanently"));
                 }
                 if ctx.attempt() < p.fail_until_attempt {
-                    return Err(HandlerError::retryable(format!("asked to fail until attempt {}", p.fail_until_attempt)));
+                    return Err(HandlerError::retryable(format!(
+                        "asked to fail until attempt {}",
+                        p.fail_until_attempt
+                    )));
                 }
                 Ok(serde_json::json!({"attempt": ctx.attempt()}))
             }

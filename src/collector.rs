@@ -12,17 +12,25 @@ use crate::metrics as m;
 use crate::stats;
 
 /// Samples once: one pipelined read per queue.
-pub async fn sample(conn: &mut ConnectionManager, queues: &[String], lapse_ms: u64) -> crate::Result<Vec<stats::QueueStats>> {
+pub async fn sample(
+    conn: &mut ConnectionManager,
+    queues: &[String],
+    lapse_ms: u64,
+) -> crate::Result<Vec<stats::QueueStats>> {
     let mut out = Vec::new();
     for q in queues {
         let s = stats::queue_stats(conn, q, lapse_ms).await?;
         let name = s.queue.clone();
-        metrics::gauge!(m::STREAM_LENGTH, "queue" => name.clone(), "lane" => "bulk").set(s.bulk_length as f64);
-        metrics::gauge!(m::STREAM_LENGTH, "queue" => name.clone(), "lane" => "express").set(s.express_length as f64);
+        metrics::gauge!(m::STREAM_LENGTH, "queue" => name.clone(), "lane" => "bulk")
+            .set(s.bulk_length as f64);
+        metrics::gauge!(m::STREAM_LENGTH, "queue" => name.clone(), "lane" => "express")
+            .set(s.express_length as f64);
         metrics::gauge!(m::SCHEDULED, "queue" => name.clone()).set(s.scheduled as f64);
         metrics::gauge!(m::DLQ_LENGTH, "queue" => name.clone()).set(s.dead_letters as f64);
-        metrics::gauge!(m::OLDEST_AGE_SECONDS, "queue" => name.clone(), "lane" => "bulk").set(s.oldest_bulk_age_seconds);
-        metrics::gauge!(m::OLDEST_AGE_SECONDS, "queue" => name.clone(), "lane" => "express").set(s.oldest_express_age_seconds);
+        metrics::gauge!(m::OLDEST_AGE_SECONDS, "queue" => name.clone(), "lane" => "bulk")
+            .set(s.oldest_bulk_age_seconds);
+        metrics::gauge!(m::OLDEST_AGE_SECONDS, "queue" => name.clone(), "lane" => "express")
+            .set(s.oldest_express_age_seconds);
         metrics::gauge!(m::ACTIVE_WORKERS, "queue" => name.clone()).set(s.live_workers as f64);
         for g in &s.groups {
             metrics::gauge!(m::PENDING, "queue" => name.clone(), "lane" => g.lane.clone(), "group" => g.name.clone()).set(g.pending as f64);
@@ -36,7 +44,13 @@ pub async fn sample(conn: &mut ConnectionManager, queues: &[String], lapse_ms: u
 }
 
 /// Runs until `stop` fires.
-pub async fn run(conn: ConnectionManager, queues: Vec<String>, interval: Duration, lapse_ms: u64, stop: CancellationToken) {
+pub async fn run(
+    conn: ConnectionManager,
+    queues: Vec<String>,
+    interval: Duration,
+    lapse_ms: u64,
+    stop: CancellationToken,
+) {
     let mut conn = conn;
     while !stop.is_cancelled() {
         match sample(&mut conn, &queues, lapse_ms).await {

@@ -31,6 +31,10 @@ pub struct Config {
     pub queues: Vec<QueueConfig>,
     /// HTTP handlers: task types served by POSTing to a URL.
     pub http_handlers: Vec<HttpHandlerConfig>,
+    /// Saga definitions (`[[sagas]]`, see `crate::saga::definition`).
+    pub sagas: Vec<crate::saga::definition::SagaDefToml>,
+    /// Saga orchestrator settings (`[orchestrator]`).
+    pub orchestrator: crate::saga::OrchestratorConfig,
 }
 
 /// Redis connection settings.
@@ -277,7 +281,11 @@ impl QueueConfig {
     /// All groups of the queue: the read group, then the fan-out groups.
     pub fn all_groups(&self) -> Vec<String> {
         let mut g = vec![crate::keys::DEFAULT_GROUP.to_string()];
-        for x in self.fanout_groups.iter().chain(std::iter::once(&self.group)) {
+        for x in self
+            .fanout_groups
+            .iter()
+            .chain(std::iter::once(&self.group))
+        {
             if !g.contains(x) {
                 g.push(x.clone());
             }
@@ -375,10 +383,7 @@ impl Config {
     /// Parses TOML text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         toml::from_str::<Config>(text).map_err(|e| {
-            let (line, col) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((0, 0));
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             let key = key_at(text, e.span().map(|s| s.start));
             ConfigError {
                 problems: vec![Problem {
@@ -462,18 +467,33 @@ impl Config {
         } else if redis::Client::open(self.redis.url.as_str()).is_err() {
             bad(
                 "redis.url".into(),
-                format!("is not a valid Redis URL: {:?}", redact_url(&self.redis.url)),
+                format!(
+                    "is not a valid Redis URL: {:?}",
+                    redact_url(&self.redis.url)
+                ),
             );
         }
         for (key, v) in [
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
             ("worker.block_ms", self.worker.block_ms),
-            ("worker.heartbeat_interval_ms", self.worker.heartbeat_interval_ms),
-            ("worker.recovery_interval_ms", self.worker.recovery_interval_ms),
+            (
+                "worker.heartbeat_interval_ms",
+                self.worker.heartbeat_interval_ms,
+            ),
+            (
+                "worker.recovery_interval_ms",
+                self.worker.recovery_interval_ms,
+            ),
             ("worker.min_idle_ms", self.worker.min_idle_ms),
-            ("worker.forward_interval_ms", self.worker.forward_interval_ms),
-            ("worker.collect_interval_ms", self.worker.collect_interval_ms),
+            (
+                "worker.forward_interval_ms",
+                self.worker.forward_interval_ms,
+            ),
+            (
+                "worker.collect_interval_ms",
+                self.worker.collect_interval_ms,
+            ),
         ] {
             if v == 0 {
                 bad(key.into(), "must be positive".into());
@@ -490,7 +510,10 @@ impl Config {
             );
         }
         if w.read_count == 0 || w.read_count > 10_000 {
-            bad("worker.read_count".into(), "must be between 1 and 10000".into());
+            bad(
+                "worker.read_count".into(),
+                "must be between 1 and 10000".into(),
+            );
         }
         if w.ack_batch == 0 {
             bad("worker.ack_batch".into(), "must be positive".into());
@@ -512,8 +535,7 @@ impl Config {
                 "must be between 1 and 536870912 (Redis' string limit)".into(),
             );
         }
-        if !self.http.listen.is_empty()
-            && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
         {
             bad(
                 "http.listen".into(),
@@ -559,11 +581,17 @@ impl Config {
                 bad(k("backoff_base_ms"), "must be positive".into());
             }
             if q.backoff_cap_ms < q.backoff_base_ms {
-                bad(k("backoff_cap_ms"), "must be at least backoff_base_ms".into());
+                bad(
+                    k("backoff_cap_ms"),
+                    "must be at least backoff_base_ms".into(),
+                );
             }
             for g in q.fanout_groups.iter().chain(std::iter::once(&q.group)) {
                 if g.is_empty() || g.contains(char::is_whitespace) {
-                    bad(k("fanout_groups"), format!("group name {g:?} must be non-empty without spaces"));
+                    bad(
+                        k("fanout_groups"),
+                        format!("group name {g:?} must be non-empty without spaces"),
+                    );
                 }
             }
             for (t, o) in &q.types {
@@ -588,11 +616,17 @@ impl Config {
                 bad(k("type"), format!("task type {e}"));
             }
             if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
-                bad(k("url"), format!("must be an http:// or https:// URL, got {:?}", h.url));
+                bad(
+                    k("url"),
+                    format!("must be an http:// or https:// URL, got {:?}", h.url),
+                );
             }
             if h.timeout_ms == Some(0) {
                 bad(k("timeout_ms"), "must be positive".into());
             }
+        }
+        for (key, reason) in crate::saga::config_problems(&self.sagas, &self.orchestrator) {
+            bad(key, reason);
         }
         if p.is_empty() {
             Ok(())
@@ -692,9 +726,12 @@ mod tests {
 
     #[test]
     fn wrong_type_names_key() {
-        let err = Config::parse("c.toml", "[[queues]]\nname = \"a\"\nconcurrency = \"ten\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(
+            "c.toml",
+            "[[queues]]\nname = \"a\"\nconcurrency = \"ten\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("queues.concurrency"), "{err}");
     }
 

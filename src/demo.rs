@@ -39,20 +39,32 @@ impl Drop for PrivateRedis {
 }
 
 async fn answers(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else { return false };
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
     let fut = async {
         let mut c = client.get_multiplexed_async_connection().await.ok()?;
         redis::cmd("PING").query_async::<String>(&mut c).await.ok()
     };
-    matches!(tokio::time::timeout(Duration::from_secs(1), fut).await, Ok(Some(_)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), fut).await,
+        Ok(Some(_))
+    )
 }
 
 async fn find_redis(cfg: &Config) -> anyhow::Result<(String, Option<PrivateRedis>)> {
     if answers(&cfg.redis.url).await {
-        println!("• using the Redis at {}", taskstream::config::redact_url(&cfg.redis.url));
+        println!(
+            "• using the Redis at {}",
+            taskstream::config::redact_url(&cfg.redis.url)
+        );
         return Ok((cfg.redis.url.clone(), None));
     }
-    let found = std::process::Command::new("redis-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let found = std::process::Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     if found.is_err() {
         bail!(
             "no Redis answers at {} and `redis-server` is not installed.\n\
@@ -61,11 +73,24 @@ async fn find_redis(cfg: &Config) -> anyhow::Result<(String, Option<PrivateRedis
             taskstream::config::redact_url(&cfg.redis.url)
         );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let dir = std::env::temp_dir().join(format!("taskstream-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--maxmemory-policy", "noeviction"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
+        ])
         .arg("--dir")
         .arg(&dir)
         .stdout(Stdio::null())
@@ -81,7 +106,10 @@ async fn find_redis(cfg: &Config) -> anyhow::Result<(String, Option<PrivateRedis
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    println!("• no Redis at {}: started a private redis-server on port {port}", taskstream::config::redact_url(&cfg.redis.url));
+    println!(
+        "• no Redis at {}: started a private redis-server on port {port}",
+        taskstream::config::redact_url(&cfg.redis.url)
+    );
     Ok((url, Some(guard)))
 }
 
@@ -160,14 +188,21 @@ fn demo_registry(waits: Arc<Mutex<Waits>>) -> Registry {
                     due_ms: u64,
                 }
                 let p: P = ctx.payload()?;
-                w.lock().expect("poisoned").reminder_late_ms.push(now_ms() as i64 - p.due_ms as i64);
+                w.lock()
+                    .expect("poisoned")
+                    .reminder_late_ms
+                    .push(now_ms() as i64 - p.due_ms as i64);
                 Ok(serde_json::Value::Null)
             }
         }),
     );
     reg.register(
         "demo.sync_crm",
-        handler_fn(|_ctx: TaskContext| async { Err(HandlerError::permanent("crm rejected the record: account 42 is closed")) }),
+        handler_fn(|_ctx: TaskContext| async {
+            Err(HandlerError::permanent(
+                "crm rejected the record: account 42 is closed",
+            ))
+        }),
     );
     reg
 }
@@ -190,15 +225,24 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
     let never = CancellationToken::new();
     let mut conn = taskstream::rdb::connect(&cfg.redis, &never).await?;
     // Start from a clean demo queue.
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("ts:{{{QUEUE}}}:*")).query_async(&mut conn).await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("ts:{{{QUEUE}}}:*"))
+        .query_async(&mut conn)
+        .await?;
     if !keys.is_empty() {
-        redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await?;
     }
     let waits = Arc::new(Mutex::new(Waits::default()));
     let reg = demo_registry(waits.clone());
     let shutdown = CancellationToken::new();
     let worker = taskstream::worker::Worker::new(cfg.clone(), reg);
-    println!("• worker {} serving queue {QUEUE:?} (64 slots, 8 reserved for express)", worker.consumer_name());
+    println!(
+        "• worker {} serving queue {QUEUE:?} (64 slots, 8 reserved for express)",
+        worker.consumer_name()
+    );
     let wh = tokio::spawn(worker.run(shutdown.clone()));
 
     let producer = Producer::new(conn.clone(), cfg.producer.clone());
@@ -206,48 +250,120 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
     let n_bulk = a.tasks;
     let mut tasks = Vec::new();
     for i in 0..n_bulk {
-        tasks.push(NewTask::new(QUEUE, "demo.resize_image", &serde_json::json!({"image": format!("img-{i}.png")}))?);
+        tasks.push(NewTask::new(
+            QUEUE,
+            "demo.resize_image",
+            &serde_json::json!({"image": format!("img-{i}.png")}),
+        )?);
     }
     let n_email = (n_bulk / 5).max(10);
     for i in 0..n_email {
-        tasks.push(NewTask::new(QUEUE, "demo.send_email", &serde_json::json!({"to": format!("user{i}@example.com"), "flaky": i % 10 == 0}))?);
+        tasks.push(NewTask::new(
+            QUEUE,
+            "demo.send_email",
+            &serde_json::json!({"to": format!("user{i}@example.com"), "flaky": i % 10 == 0}),
+        )?);
     }
     let mut enqueued = 0;
     for chunk in tasks.chunks(500) {
         enqueued += producer.enqueue_batch(chunk.to_vec()).await?.len();
     }
-    println!("• enqueued {enqueued} bulk tasks (image resizes, e-mails; every 10th e-mail fails once)");
+    println!(
+        "• enqueued {enqueued} bulk tasks (image resizes, e-mails; every 10th e-mail fails once)"
+    );
     let n_express = 20;
     for i in 0..n_express {
-        producer.enqueue(NewTask::new(QUEUE, "demo.charge_card", &serde_json::json!({"order": i}))?.express()).await?;
+        producer
+            .enqueue(
+                NewTask::new(QUEUE, "demo.charge_card", &serde_json::json!({"order": i}))?
+                    .express(),
+            )
+            .await?;
     }
     println!("• enqueued {n_express} express card charges behind that backlog");
     for i in 0..3 {
         let due = now_ms() + 1_500;
         producer
-            .enqueue(NewTask::new(QUEUE, "demo.send_reminder", &serde_json::json!({"n": i, "due_ms": due}))?.delay(Duration::from_millis(1_500)))
+            .enqueue(
+                NewTask::new(
+                    QUEUE,
+                    "demo.send_reminder",
+                    &serde_json::json!({"n": i, "due_ms": due}),
+                )?
+                .delay(Duration::from_millis(1_500)),
+            )
             .await?;
     }
     println!("• scheduled 3 reminders 1.5 s from now");
     for i in 0..3 {
-        producer.enqueue(NewTask::new(QUEUE, "demo.sync_crm", &serde_json::json!({"account": 42, "n": i}))?).await?;
+        producer
+            .enqueue(NewTask::new(
+                QUEUE,
+                "demo.sync_crm",
+                &serde_json::json!({"account": 42, "n": i}),
+            )?)
+            .await?;
     }
-    let first = producer.enqueue(NewTask::new(QUEUE, "demo.charge_card", &serde_json::json!({"order": "A-1"}))?.idempotency_key("order-A-1")).await?;
-    let again = producer.enqueue(NewTask::new(QUEUE, "demo.charge_card", &serde_json::json!({"order": "A-1"}))?.idempotency_key("order-A-1")).await?;
+    let first = producer
+        .enqueue(
+            NewTask::new(
+                QUEUE,
+                "demo.charge_card",
+                &serde_json::json!({"order": "A-1"}),
+            )?
+            .idempotency_key("order-A-1"),
+        )
+        .await?;
+    let again = producer
+        .enqueue(
+            NewTask::new(
+                QUEUE,
+                "demo.charge_card",
+                &serde_json::json!({"order": "A-1"}),
+            )?
+            .idempotency_key("order-A-1"),
+        )
+        .await?;
     println!("• enqueued order A-1 twice with one idempotency key: second answer is a duplicate of {} ({})", first.task_id, again.duplicate);
     let k = QueueKeys::new(QUEUE);
-    redis::cmd("XADD").arg(&k.stream).arg("*").arg("v").arg("1").arg("payload").arg("{}").query_async::<String>(&mut conn).await?;
-    redis::cmd("XADD").arg(&k.stream).arg("*").arg("v").arg("1").arg("type").arg("video.transcode").arg("payload").arg("{\"id\":7}").query_async::<String>(&mut conn).await?;
+    redis::cmd("XADD")
+        .arg(&k.stream)
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("payload")
+        .arg("{}")
+        .query_async::<String>(&mut conn)
+        .await?;
+    redis::cmd("XADD")
+        .arg(&k.stream)
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("type")
+        .arg("video.transcode")
+        .arg("payload")
+        .arg("{\"id\":7}")
+        .query_async::<String>(&mut conn)
+        .await?;
     println!("• a producer in another language wrote a malformed entry and an unknown task type with raw XADD");
     println!("• 3 CRM syncs will fail for good\n");
     let total = (enqueued + n_express + 3 + 3 + 1 + 2) as u64;
 
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (done, retried, dead): (Option<u64>, Option<u64>, Option<u64>) =
-            redis::cmd("HMGET").arg(&k.counters).arg("done").arg("retried").arg("dead").query_async(&mut conn).await?;
+        let (done, retried, dead): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&k.counters)
+            .arg("done")
+            .arg("retried")
+            .arg("dead")
+            .query_async(&mut conn)
+            .await?;
         let (done, retried, dead) = (done.unwrap_or(0), retried.unwrap_or(0), dead.unwrap_or(0));
-        let backlog: u64 = redis::cmd("XLEN").arg(&k.stream).query_async(&mut conn).await?;
+        let backlog: u64 = redis::cmd("XLEN")
+            .arg(&k.stream)
+            .query_async(&mut conn)
+            .await?;
         let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
         print!("\r  progress: {:>6}/{total} done, {retried:>4} retried, {dead:>2} dead-lettered, backlog {backlog:>6}, {rate:>7.0} tasks/s   ", done + dead);
         use std::io::Write;
@@ -268,17 +384,46 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
 
     let dl = taskstream::dlq::list(&mut conn, QUEUE, 100).await?;
     let mut w = std::mem::take(&mut *waits.lock().expect("poisoned"));
-    println!("summary ({:.2} s, {:.0} tasks/s end to end)", elapsed.as_secs_f64(), total as f64 / elapsed.as_secs_f64());
-    println!("  express wait  p50 {:>7.1} ms  p99 {:>7.1} ms  ({} tasks, enqueued behind the backlog)", pct(&mut w.express, 0.5), pct(&mut w.express, 0.99), w.express.len());
-    println!("  bulk wait     p50 {:>7.1} ms  p99 {:>7.1} ms  ({} runs)", pct(&mut w.bulk, 0.5), pct(&mut w.bulk, 0.99), w.bulk.len());
+    println!(
+        "summary ({:.2} s, {:.0} tasks/s end to end)",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "  express wait  p50 {:>7.1} ms  p99 {:>7.1} ms  ({} tasks, enqueued behind the backlog)",
+        pct(&mut w.express, 0.5),
+        pct(&mut w.express, 0.99),
+        w.express.len()
+    );
+    println!(
+        "  bulk wait     p50 {:>7.1} ms  p99 {:>7.1} ms  ({} runs)",
+        pct(&mut w.bulk, 0.5),
+        pct(&mut w.bulk, 0.99),
+        w.bulk.len()
+    );
     if let Some(late) = w.reminder_late_ms.iter().max() {
-        println!("  delayed reminders ran {} ms after their due time at most (never before)", late);
+        println!(
+            "  delayed reminders ran {} ms after their due time at most (never before)",
+            late
+        );
     }
     println!("  dead letters ({}):", dl.len());
     for d in &dl {
-        println!("    {:<20} {:<18} {}", d.dlq_id, d.get("type").unwrap_or("-"), d.get("dlq_reason").unwrap_or("-"));
+        println!(
+            "    {:<20} {:<18} {}",
+            d.dlq_id,
+            d.get("type").unwrap_or("-"),
+            d.get("dlq_reason").unwrap_or("-")
+        );
     }
-    println!("\nInspect with: taskstream stats --redis-url {} ; taskstream dlq list --queue {QUEUE}", if private.is_some() { "<private redis, stopped now>" } else { cfg.redis.url.as_str() });
+    println!(
+        "\nInspect with: taskstream stats --redis-url {} ; taskstream dlq list --queue {QUEUE}",
+        if private.is_some() {
+            "<private redis, stopped now>"
+        } else {
+            cfg.redis.url.as_str()
+        }
+    );
     drop(private);
     Ok(())
 }

@@ -24,14 +24,28 @@ pub struct DeadLetter {
 impl DeadLetter {
     /// The value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// Lists up to `count` dead letters, oldest first.
-pub async fn list(conn: &mut ConnectionManager, queue: &str, count: usize) -> Result<Vec<DeadLetter>> {
+pub async fn list(
+    conn: &mut ConnectionManager,
+    queue: &str,
+    count: usize,
+) -> Result<Vec<DeadLetter>> {
     let k = QueueKeys::new(queue);
-    let v: redis::Value = redis::cmd("XRANGE").arg(&k.dlq).arg("-").arg("+").arg("COUNT").arg(count).query_async(conn).await?;
+    let v: redis::Value = redis::cmd("XRANGE")
+        .arg(&k.dlq)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
     Ok(rdb::parse_entries(v)
         .into_iter()
         .map(|e| DeadLetter {
@@ -40,7 +54,12 @@ pub async fn list(conn: &mut ConnectionManager, queue: &str, count: usize) -> Re
                 .fields
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(&k).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    )
+                })
                 .collect(),
         })
         .collect())
@@ -53,19 +72,41 @@ pub async fn requeue(conn: &mut ConnectionManager, queue: &str, dlq_id: &str) ->
     p.add_command(rdb::evalsha(
         &rdb::SCRIPTS.requeue,
         &[&k.dlq, &k.stream, &k.express],
-        vec![dlq_id.as_bytes().to_vec(), now_ms().to_string().into_bytes()],
+        vec![
+            dlq_id.as_bytes().to_vec(),
+            now_ms().to_string().into_bytes(),
+        ],
     ));
     let (r,): (i64,) = rdb::query_pipe(conn, &p).await?;
     Ok(r)
 }
 
-/// Requeues every dead letter (in pages). Returns (requeued, skipped).
+/// Requeues every dead letter present when called (in pages). Letters that die again while
+/// this runs are left alone, so it always ends. Returns (requeued, skipped).
 pub async fn requeue_all(conn: &mut ConnectionManager, queue: &str) -> Result<(u64, u64)> {
     let (mut ok, mut skipped) = (0, 0);
+    let k = QueueKeys::new(queue);
+    let last: redis::Value = redis::cmd("XREVRANGE")
+        .arg(&k.dlq)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    let Some(end) = rdb::parse_entries(last).pop().map(|e| e.id) else {
+        return Ok((0, 0));
+    };
     let mut start = "-".to_string();
     loop {
-        let k = QueueKeys::new(queue);
-        let v: redis::Value = redis::cmd("XRANGE").arg(&k.dlq).arg(&start).arg("+").arg("COUNT").arg(500).query_async(conn).await?;
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(&k.dlq)
+            .arg(&start)
+            .arg(&end)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(conn)
+            .await?;
         let page = rdb::parse_entries(v);
         if page.is_empty() {
             break;
@@ -86,7 +127,12 @@ pub async fn requeue_all(conn: &mut ConnectionManager, queue: &str) -> Result<(u
 pub async fn purge(conn: &mut ConnectionManager, queue: &str) -> Result<u64> {
     let k = QueueKeys::new(queue);
     let mut p = redis::Pipeline::new();
-    p.atomic().cmd("XLEN").arg(&k.dlq).cmd("DEL").arg(&k.dlq).ignore();
+    p.atomic()
+        .cmd("XLEN")
+        .arg(&k.dlq)
+        .cmd("DEL")
+        .arg(&k.dlq)
+        .ignore();
     let (n,): (u64,) = p.query_async(conn).await?;
     Ok(n)
 }

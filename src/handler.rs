@@ -244,7 +244,11 @@ impl Registry {
     }
 
     /// Registers an already shared handler.
-    pub fn register_arc(&mut self, task_type: impl Into<String>, handler: Arc<dyn Handler>) -> &mut Self {
+    pub fn register_arc(
+        &mut self,
+        task_type: impl Into<String>,
+        handler: Arc<dyn Handler>,
+    ) -> &mut Self {
         self.map.insert(task_type.into(), handler);
         self
     }

@@ -21,7 +21,10 @@ pub fn router(handle: PrometheusHandle) -> Router {
                 async move {
                     h.run_upkeep();
                     (
-                        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
                         h.render(),
                     )
                 }
@@ -41,7 +44,11 @@ pub fn router(handle: PrometheusHandle) -> Router {
 
 /// Binds `addr` and serves until `stop` fires. Returns the bound address (useful with
 /// port 0) once listening.
-pub async fn serve(addr: SocketAddr, handle: PrometheusHandle, stop: CancellationToken) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    stop: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = router(handle);

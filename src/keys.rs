@@ -86,6 +86,8 @@ pub struct QueueKeys {
     pub idem_prefix: String,
     /// Hash of running totals (`done`, `dead`, `retried`): `ts:{q}:counters`.
     pub counters: String,
+    /// Hash entry id → executions started after a recovery: `ts:{q}:starts` (poison detection).
+    pub starts: String,
 }
 
 impl QueueKeys {
@@ -103,6 +105,7 @@ impl QueueKeys {
             paused: format!("{base}:paused"),
             idem_prefix: format!("{base}:idem:"),
             counters: format!("{base}:counters"),
+            starts: format!("{base}:starts"),
         }
     }
 

@@ -28,9 +28,14 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn init_logging(cfg: &Config) {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.log.level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let _ = match cfg.log.format {
         LogFormat::Json => b.json().flatten_event(true).try_init(),
         LogFormat::Text => b.try_init(),
@@ -40,13 +45,14 @@ fn init_logging(cfg: &Config) {
 /// First SIGINT/SIGTERM cancels `token` (graceful); a second one exits at once.
 fn spawn_signal_handler(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install SIGTERM handler");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install SIGTERM handler");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
@@ -57,13 +63,18 @@ fn spawn_signal_handler(token: CancellationToken) {
             _ = tokio::signal::ctrl_c() => {},
             _ = term.recv() => {},
         }
-        tracing::warn!("second signal: exiting now; running tasks stay pending and will be recovered");
+        tracing::warn!(
+            "second signal: exiting now; running tasks stay pending and will be recovered"
+        );
         std::process::exit(130);
     });
 }
 
 /// The handlers the binary serves: built-ins (when enabled) and configured HTTP handlers.
-pub(crate) fn registry(cfg: &Config, conn: redis::aio::ConnectionManager) -> anyhow::Result<Registry> {
+pub(crate) fn registry(
+    cfg: &Config,
+    conn: redis::aio::ConnectionManager,
+) -> anyhow::Result<Registry> {
     let mut reg = Registry::new();
     if cfg.worker.builtin_handlers {
         taskstream::builtin::register(&mut reg, conn.clone());
@@ -74,9 +85,16 @@ pub(crate) fn registry(cfg: &Config, conn: redis::aio::ConnectionManager) -> any
         for h in &cfg.http_handlers {
             // The worker enforces each task's own time limit; the request limit defaults to
             // the longest queue timeout so it never cuts a task shorter than its queue allows.
-            let default_timeout = Duration::from_millis(cfg.queues.iter().map(|q| q.timeout_ms).max().unwrap_or(30_000));
-            let handler = taskstream::http_handler::HttpHandler::new(h, default_timeout, client.clone())
-                .with_context(|| format!("http handler for task type {:?}", h.task_type))?;
+            let default_timeout = Duration::from_millis(
+                cfg.queues
+                    .iter()
+                    .map(|q| q.timeout_ms)
+                    .max()
+                    .unwrap_or(30_000),
+            );
+            let handler =
+                taskstream::http_handler::HttpHandler::new(h, default_timeout, client.clone())
+                    .with_context(|| format!("http handler for task type {:?}", h.task_type))?;
             reg.register(h.task_type.clone(), handler);
         }
     }
@@ -91,7 +109,9 @@ async fn start_http(cfg: &Config, stop: &CancellationToken) -> anyhow::Result<()
     let handle = taskstream::metrics::install();
     taskstream::http::serve(addr, handle, stop.clone())
         .await
-        .with_context(|| format!("cannot listen on {addr} (http.listen); set another address or \"\" to disable"))?;
+        .with_context(|| {
+            format!("cannot listen on {addr} (http.listen); set another address or \"\" to disable")
+        })?;
     Ok(())
 }
 
@@ -127,7 +147,9 @@ async fn cmd_worker(mut cfg: Config, run_for: Option<Duration>) -> anyhow::Resul
         collect_stop,
     ));
     // SAGA-ORCHESTRATOR
-    taskstream::worker::Worker::new(cfg, reg).run(shutdown).await?;
+    taskstream::worker::Worker::new(cfg, reg)
+        .run(shutdown)
+        .await?;
     Ok(())
 }
 
@@ -152,7 +174,14 @@ async fn cmd_enqueue(cfg: Config, a: EnqueueArgs) -> anyhow::Result<()> {
             .iter()
             .map(|e| serde_json::json!({"task_id": e.task_id, "entry_id": e.entry_id, "duplicate": e.duplicate, "scheduled": e.scheduled}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&if v.len() == 1 { v[0].clone() } else { serde_json::Value::Array(v) })?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&if v.len() == 1 {
+                v[0].clone()
+            } else {
+                serde_json::Value::Array(v)
+            })?
+        );
     } else if out.len() == 1 {
         let e = &out[0];
         let what = if e.duplicate {
@@ -174,7 +203,12 @@ async fn cmd_stats(cfg: Config, a: StatsArgs) -> anyhow::Result<()> {
     let never = CancellationToken::new();
     let mut conn = tokio::time::timeout(Duration::from_secs(10), rdb::connect(&cfg.redis, &never))
         .await
-        .map_err(|_| anyhow::anyhow!("redis at {} does not answer", taskstream::config::redact_url(&cfg.redis.url)))??;
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "redis at {} does not answer",
+                taskstream::config::redact_url(&cfg.redis.url)
+            )
+        })??;
     let configured: Vec<String> = cfg.queues.iter().map(|q| q.name.clone()).collect();
     let mut prev: Option<(std::time::Instant, Vec<(String, u64)>)> = None;
     loop {
@@ -184,14 +218,20 @@ async fn cmd_stats(cfg: Config, a: StatsArgs) -> anyhow::Result<()> {
         };
         let mut all = Vec::new();
         for n in &names {
-            all.push(taskstream::stats::queue_stats(&mut conn, n, cfg.worker.heartbeat_lapse_ms).await?);
+            all.push(
+                taskstream::stats::queue_stats(&mut conn, n, cfg.worker.heartbeat_lapse_ms).await?,
+            );
         }
         let done = taskstream::stats::completed_counts(&mut conn, &names).await?;
         let rates: Option<Vec<f64>> = prev.as_ref().map(|(t, p)| {
             let dt = t.elapsed().as_secs_f64().max(0.001);
             done.iter()
                 .map(|(q, n)| {
-                    let before = p.iter().find(|(pq, _)| pq == q).map(|(_, v)| *v).unwrap_or(*n);
+                    let before = p
+                        .iter()
+                        .find(|(pq, _)| pq == q)
+                        .map(|(_, v)| *v)
+                        .unwrap_or(*n);
                     n.saturating_sub(before) as f64 / dt
                 })
                 .collect()
@@ -201,9 +241,16 @@ async fn cmd_stats(cfg: Config, a: StatsArgs) -> anyhow::Result<()> {
         } else {
             if a.watch {
                 print!("\x1b[2J\x1b[H");
-                println!("taskstream stats — {} — every {:?} (Ctrl-C to quit)\n", taskstream::config::redact_url(&cfg.redis.url), a.interval);
+                println!(
+                    "taskstream stats — {} — every {:?} (Ctrl-C to quit)\n",
+                    taskstream::config::redact_url(&cfg.redis.url),
+                    a.interval
+                );
             }
-            print!("{}", taskstream::stats::render_table(&all, rates.as_deref()));
+            print!(
+                "{}",
+                taskstream::stats::render_table(&all, rates.as_deref())
+            );
         }
         if !a.watch {
             return Ok(());
@@ -238,7 +285,10 @@ async fn cmd_dlq(cfg: Config, action: DlqAction) -> anyhow::Result<()> {
             } else if items.is_empty() {
                 println!("no dead letters in queue {queue:?}");
             } else {
-                println!("{:<20} {:<38} {:<24} {:>8}  REASON", "DLQ_ID", "TASK_ID", "TYPE", "ATTEMPTS");
+                println!(
+                    "{:<20} {:<38} {:<24} {:>8}  REASON",
+                    "DLQ_ID", "TASK_ID", "TYPE", "ATTEMPTS"
+                );
                 for d in &items {
                     println!(
                         "{:<20} {:<38} {:<24} {:>8}  {}",
@@ -251,7 +301,12 @@ async fn cmd_dlq(cfg: Config, action: DlqAction) -> anyhow::Result<()> {
                 }
             }
         }
-        DlqAction::Requeue { queue, id, all, json } => {
+        DlqAction::Requeue {
+            queue,
+            id,
+            all,
+            json,
+        } => {
             let (ok, skipped) = if all {
                 taskstream::dlq::requeue_all(&mut conn, &queue).await?
             } else {
@@ -263,14 +318,21 @@ async fn cmd_dlq(cfg: Config, action: DlqAction) -> anyhow::Result<()> {
                 }
             };
             if json {
-                println!("{}", serde_json::json!({"requeued": ok, "skipped": skipped}));
+                println!(
+                    "{}",
+                    serde_json::json!({"requeued": ok, "skipped": skipped})
+                );
             } else {
-                println!("requeued {ok} dead letters into {queue:?} ({skipped} skipped: malformed)");
+                println!(
+                    "requeued {ok} dead letters into {queue:?} ({skipped} skipped: malformed)"
+                );
             }
         }
         DlqAction::Purge { queue, yes, json } => {
             if !yes {
-                bail!("purging deletes every dead letter of {queue:?} for good; add --yes to confirm");
+                bail!(
+                    "purging deletes every dead letter of {queue:?} for good; add --yes to confirm"
+                );
             }
             let n = taskstream::dlq::purge(&mut conn, &queue).await?;
             if json {
@@ -287,9 +349,17 @@ fn cmd_config_check(file: &std::path::Path, json: bool) -> anyhow::Result<bool> 
     match Config::load(file) {
         Ok(cfg) => {
             if json {
-                println!("{}", serde_json::json!({"file": file.display().to_string(), "valid": true, "queues": cfg.queues.len()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"file": file.display().to_string(), "valid": true, "queues": cfg.queues.len()})
+                );
             } else {
-                println!("{}: ok ({} queues, {} http handlers)", file.display(), cfg.queues.len(), cfg.http_handlers.len());
+                println!(
+                    "{}: ok ({} queues, {} http handlers)",
+                    file.display(),
+                    cfg.queues.len(),
+                    cfg.http_handlers.len()
+                );
             }
             Ok(true)
         }
@@ -300,7 +370,10 @@ fn cmd_config_check(file: &std::path::Path, json: bool) -> anyhow::Result<bool> 
                     .iter()
                     .map(|p| serde_json::json!({"file": p.file, "key": p.key, "reason": p.reason}))
                     .collect();
-                println!("{}", serde_json::json!({"file": file.display().to_string(), "valid": false, "problems": v}));
+                println!(
+                    "{}",
+                    serde_json::json!({"file": file.display().to_string(), "valid": false, "problems": v})
+                );
             } else {
                 eprintln!("{e}");
             }
@@ -310,8 +383,15 @@ fn cmd_config_check(file: &std::path::Path, json: bool) -> anyhow::Result<bool> 
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Config { action: ConfigAction::Check { file, json } } = &cli.command {
-        return Ok(if cmd_config_check(file, *json)? { ExitCode::SUCCESS } else { ExitCode::from(2) });
+    if let Command::Config {
+        action: ConfigAction::Check { file, json },
+    } = &cli.command
+    {
+        return Ok(if cmd_config_check(file, *json)? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        });
     }
     let mut cfg = load_config(&cli)?;
     if matches!(cli.command, Command::Demo(_)) && std::env::var("RUST_LOG").is_err() {
@@ -332,7 +412,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

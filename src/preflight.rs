@@ -29,7 +29,11 @@ pub struct Report {
 /// Parses `7.0.15` into (7, 0, 15).
 pub fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
     let mut it = v.trim().split('.').map(|p| p.parse::<u32>().ok());
-    Some((it.next()??, it.next().flatten().unwrap_or(0), it.next().flatten().unwrap_or(0)))
+    Some((
+        it.next()??,
+        it.next().flatten().unwrap_or(0),
+        it.next().flatten().unwrap_or(0),
+    ))
 }
 
 /// Reads `field:value` from an INFO reply.
@@ -77,19 +81,31 @@ pub fn evaluate(
 }
 
 async fn config_get(conn: &mut ConnectionManager, key: &str) -> Option<String> {
-    let v: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG").arg("GET").arg(key).query_async(conn).await;
+    let v: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(key)
+        .query_async(conn)
+        .await;
     v.ok().and_then(|v| v.get(1).cloned())
 }
 
 /// Reads the facts from the server and evaluates them.
 pub async fn check(conn: &mut ConnectionManager) -> Result<Report> {
     let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
-    let repl: String = redis::cmd("INFO").arg("replication").query_async(conn).await?;
+    let repl: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await?;
     let version = info_field(&info, "redis_version").unwrap_or("").to_string();
     let replicas = info_field(&repl, "connected_slaves").and_then(|s| s.parse().ok());
     let policy = config_get(conn, "maxmemory-policy").await;
     let aof = config_get(conn, "appendonly").await;
-    Ok(evaluate(&version, policy.as_deref(), aof.as_deref(), replicas))
+    Ok(evaluate(
+        &version,
+        policy.as_deref(),
+        aof.as_deref(),
+        replicas,
+    ))
 }
 
 /// Runs the checks and applies `mode`: logs every problem; refuses when asked to.

@@ -53,12 +53,20 @@ pub struct NewTask {
 
 impl NewTask {
     /// A task with a payload serialized from `payload`.
-    pub fn new(queue: impl Into<String>, task_type: impl Into<String>, payload: &impl Serialize) -> Result<Self> {
+    pub fn new(
+        queue: impl Into<String>,
+        task_type: impl Into<String>,
+        payload: &impl Serialize,
+    ) -> Result<Self> {
         Ok(Self::raw(queue, task_type, serde_json::to_string(payload)?))
     }
 
     /// A task whose payload is already JSON text (validated at enqueue).
-    pub fn raw(queue: impl Into<String>, task_type: impl Into<String>, payload_json: impl Into<String>) -> Self {
+    pub fn raw(
+        queue: impl Into<String>,
+        task_type: impl Into<String>,
+        payload_json: impl Into<String>,
+    ) -> Self {
         NewTask {
             queue: queue.into(),
             task_type: task_type.into(),
@@ -221,7 +229,9 @@ impl Producer {
         self.check(&t)?;
         let keys = QueueKeys::new(&t.queue);
         let lane = t.lane();
-        let task_id = t.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let task_id =
+            t.id.clone()
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let task = Task {
             id: task_id.clone(),
             task_type: t.task_type,
@@ -261,7 +271,10 @@ impl Producer {
             }
             Some(k) => {
                 let window_ms = self.cfg.idempotency_window_secs.max(1) * 1000;
-                let mut args: Vec<Vec<u8>> = vec![task_id.clone().into_bytes(), window_ms.to_string().into_bytes()];
+                let mut args: Vec<Vec<u8>> = vec![
+                    task_id.clone().into_bytes(),
+                    window_ms.to_string().into_bytes(),
+                ];
                 let target = if scheduled {
                     args.push(b"z".to_vec());
                     args.push(due.to_string().into_bytes());
@@ -276,7 +289,11 @@ impl Producer {
                     keys.lane_stream(lane).to_string()
                 };
                 let idem = keys.idem(k);
-                p.add_command(rdb::evalsha(&rdb::SCRIPTS.enqueue_idem, &[&idem, &target], args));
+                p.add_command(rdb::evalsha(
+                    &rdb::SCRIPTS.enqueue_idem,
+                    &[&idem, &target],
+                    args,
+                ));
                 Ok(Plan::Idem { task_id, scheduled })
             }
         }
@@ -285,7 +302,10 @@ impl Producer {
     async fn register_queues<'a>(&self, queues: impl Iterator<Item = &'a str>) -> Result<()> {
         let new: Vec<String> = {
             let known = self.known_queues.lock().expect("poisoned");
-            queues.filter(|q| !known.contains(*q)).map(str::to_string).collect()
+            queues
+                .filter(|q| !known.contains(*q))
+                .map(str::to_string)
+                .collect()
         };
         if new.is_empty() {
             return Ok(());
@@ -322,7 +342,8 @@ impl Producer {
             queues.push((t.queue.clone(), t.lane()));
             plans.push(self.add_to_pipe(&mut p, t, now)?);
         }
-        self.register_queues(queues.iter().map(|(q, _)| q.as_str())).await?;
+        self.register_queues(queues.iter().map(|(q, _)| q.as_str()))
+            .await?;
         let mut conn = self.conn.clone();
         let replies: Vec<redis::Value> = rdb::query_pipe(&mut conn, &p).await?;
         let mut out = Vec::with_capacity(plans.len());
@@ -330,12 +351,17 @@ impl Producer {
             let e = match plan {
                 Plan::Plain { task_id, scheduled } => Enqueued {
                     task_id,
-                    entry_id: if scheduled { None } else { redis::from_redis_value(reply).ok() },
+                    entry_id: if scheduled {
+                        None
+                    } else {
+                        redis::from_redis_value(reply).ok()
+                    },
                     duplicate: false,
                     scheduled,
                 },
                 Plan::Idem { task_id, scheduled } => {
-                    let (added, id): (i64, String) = redis::from_redis_value(reply).map_err(|e| Error::Redis(e.into()))?;
+                    let (added, id): (i64, String) =
+                        redis::from_redis_value(reply).map_err(|e| Error::Redis(e.into()))?;
                     if added == 1 {
                         Enqueued {
                             task_id,

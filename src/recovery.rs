@@ -19,9 +19,14 @@
 //! looks stale; recovery then waits one full lapse, so live workers can beat again before
 //! anyone is judged dead.
 //!
-//! Claimed entries run again with a higher attempt number. An entry delivered
+//! Claimed entries run again with a higher attempt number. An entry executed
 //! `max_deliveries` times without completing is poison (it keeps killing workers) and goes
-//! to the dead-letter stream. A dead consumer is removed from its group only once its
+//! to the dead-letter stream. Executions, not deliveries, are counted: a recovered entry
+//! records a start in `ts:{q}:starts` before its handler runs, and an entry delivered three
+//! times or more runs *isolated* (it waits until nothing else of the queue runs in the
+//! process, and nothing else starts beside it). So the tasks that merely shared a worker
+//! with a poison task are not blamed for its crashes: they either never started, or ran
+//! alone and completed. A dead consumer is removed from its group only once its
 //! pending list is empty, checked and deleted in one script (`XGROUP DELCONSUMER` drops
 //! pending entries: redis#9745).
 
@@ -53,7 +58,10 @@ pub(crate) struct RecoveryConfig {
 fn to_u64(v: &Value) -> u64 {
     match v {
         Value::Int(i) => *i as u64,
-        Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0) as u64,
+        Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64,
         Value::SimpleString(s) => s.parse::<f64>().unwrap_or(0.0) as u64,
         _ => 0,
     }
@@ -72,7 +80,13 @@ fn counts(v: Value) -> HashMap<String, u32> {
     out
 }
 
-fn dispatch_claimed(rt: &Arc<QueueRuntime>, lane: Lane, entries: Vec<RawEntry>, counts: &HashMap<String, u32>, slots: &mut Vec<crate::worker::runtime::Slot>) -> usize {
+fn dispatch_claimed(
+    rt: &Arc<QueueRuntime>,
+    lane: Lane,
+    entries: Vec<RawEntry>,
+    counts: &HashMap<String, u32>,
+    slots: &mut Vec<crate::worker::runtime::Slot>,
+) -> usize {
     let mut n = 0;
     for e in entries {
         let Some(slot) = slots.pop() else {
@@ -87,7 +101,12 @@ fn dispatch_claimed(rt: &Arc<QueueRuntime>, lane: Lane, entries: Vec<RawEntry>, 
 }
 
 /// Claims the work of dead consumers once. Returns the number of entries claimed.
-async fn recover_dead(rt: &Arc<QueueRuntime>, conn: &mut ConnectionManager, cfg: RecoveryConfig, stop: &CancellationToken) -> crate::Result<usize> {
+async fn recover_dead(
+    rt: &Arc<QueueRuntime>,
+    conn: &mut ConnectionManager,
+    cfg: RecoveryConfig,
+    stop: &CancellationToken,
+) -> crate::Result<usize> {
     let now = now_ms();
     let cutoff = now.saturating_sub(cfg.lapse.as_millis() as u64);
     let dead: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
@@ -116,7 +135,12 @@ async fn recover_dead(rt: &Arc<QueueRuntime>, conn: &mut ConnectionManager, cfg:
                 let mut p = redis::Pipeline::new();
                 p.add_command(rdb::evalsha(
                     &rdb::SCRIPTS.claim_dead,
-                    &[rt.keys.lane_stream(lane), &rt.heartbeats, &rt.keys.dlq],
+                    &[
+                        rt.keys.lane_stream(lane),
+                        &rt.heartbeats,
+                        &rt.keys.dlq,
+                        &rt.keys.starts,
+                    ],
                     vec![
                         rt.group.clone().into_bytes(),
                         consumer.clone().into_bytes(),
@@ -125,7 +149,11 @@ async fn recover_dead(rt: &Arc<QueueRuntime>, conn: &mut ConnectionManager, cfg:
                         want.to_string().into_bytes(),
                         rt.max_deliveries.to_string().into_bytes(),
                         now_ms().to_string().into_bytes(),
-                        if rt.delete_on_ack { b"1".to_vec() } else { b"0".to_vec() },
+                        if rt.delete_on_ack {
+                            b"1".to_vec()
+                        } else {
+                            b"0".to_vec()
+                        },
                     ],
                 ));
                 let (r,): (Vec<Value>,) = rdb::query_pipe(conn, &p).await?;
@@ -145,7 +173,8 @@ async fn recover_dead(rt: &Arc<QueueRuntime>, conn: &mut ConnectionManager, cfg:
                     }
                     if last_beat > 0 {
                         let delay = now_ms().saturating_sub(last_beat) as f64 / 1000.0;
-                        metrics::histogram!(m::RECOVERY_DELAY_SECONDS, "queue" => q.clone()).record(delay);
+                        metrics::histogram!(m::RECOVERY_DELAY_SECONDS, "queue" => q.clone())
+                            .record(delay);
                     }
                     tracing::info!(
                         queue = %q,
@@ -182,7 +211,8 @@ async fn recover_dead(rt: &Arc<QueueRuntime>, conn: &mut ConnectionManager, cfg:
             removed += r;
         }
         if removed == 2 {
-            metrics::counter!(m::CONSUMERS_REMOVED_TOTAL, "queue" => rt.cfg.name.clone()).increment(1);
+            metrics::counter!(m::CONSUMERS_REMOVED_TOTAL, "queue" => rt.cfg.name.clone())
+                .increment(1);
             tracing::info!(queue = %rt.cfg.name, consumer = %consumer, "dead consumer removed from its group");
         }
     }
@@ -190,7 +220,13 @@ async fn recover_dead(rt: &Arc<QueueRuntime>, conn: &mut ConnectionManager, cfg:
 }
 
 /// One page of the idle safety net per lane.
-async fn recover_idle(rt: &Arc<QueueRuntime>, conn: &mut ConnectionManager, cfg: RecoveryConfig, cursors: &mut [String; 2], stop: &CancellationToken) -> crate::Result<usize> {
+async fn recover_idle(
+    rt: &Arc<QueueRuntime>,
+    conn: &mut ConnectionManager,
+    cfg: RecoveryConfig,
+    cursors: &mut [String; 2],
+    stop: &CancellationToken,
+) -> crate::Result<usize> {
     let mut total = 0;
     for (i, lane) in [Lane::Bulk, Lane::Express].into_iter().enumerate() {
         let mut slots = rt.acquire(lane, 100, false, stop).await;
@@ -200,7 +236,7 @@ async fn recover_idle(rt: &Arc<QueueRuntime>, conn: &mut ConnectionManager, cfg:
         let mut p = redis::Pipeline::new();
         p.add_command(rdb::evalsha(
             &rdb::SCRIPTS.claim_idle,
-            &[rt.keys.lane_stream(lane), &rt.keys.dlq],
+            &[rt.keys.lane_stream(lane), &rt.keys.dlq, &rt.keys.starts],
             vec![
                 rt.group.clone().into_bytes(),
                 rt.consumer.clone().into_bytes(),
@@ -209,12 +245,19 @@ async fn recover_idle(rt: &Arc<QueueRuntime>, conn: &mut ConnectionManager, cfg:
                 slots.len().to_string().into_bytes(),
                 rt.max_deliveries.to_string().into_bytes(),
                 now_ms().to_string().into_bytes(),
-                if rt.delete_on_ack { b"1".to_vec() } else { b"0".to_vec() },
+                if rt.delete_on_ack {
+                    b"1".to_vec()
+                } else {
+                    b"0".to_vec()
+                },
             ],
         ));
         let (r,): (Vec<Value>,) = rdb::query_pipe(conn, &p).await?;
         let mut it = r.into_iter();
-        let cursor: String = it.next().and_then(|v| redis::from_redis_value(v).ok()).unwrap_or_else(|| "0-0".into());
+        let cursor: String = it
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or_else(|| "0-0".into());
         let claimed = it.next().map(rdb::parse_entries).unwrap_or_default();
         let poison = it.next().map(|v| to_u64(&v)).unwrap_or(0);
         let gone = it.next().map(|v| to_u64(&v)).unwrap_or(0);
@@ -223,7 +266,8 @@ async fn recover_idle(rt: &Arc<QueueRuntime>, conn: &mut ConnectionManager, cfg:
         let n = claimed.len();
         if n > 0 || poison > 0 {
             let q = rt.cfg.name.clone();
-            metrics::counter!(m::ORPHANS_RECOVERED_TOTAL, "queue" => q.clone(), "reason" => "idle").increment(n as u64);
+            metrics::counter!(m::ORPHANS_RECOVERED_TOTAL, "queue" => q.clone(), "reason" => "idle")
+                .increment(n as u64);
             if poison > 0 {
                 metrics::counter!(m::POISON_TOTAL, "queue" => q.clone()).increment(poison);
                 metrics::counter!(m::DEAD_LETTERED_TOTAL, "queue" => q.clone(), "reason" => "poison").increment(poison);
@@ -236,7 +280,12 @@ async fn recover_idle(rt: &Arc<QueueRuntime>, conn: &mut ConnectionManager, cfg:
 }
 
 /// Runs the recovery loop of one queue until `stop` fires.
-pub(crate) async fn run(rt: Arc<QueueRuntime>, conn: ConnectionManager, cfg: RecoveryConfig, stop: CancellationToken) {
+pub(crate) async fn run(
+    rt: Arc<QueueRuntime>,
+    conn: ConnectionManager,
+    cfg: RecoveryConfig,
+    stop: CancellationToken,
+) {
     let mut conn = conn;
     let mut cursors = ["0-0".to_string(), "0-0".to_string()];
     let idle_every = (cfg.min_idle / 4).max(cfg.interval);

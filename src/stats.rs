@@ -95,7 +95,9 @@ fn as_string(v: Option<&Value>) -> Option<String> {
 
 /// Parses an `XINFO GROUPS` reply.
 pub fn parse_groups(v: Value, lane: &str) -> Vec<GroupStats> {
-    let Value::Array(groups) = v else { return Vec::new() };
+    let Value::Array(groups) = v else {
+        return Vec::new();
+    };
     groups
         .into_iter()
         .filter_map(|g| {
@@ -117,7 +119,10 @@ pub fn parse_groups(v: Value, lane: &str) -> Vec<GroupStats> {
 
 /// Names of all known queues: the registry set plus `extra` (e.g. configured queues).
 pub async fn queue_names(conn: &mut ConnectionManager, extra: &[String]) -> Result<Vec<String>> {
-    let mut names: Vec<String> = redis::cmd("SMEMBERS").arg(queues_registry()).query_async(conn).await?;
+    let mut names: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(queues_registry())
+        .query_async(conn)
+        .await?;
     for e in extra {
         if !names.contains(e) {
             names.push(e.clone());
@@ -128,7 +133,11 @@ pub async fn queue_names(conn: &mut ConnectionManager, extra: &[String]) -> Resu
 }
 
 /// Reads the statistics of `queue` in one pipelined round trip.
-pub async fn queue_stats(conn: &mut ConnectionManager, queue: &str, lapse_ms: u64) -> Result<QueueStats> {
+pub async fn queue_stats(
+    conn: &mut ConnectionManager,
+    queue: &str,
+    lapse_ms: u64,
+) -> Result<QueueStats> {
     let k = QueueKeys::new(queue);
     let now = now_ms();
     let mut p = redis::Pipeline::new();
@@ -136,11 +145,25 @@ pub async fn queue_stats(conn: &mut ConnectionManager, queue: &str, lapse_ms: u6
     p.cmd("XLEN").arg(&k.express);
     p.cmd("ZCARD").arg(&k.scheduled);
     p.cmd("XLEN").arg(&k.dlq);
-    p.cmd("XRANGE").arg(&k.stream).arg("-").arg("+").arg("COUNT").arg(1);
-    p.cmd("XRANGE").arg(&k.express).arg("-").arg("+").arg("COUNT").arg(1);
-    p.cmd("ZCOUNT").arg(&k.heartbeats).arg(now.saturating_sub(lapse_ms)).arg("+inf");
+    p.cmd("XRANGE")
+        .arg(&k.stream)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1);
+    p.cmd("XRANGE")
+        .arg(&k.express)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1);
+    p.cmd("ZCOUNT")
+        .arg(&k.heartbeats)
+        .arg(now.saturating_sub(lapse_ms))
+        .arg("+inf");
     p.cmd("EXISTS").arg(&k.paused);
-    let (bl, el, sc, dl, ob, oe, live, paused): (u64, u64, u64, u64, Value, Value, u64, u64) = p.query_async(conn).await?;
+    let (bl, el, sc, dl, ob, oe, live, paused): (u64, u64, u64, u64, Value, Value, u64, u64) =
+        p.query_async(conn).await?;
     let age = |v: Value| -> f64 {
         crate::rdb::parse_entries(v)
             .first()
@@ -150,7 +173,11 @@ pub async fn queue_stats(conn: &mut ConnectionManager, queue: &str, lapse_ms: u6
     };
     let mut groups = Vec::new();
     for (lane, key) in [("bulk", &k.stream), ("express", &k.express)] {
-        let r: redis::RedisResult<Value> = redis::cmd("XINFO").arg("GROUPS").arg(key).query_async(conn).await;
+        let r: redis::RedisResult<Value> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(key)
+            .query_async(conn)
+            .await;
         if let Ok(v) = r {
             groups.extend(parse_groups(v, lane));
         }
@@ -174,10 +201,23 @@ pub fn render_table(stats: &[QueueStats], rates: Option<&[f64]>) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "{:<20} {:>9} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>7} {:>10}\n",
-        "QUEUE", "BULK", "EXPRESS", "PENDING", "LAG", "SCHED", "DEAD", "OLDEST_S", "WORKERS", "PAUSED", "DONE/S"
+        "QUEUE",
+        "BULK",
+        "EXPRESS",
+        "PENDING",
+        "LAG",
+        "SCHED",
+        "DEAD",
+        "OLDEST_S",
+        "WORKERS",
+        "PAUSED",
+        "DONE/S"
     ));
     for (i, s) in stats.iter().enumerate() {
-        let rate = rates.and_then(|r| r.get(i)).map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into());
+        let rate = rates
+            .and_then(|r| r.get(i))
+            .map(|r| format!("{r:.0}"))
+            .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
             "{:<20} {:>9} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9.1} {:>8} {:>7} {:>10}\n",
             s.queue,
@@ -216,17 +256,33 @@ mod tests {
             Value::Int(7),
         ])]);
         let g = parse_groups(v, "bulk");
-        assert_eq!(g, vec![GroupStats { name: "taskstream".into(), lane: "bulk".into(), consumers: 2, pending: 5, lag: Some(7) }]);
+        assert_eq!(
+            g,
+            vec![GroupStats {
+                name: "taskstream".into(),
+                lane: "bulk".into(),
+                consumers: 2,
+                pending: 5,
+                lag: Some(7)
+            }]
+        );
     }
 }
 
 /// Tasks finished per queue so far (`ts:{q}:counters` field `done`, kept by the ackers),
 /// for the throughput column of `stats --watch` and the demo's progress line.
-pub async fn completed_counts(conn: &mut ConnectionManager, queues: &[String]) -> Result<Vec<(String, u64)>> {
+pub async fn completed_counts(
+    conn: &mut ConnectionManager,
+    queues: &[String],
+) -> Result<Vec<(String, u64)>> {
     let mut p = redis::Pipeline::new();
     for q in queues {
         p.cmd("HGET").arg(QueueKeys::new(q).counters).arg("done");
     }
     let v: Vec<Option<u64>> = p.query_async(conn).await?;
-    Ok(queues.iter().cloned().zip(v.into_iter().map(|x| x.unwrap_or(0))).collect())
+    Ok(queues
+        .iter()
+        .cloned()
+        .zip(v.into_iter().map(|x| x.unwrap_or(0)))
+        .collect())
 }

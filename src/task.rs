@@ -282,7 +282,10 @@ impl Task {
         f.push((field::ATTEMPT, self.attempt.to_string()));
         f.push((field::ENQUEUED_AT, self.enqueued_at.to_string()));
         let opt = [
-            (field::MAX_ATTEMPTS, self.max_attempts.map(|v| v.to_string())),
+            (
+                field::MAX_ATTEMPTS,
+                self.max_attempts.map(|v| v.to_string()),
+            ),
             (field::TIMEOUT_MS, self.timeout_ms.map(|v| v.to_string())),
             (field::IDEM, self.idempotency_key.clone()),
             (field::SAGA_ID, self.saga_id.clone()),
@@ -291,8 +294,14 @@ impl Task {
             (field::TRACEPARENT, self.traceparent.clone()),
             (field::LAST_ERROR, self.last_error.clone()),
             (field::ONLY_GROUP, self.only_group.clone()),
-            (field::BACKOFF_BASE_MS, self.backoff_base_ms.map(|v| v.to_string())),
-            (field::BACKOFF_CAP_MS, self.backoff_cap_ms.map(|v| v.to_string())),
+            (
+                field::BACKOFF_BASE_MS,
+                self.backoff_base_ms.map(|v| v.to_string()),
+            ),
+            (
+                field::BACKOFF_CAP_MS,
+                self.backoff_cap_ms.map(|v| v.to_string()),
+            ),
         ];
         for (k, v) in opt {
             if let Some(v) = v {
@@ -309,7 +318,10 @@ impl Task {
         for (k, v) in self.encode() {
             m.insert(k.to_string(), serde_json::Value::String(v));
         }
-        m.insert("lane".into(), serde_json::Value::String(lane.as_str().into()));
+        m.insert(
+            "lane".into(),
+            serde_json::Value::String(lane.as_str().into()),
+        );
         serde_json::Value::Object(m).to_string()
     }
 }
@@ -391,7 +403,10 @@ mod tests {
             (&[("type", "t"), ("payload", "{nope")], "not valid JSON"),
             (&[("type", "bad type"), ("payload", "1")], "`type`"),
             (&[("type", "t"), ("payload", "1"), ("v", "9")], "version"),
-            (&[("type", "t"), ("payload", "1"), ("attempt", "x")], "`attempt`"),
+            (
+                &[("type", "t"), ("payload", "1"), ("attempt", "x")],
+                "`attempt`",
+            ),
             (&[("type", "t"), ("payload", "\"0123456789\"")], "limit"),
         ];
         for (fields, want) in cases {

@@ -206,9 +206,7 @@ pub type ReaderPool = deadpool_redis::Pool;
 /// response timeout.
 pub fn reader_pool(cfg: &RedisConfig, block: Duration, size: usize) -> Result<ReaderPool> {
     let conn_cfg = redis::AsyncConnectionConfig::new()
-        .set_response_timeout(Some(
-            block + Duration::from_millis(cfg.response_timeout_ms),
-        ))
+        .set_response_timeout(Some(block + Duration::from_millis(cfg.response_timeout_ms)))
         .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
     let manager = deadpool_redis::Manager::new_with_config(cfg.url.as_str(), conn_cfg)?;
     deadpool_redis::Pool::builder(manager)
@@ -265,7 +263,11 @@ pub async fn read_group(
     block: Option<Duration>,
 ) -> redis::RedisResult<Vec<RawEntry>> {
     let mut c = redis::cmd("XREADGROUP");
-    c.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(count);
+    c.arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
     if let Some(b) = block {
         c.arg("BLOCK").arg(b.as_millis() as u64);
     }
@@ -305,4 +307,13 @@ pub fn decode_scheduled_member(member: &str) -> Option<serde_json::Map<String, s
 /// Decodes a list of stream entries (XRANGE, XCLAIM, XAUTOCLAIM replies).
 pub fn parse_entries(v: Value) -> Vec<RawEntry> {
     parse::entries(v)
+}
+
+/// Decodes the entries of the first stream of an XREADGROUP reply.
+pub fn parse_read_reply(v: Value) -> Vec<RawEntry> {
+    parse::read_reply(v)
+        .into_iter()
+        .next()
+        .map(|b| b.entries)
+        .unwrap_or_default()
 }

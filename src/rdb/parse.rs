@@ -117,7 +117,10 @@ mod tests {
         let r = read_reply(v);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].stream, "ts:{q}:stream");
-        assert_eq!(r[0].entries[0].fields.as_ref().unwrap()[0], (b"type".to_vec(), b"t".to_vec()));
+        assert_eq!(
+            r[0].entries[0].fields.as_ref().unwrap()[0],
+            (b"type".to_vec(), b"t".to_vec())
+        );
         assert_eq!(r[0].entries[1].fields, None);
         assert!(read_reply(Value::Nil).is_empty());
     }

@@ -70,5 +70,74 @@
 //! the state untouched; the orchestrator treats [`fsm::IllegalTransition::is_stale`]
 //! errors as idempotent no-ops.
 
+//! # Running sagas durably (phase 2)
+//!
+//! - [`store`] (crate-private): the Redis record of a saga and the one Lua script,
+//!   `lua/apply.lua`, that applies a transition: compare-and-set on the saga's revision,
+//!   new state, history entry, indexes, deadlines and the dispatched tasks, all in one
+//!   atomic step. A crash can therefore never apply half a transition, nor dispatch a
+//!   step without recording it.
+//! - [`orchestrator`]: the long-running loop that turns task replies and due deadlines
+//!   into [`fsm::Event`]s and applies them through the store. Any number of orchestrators
+//!   can run; they share the replies through one consumer group and serialize on each
+//!   saga's revision.
+//! - [`ops`]: start, show, list and abort, for the CLI and applications.
+//! - [`demo_handlers`]: the handlers of the built-in `demo` saga.
+//!
+//! The Redis layout and the guarantees are described in `docs/sagas.md`; [`keys`] names
+//! every key.
+
 pub mod definition;
+pub mod demo_handlers;
 pub mod fsm;
+pub mod keys;
+pub mod ops;
+pub mod orchestrator;
+pub(crate) mod store;
+pub mod view;
+
+pub use orchestrator::{Orchestrator, OrchestratorConfig};
+
+use crate::config::Config;
+use definition::{defs_from_toml, demo_saga, DefinitionError, SagaDef, SagaDefToml};
+
+/// The saga definitions of a configuration: its `[[sagas]]` tables, plus the built-in
+/// `demo` saga ([`demo_saga`]) when `worker.builtin_handlers` is on (those handlers serve
+/// it) and no configured saga is already named `demo`.
+pub fn configured(cfg: &Config) -> Result<Vec<SagaDef>, DefinitionError> {
+    let mut defs = defs_from_toml(cfg.sagas.clone())?;
+    if cfg.worker.builtin_handlers && !defs.iter().any(|d| d.name == "demo") {
+        defs.push(demo_saga());
+    }
+    Ok(defs)
+}
+
+/// The problems of the `[[sagas]]` tables and the `[orchestrator]` table of a
+/// configuration file, as `(key, reason)` pairs with full keys (`sagas[1].steps[0].action`,
+/// `orchestrator.block_ms`). Used by [`Config::validate`].
+pub fn config_problems(sagas: &[SagaDefToml], orch: &OrchestratorConfig) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, table) in sagas.iter().enumerate() {
+        if let Some(first) = seen.insert(&table.name, i) {
+            out.push((
+                format!("sagas[{i}].name"),
+                format!(
+                    "saga {:?} is already defined by sagas[{first}]; saga names must be unique",
+                    table.name
+                ),
+            ));
+        }
+        if let Err(e) = table.clone().into_def() {
+            for p in e.problems {
+                let reason = match &p.step {
+                    Some(s) => format!("step {:?}: {}", s.name, p.reason),
+                    None => p.reason.clone(),
+                };
+                out.push((format!("sagas[{i}].{}", p.key()), reason));
+            }
+        }
+    }
+    out.extend(orch.problems());
+    out
+}

@@ -63,6 +63,8 @@ pub(crate) struct Settle {
     pub action: Action,
     /// Reply to post, if the task asked for one.
     pub reply: Option<Reply>,
+    /// A recovered entry: its start marks are dropped with the settlement.
+    pub recovered: bool,
 }
 
 /// Static facts the acker needs.
@@ -75,6 +77,17 @@ pub(crate) struct AckerCtx {
     pub delete_on_ack: bool,
     /// Most settlements per round trip.
     pub batch: usize,
+    /// The queue's runtime, whose `held` set is cleared once a batch is settled.
+    pub held: std::sync::Weak<super::runtime::QueueRuntime>,
+}
+
+fn release(ctx: &AckerCtx, batch: &[Settle]) {
+    if let Some(rt) = ctx.held.upgrade() {
+        let mut held = rt.held.lock().expect("poisoned");
+        for s in batch {
+            held.remove(&s.entry_id);
+        }
+    }
 }
 
 fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
@@ -82,7 +95,9 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
     for lane in [Lane::Bulk, Lane::Express] {
         let ids: Vec<&str> = batch
             .iter()
-            .filter(|s| s.lane == lane && matches!(s.action, Action::Ok | Action::Skip) && s.reply.is_none())
+            .filter(|s| {
+                s.lane == lane && matches!(s.action, Action::Ok | Action::Skip) && s.reply.is_none()
+            })
             .map(|s| s.entry_id.as_str())
             .collect();
         if ids.is_empty() {
@@ -106,9 +121,21 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
             Action::Skip => {}
         }
     }
+    let recovered: Vec<&str> = batch
+        .iter()
+        .filter(|s| s.recovered)
+        .map(|s| s.entry_id.as_str())
+        .collect();
+    if !recovered.is_empty() {
+        p.cmd("HDEL").arg(&ctx.keys.starts).arg(&recovered).ignore();
+    }
     for (f, n) in [("done", done), ("retried", retried), ("dead", dead)] {
         if n > 0 {
-            p.cmd("HINCRBY").arg(&ctx.keys.counters).arg(f).arg(n).ignore();
+            p.cmd("HINCRBY")
+                .arg(&ctx.keys.counters)
+                .arg(f)
+                .arg(n)
+                .ignore();
         }
     }
     for s in batch {
@@ -116,7 +143,11 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
             continue;
         }
         let stream = ctx.keys.lane_stream(s.lane);
-        let reply_stream = s.reply.as_ref().map(|r| r.stream.as_str()).unwrap_or(stream);
+        let reply_stream = s
+            .reply
+            .as_ref()
+            .map(|r| r.stream.as_str())
+            .unwrap_or(stream);
         let (action, due, member): (&[u8], String, &[u8]) = match &s.action {
             Action::Ok => (b"ok", String::new(), b""),
             Action::Skip => (b"skip", String::new(), b""),
@@ -126,7 +157,11 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
         let mut args: Vec<Vec<u8>> = vec![
             ctx.group.clone().into_bytes(),
             s.entry_id.clone().into_bytes(),
-            if ctx.delete_on_ack { b"1".to_vec() } else { b"0".to_vec() },
+            if ctx.delete_on_ack {
+                b"1".to_vec()
+            } else {
+                b"0".to_vec()
+            },
             action.to_vec(),
             due.into_bytes(),
             member.to_vec(),
@@ -162,7 +197,11 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
 }
 
 /// Entries of `batch` still pending for the group (should be none after a settle).
-async fn still_pending(conn: &mut ConnectionManager, ctx: &AckerCtx, batch: &[Settle]) -> redis::RedisResult<usize> {
+async fn still_pending(
+    conn: &mut ConnectionManager,
+    ctx: &AckerCtx,
+    batch: &[Settle],
+) -> redis::RedisResult<usize> {
     let mut p = Pipeline::with_capacity(batch.len());
     for s in batch {
         p.cmd("XPENDING")
@@ -173,12 +212,19 @@ async fn still_pending(conn: &mut ConnectionManager, ctx: &AckerCtx, batch: &[Se
             .arg(1);
     }
     let r: Vec<Value> = p.query_async(conn).await?;
-    Ok(r.iter().filter(|v| matches!(v, Value::Array(a) if !a.is_empty())).count())
+    Ok(r.iter()
+        .filter(|v| matches!(v, Value::Array(a) if !a.is_empty()))
+        .count())
 }
 
 /// Sends one batch, retrying with backoff; gives up (leaving entries pending) after
 /// `max_times` failures.
-async fn flush(conn: &ConnectionManager, ctx: &AckerCtx, batch: &[Settle], max_times: usize) -> bool {
+async fn flush(
+    conn: &ConnectionManager,
+    ctx: &AckerCtx,
+    batch: &[Settle],
+    max_times: usize,
+) -> bool {
     let pipe = build(ctx, batch);
     let q = ctx.keys.queue.clone();
     let mut retried = false;
@@ -209,18 +255,23 @@ async fn flush(conn: &ConnectionManager, ctx: &AckerCtx, batch: &[Settle], max_t
             if retried {
                 let mut c = conn.clone();
                 match still_pending(&mut c, ctx, batch).await {
-                    Ok(0) => tracing::info!(queue = %q, entries = batch.len(), "ack confirmed against XPENDING after retry"),
+                    Ok(0) => {
+                        tracing::info!(queue = %q, entries = batch.len(), "ack confirmed against XPENDING after retry")
+                    }
                     Ok(n) => {
                         tracing::error!(queue = %q, entries = n, "entries still pending after ack; left for recovery");
                         metrics::counter!(m::ACK_FAILURES_TOTAL, "queue" => q).increment(n as u64);
                     }
-                    Err(e) => tracing::warn!(queue = %q, error = %e, "could not verify ack against XPENDING"),
+                    Err(e) => {
+                        tracing::warn!(queue = %q, error = %e, "could not verify ack against XPENDING")
+                    }
                 }
             }
             true
         }
         Err(e) => {
-            metrics::counter!(m::ACK_FAILURES_TOTAL, "queue" => q.clone()).increment(batch.len() as u64);
+            metrics::counter!(m::ACK_FAILURES_TOTAL, "queue" => q.clone())
+                .increment(batch.len() as u64);
             tracing::error!(queue = %q, entries = batch.len(), error = %e, "ack gave up; entries stay pending and will be recovered (possible duplicate execution)");
             false
         }
@@ -228,7 +279,12 @@ async fn flush(conn: &ConnectionManager, ctx: &AckerCtx, batch: &[Settle], max_t
 }
 
 /// Runs until the channel closes or `stop` fires; on `stop` it drains what is queued.
-pub(crate) async fn run(ctx: Arc<AckerCtx>, conn: ConnectionManager, mut rx: mpsc::UnboundedReceiver<Settle>, stop: CancellationToken) {
+pub(crate) async fn run(
+    ctx: Arc<AckerCtx>,
+    conn: ConnectionManager,
+    mut rx: mpsc::UnboundedReceiver<Settle>,
+    stop: CancellationToken,
+) {
     let mut batch: Vec<Settle> = Vec::with_capacity(ctx.batch);
     loop {
         let first = tokio::select! {
@@ -246,6 +302,7 @@ pub(crate) async fn run(ctx: Arc<AckerCtx>, conn: ConnectionManager, mut rx: mps
         }
         // While running, keep trying for ~a minute; recovery takes over after that.
         flush(&conn, &ctx, &batch, 12).await;
+        release(&ctx, &batch);
         batch.clear();
     }
     // Drain whatever finished before shutdown, with a short retry budget.
@@ -253,10 +310,12 @@ pub(crate) async fn run(ctx: Arc<AckerCtx>, conn: ConnectionManager, mut rx: mps
         batch.push(s);
         if batch.len() >= ctx.batch {
             flush(&conn, &ctx, &batch, 4).await;
+            release(&ctx, &batch);
             batch.clear();
         }
     }
     if !batch.is_empty() {
         flush(&conn, &ctx, &batch, 4).await;
+        release(&ctx, &batch);
     }
 }

@@ -17,7 +17,12 @@ use crate::task::now_ms;
 const PAGE: usize = 500;
 
 /// Runs until `stop` fires.
-pub(crate) async fn run(keys: Arc<QueueKeys>, conn: ConnectionManager, interval: Duration, stop: CancellationToken) {
+pub(crate) async fn run(
+    keys: Arc<QueueKeys>,
+    conn: ConnectionManager,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut conn = conn;
     while !stop.is_cancelled() {
         let now = now_ms();

@@ -16,10 +16,18 @@ use crate::task::now_ms;
 
 use super::runtime::QueueRuntime;
 
-async fn beat(conn: &mut ConnectionManager, queues: &[Arc<QueueRuntime>], score: u64) -> redis::RedisResult<()> {
+async fn beat(
+    conn: &mut ConnectionManager,
+    queues: &[Arc<QueueRuntime>],
+    score: u64,
+) -> redis::RedisResult<()> {
     let mut p = redis::Pipeline::new();
     for rt in queues {
-        p.cmd("ZADD").arg(&rt.heartbeats).arg(score).arg(&rt.consumer).ignore();
+        p.cmd("ZADD")
+            .arg(&rt.heartbeats)
+            .arg(score)
+            .arg(&rt.consumer)
+            .ignore();
     }
     p.query_async(conn).await
 }
@@ -29,10 +37,17 @@ async fn touch(conn: &mut ConnectionManager, rt: &QueueRuntime) -> crate::Result
     for lane in [Lane::Bulk, Lane::Express] {
         let ids = rt.inflight_ids(lane);
         for chunk in ids.chunks(200) {
-            let mut args = vec![rt.group.clone().into_bytes(), rt.consumer.clone().into_bytes()];
+            let mut args = vec![
+                rt.group.clone().into_bytes(),
+                rt.consumer.clone().into_bytes(),
+            ];
             args.extend(chunk.iter().map(|i| i.clone().into_bytes()));
             let mut p = redis::Pipeline::new();
-            p.add_command(rdb::evalsha(&rdb::SCRIPTS.touch, &[rt.keys.lane_stream(lane)], args));
+            p.add_command(rdb::evalsha(
+                &rdb::SCRIPTS.touch,
+                &[rt.keys.lane_stream(lane)],
+                args,
+            ));
             let (n,): (u64,) = rdb::query_pipe(conn, &p).await?;
             touched += n;
         }
@@ -43,7 +58,13 @@ async fn touch(conn: &mut ConnectionManager, rt: &QueueRuntime) -> crate::Result
 /// Beats once at once (so the process is known before it reads), then every `interval`
 /// until `stop` fires; then records the process as gone (score 0) so recovery takes over
 /// whatever it leaves pending without waiting for the lapse.
-pub(crate) async fn run(queues: Vec<Arc<QueueRuntime>>, conn: ConnectionManager, interval: Duration, touch_every: Duration, stop: CancellationToken) {
+pub(crate) async fn run(
+    queues: Vec<Arc<QueueRuntime>>,
+    conn: ConnectionManager,
+    interval: Duration,
+    touch_every: Duration,
+    stop: CancellationToken,
+) {
     let mut conn = conn;
     let mut last_touch = Instant::now();
     let mut down = false;
@@ -74,7 +95,7 @@ pub(crate) async fn run(queues: Vec<Arc<QueueRuntime>>, conn: ConnectionManager,
         }
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(interval.min(touch_every)) => {}
         }
     }
 }

@@ -12,7 +12,13 @@ use crate::keys::QueueKeys;
 use crate::rdb;
 
 /// Runs until `stop` fires.
-pub(crate) async fn run(keys: Arc<QueueKeys>, groups: Vec<String>, conn: ConnectionManager, interval: Duration, stop: CancellationToken) {
+pub(crate) async fn run(
+    keys: Arc<QueueKeys>,
+    groups: Vec<String>,
+    conn: ConnectionManager,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut conn = conn;
     while !stop.is_cancelled() {
         for stream in [&keys.stream, &keys.express] {
@@ -23,7 +29,9 @@ pub(crate) async fn run(keys: Arc<QueueKeys>, groups: Vec<String>, conn: Connect
                 groups.iter().map(|g| g.clone().into_bytes()).collect(),
             ));
             match rdb::query_pipe::<(i64,)>(&mut conn, &p).await {
-                Ok((n,)) if n > 0 => tracing::debug!(queue = %keys.queue, trimmed = n, "fan-out stream trimmed"),
+                Ok((n,)) if n > 0 => {
+                    tracing::debug!(queue = %keys.queue, trimmed = n, "fan-out stream trimmed")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::debug!(queue = %keys.queue, error = %e, "janitor: redis error"),
             }

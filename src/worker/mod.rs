@@ -39,7 +39,11 @@ pub fn default_consumer_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
     let rnd: u32 = rand::random::<u32>() & 0xffff;
@@ -56,7 +60,11 @@ pub struct Worker {
 impl Worker {
     /// A worker for the queues of `cfg`, running the handlers of `registry`.
     pub fn new(cfg: Config, registry: Registry) -> Self {
-        let consumer = cfg.worker.consumer_name.clone().unwrap_or_else(default_consumer_name);
+        let consumer = cfg
+            .worker
+            .consumer_name
+            .clone()
+            .unwrap_or_else(default_consumer_name);
         Worker {
             cfg,
             registry: Arc::new(registry),
@@ -131,12 +139,14 @@ impl Worker {
                 w.max_deliveries,
                 tracker.clone(),
                 hard_stop.clone(),
+                conn.clone(),
             ));
             let actx = Arc::new(acker::AckerCtx {
                 keys: rt.keys.clone(),
                 group: rt.group.clone(),
                 delete_on_ack: rt.delete_on_ack,
                 batch: w.ack_batch,
+                held: Arc::downgrade(&rt),
             });
             ackers.spawn(acker::run(actx, conn.clone(), rx, acker_stop.clone()));
             runtimes.push(rt);
@@ -144,7 +154,8 @@ impl Worker {
         // Heartbeat first, so no reader takes work before the process is known alive.
         heartbeat::mark_alive(&mut conn, &runtimes).await;
         let hb_stop = CancellationToken::new();
-        let touch_every = Duration::from_millis((w.min_idle_ms / 4).max(w.heartbeat_interval_ms));
+        // Refresh running entries well inside min_idle so the idle net never takes them.
+        let touch_every = Duration::from_millis((w.min_idle_ms / 4).max(50));
         let hb = tokio::spawn(heartbeat::run(
             runtimes.clone(),
             conn.clone(),
@@ -160,25 +171,58 @@ impl Worker {
         let paused = Arc::new(AtomicBool::new(false));
         for rt in &runtimes {
             for lane in [Lane::Bulk, Lane::Express] {
-                loops.spawn(reader::run(rt.clone(), lane, pool.clone(), w.read_count, block, paused.clone(), stop_reading.clone()));
+                loops.spawn(reader::run(
+                    rt.clone(),
+                    lane,
+                    pool.clone(),
+                    w.read_count,
+                    block,
+                    paused.clone(),
+                    stop_reading.clone(),
+                ));
             }
             let keys = Arc::new(rt.keys.clone());
-            loops.spawn(forwarder::run(keys.clone(), conn.clone(), Duration::from_millis(w.forward_interval_ms), stop_reading.clone()));
-            loops.spawn(recovery::run(rt.clone(), conn.clone(), rcfg, stop_reading.clone()));
+            loops.spawn(forwarder::run(
+                keys.clone(),
+                conn.clone(),
+                Duration::from_millis(w.forward_interval_ms),
+                stop_reading.clone(),
+            ));
+            loops.spawn(recovery::run(
+                rt.clone(),
+                conn.clone(),
+                rcfg,
+                stop_reading.clone(),
+            ));
             if rt.cfg.is_fanout() {
-                loops.spawn(janitor::run(keys, rt.cfg.all_groups(), conn.clone(), Duration::from_secs(1), stop_reading.clone()));
+                loops.spawn(janitor::run(
+                    keys,
+                    rt.cfg.all_groups(),
+                    conn.clone(),
+                    Duration::from_secs(1),
+                    stop_reading.clone(),
+                ));
             }
         }
         loops.close();
 
         shutdown.cancelled().await;
         crate::health::set_shutting_down();
-        tracing::info!(grace_ms = w.shutdown_grace_ms, "shutting down: no new work; waiting for running tasks");
+        tracing::info!(
+            grace_ms = w.shutdown_grace_ms,
+            "shutting down: no new work; waiting for running tasks"
+        );
         loops.wait().await;
         tracker.close();
         let running = tracker.len();
-        if tokio::time::timeout(cfg.shutdown_grace(), tracker.wait()).await.is_err() {
-            let left: usize = runtimes.iter().map(|r| r.inflight.lock().expect("poisoned").len()).sum();
+        if tokio::time::timeout(cfg.shutdown_grace(), tracker.wait())
+            .await
+            .is_err()
+        {
+            let left: usize = runtimes
+                .iter()
+                .map(|r| r.inflight.lock().expect("poisoned").len())
+                .sum();
             tracing::warn!(left, "grace period over: cancelling running tasks; they stay pending and will be recovered");
             hard_stop.cancel();
         } else if running > 0 {

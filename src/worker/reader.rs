@@ -9,6 +9,12 @@
 //!
 //! A dropped connection is discarded (never returned to the pool) and replaced with
 //! exponential backoff and jitter; the loop never exits on a Redis error.
+//!
+//! After every (re)connect the reader first re-reads this consumer's own pending history
+//! (`XREADGROUP … STREAMS s 0`) and runs the entries the process does not hold: a reply
+//! lost with a dropped connection leaves delivered entries in our pending list that no
+//! one would otherwise run until the idle safety net fires. Entries the process holds
+//! (running, or finished and waiting for their ACK) are skipped, so nothing runs twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +43,8 @@ pub(crate) async fn run(
     let mut conn: Option<deadpool_redis::Connection> = None;
     let mut failures: u32 = 0;
     let mut backlog = false;
+    // Own pending history to re-check: at start and after every reconnect.
+    let mut history = true;
     while !stop.is_cancelled() {
         if paused.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::select! {
@@ -52,6 +60,7 @@ pub(crate) async fn run(
                         metrics::counter!(m::RECONNECTS_TOTAL, "role" => "reader").increment(1);
                     }
                     conn = Some(c);
+                    history = true;
                 }
                 Err(e) => {
                     failures += 1;
@@ -65,6 +74,20 @@ pub(crate) async fn run(
                 }
             }
         }
+        if history {
+            let c = conn.as_mut().expect("connected above");
+            match own_history(&rt, lane, c, &stream, &stop).await {
+                Ok(()) => history = false,
+                Err(e) => {
+                    tracing::debug!(queue = %rt.cfg.name, lane = lane.as_str(), error = %e, "reading own pending history failed");
+                    if let Some(c) = conn.take() {
+                        let _ = deadpool_redis::Connection::take(c);
+                    }
+                    failures += 1;
+                    continue;
+                }
+            }
+        }
         let want = if backlog { read_count } else { 1 };
         let slots = rt.acquire(lane, want, true, &stop).await;
         if slots.is_empty() {
@@ -72,7 +95,16 @@ pub(crate) async fn run(
         }
         let c = conn.as_mut().expect("connected above");
         let block_for = if backlog { None } else { Some(block) };
-        match rdb::read_group(&mut **c, &rt.group, &rt.consumer, &stream, slots.len(), block_for).await {
+        match rdb::read_group(
+            &mut **c,
+            &rt.group,
+            &rt.consumer,
+            &stream,
+            slots.len(),
+            block_for,
+        )
+        .await
+        {
             Ok(entries) => {
                 if failures > 0 {
                     failures = 0;
@@ -97,7 +129,14 @@ pub(crate) async fn run(
                     tracing::warn!(queue = %rt.cfg.name, lane = lane.as_str(), "consumer group missing (stream deleted?), recreating it");
                     let mut p = pool.get().await.ok();
                     if let Some(p) = p.as_mut() {
-                        let _: redis::RedisResult<()> = redis::cmd("XGROUP").arg("CREATE").arg(&stream).arg(&rt.group).arg("0").arg("MKSTREAM").query_async(&mut **p).await;
+                        let _: redis::RedisResult<()> = redis::cmd("XGROUP")
+                            .arg("CREATE")
+                            .arg(&stream)
+                            .arg(&rt.group)
+                            .arg("0")
+                            .arg("MKSTREAM")
+                            .query_async(&mut **p)
+                            .await;
                     }
                     continue;
                 }
@@ -112,4 +151,48 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// Runs the entries of this consumer's pending list that the process does not hold.
+async fn own_history(
+    rt: &Arc<QueueRuntime>,
+    lane: Lane,
+    conn: &mut deadpool_redis::Connection,
+    stream: &str,
+    stop: &CancellationToken,
+) -> redis::RedisResult<()> {
+    let mut cursor = "0".to_string();
+    let mut found = 0usize;
+    loop {
+        let mut c = redis::cmd("XREADGROUP");
+        c.arg("GROUP")
+            .arg(&rt.group)
+            .arg(&rt.consumer)
+            .arg("COUNT")
+            .arg(100)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(&cursor);
+        let v: redis::Value = c.query_async(&mut **conn).await?;
+        let entries = rdb::parse_read_reply(v);
+        let Some(last) = entries.last() else { break };
+        cursor = last.id.clone();
+        for e in entries {
+            if rt.holds(&e.id) {
+                continue;
+            }
+            let mut slots = rt.acquire(lane, 1, true, stop).await;
+            let Some(slot) = slots.pop() else {
+                return Ok(());
+            };
+            found += 1;
+            // A history entry has been delivered at least twice by now.
+            rt.dispatch(lane, e, 2, slot);
+        }
+    }
+    if found > 0 {
+        tracing::info!(queue = %rt.cfg.name, lane = lane.as_str(), entries = found, "re-running own pending entries whose delivery was cut off");
+        metrics::counter!(m::ORPHANS_RECOVERED_TOTAL, "queue" => rt.cfg.name.clone(), "reason" => "own_history").increment(found as u64);
+    }
+    Ok(())
 }

@@ -27,6 +27,9 @@ use crate::task::{entry_id_ms, now_ms, Task};
 
 use super::acker::{Action, Reply, Settle};
 
+/// From this delivery on, a recovered entry runs alone in its process.
+const ISOLATE_FROM: u32 = 3;
+
 /// One slot of capacity; dropping it frees the slot.
 pub(crate) struct Slot {
     _total: OwnedSemaphorePermit,
@@ -71,6 +74,9 @@ pub(crate) struct QueueRuntime {
     pub bulk: Arc<Semaphore>,
     /// Entry id → running task.
     pub inflight: Mutex<HashMap<String, InFlight>>,
+    /// Entries this process holds: from dispatch until the acker's round trip settled them.
+    /// A reader that re-reads its own pending history skips these.
+    pub held: Mutex<std::collections::HashSet<String>>,
     /// Outcomes to the acker.
     pub settle_tx: mpsc::UnboundedSender<Settle>,
     /// Handlers.
@@ -83,6 +89,8 @@ pub(crate) struct QueueRuntime {
     pub hard_stop: CancellationToken,
     /// Most deliveries before a task is poison.
     pub max_deliveries: u32,
+    /// Commands connection (start marks of recovered entries).
+    pub conn: redis::aio::ConnectionManager,
     type_metrics: Mutex<HashMap<String, Arc<TypeMetrics>>>,
     wait_bulk: Histogram,
     wait_express: Histogram,
@@ -101,6 +109,7 @@ impl QueueRuntime {
         max_deliveries: u32,
         tracker: TaskTracker,
         hard_stop: CancellationToken,
+        conn: redis::aio::ConnectionManager,
     ) -> Self {
         let keys = QueueKeys::new(&cfg.name);
         let q = cfg.name.clone();
@@ -112,12 +121,14 @@ impl QueueRuntime {
             total: Arc::new(Semaphore::new(cfg.concurrency)),
             bulk: Arc::new(Semaphore::new(cfg.concurrency - cfg.express_concurrency)),
             inflight: Mutex::new(HashMap::new()),
+            held: Mutex::new(std::collections::HashSet::new()),
             settle_tx,
             registry,
             max_payload,
             tracker,
             hard_stop,
             max_deliveries,
+            conn,
             type_metrics: Mutex::new(HashMap::new()),
             wait_bulk: metrics::histogram!(m::WAIT_SECONDS, "queue" => q.clone(), "lane" => "bulk"),
             wait_express: metrics::histogram!(m::WAIT_SECONDS, "queue" => q.clone(), "lane" => "express"),
@@ -135,9 +146,7 @@ impl QueueRuntime {
             return tm.clone();
         }
         let q = self.cfg.name.clone();
-        let c = |outcome: &'static str| {
-            metrics::counter!(m::COMPLETED_TOTAL, "queue" => q.clone(), "type" => t.to_string(), "outcome" => outcome)
-        };
+        let c = |outcome: &'static str| metrics::counter!(m::COMPLETED_TOTAL, "queue" => q.clone(), "type" => t.to_string(), "outcome" => outcome);
         let tm = Arc::new(TypeMetrics {
             duration: metrics::histogram!(m::HANDLER_DURATION_SECONDS, "queue" => q.clone(), "type" => t.to_string()),
             succeeded: c("succeeded"),
@@ -150,7 +159,13 @@ impl QueueRuntime {
 
     /// Takes up to `max` free slots of `lane`; waits for the first one unless `wait` is
     /// false. Returns an empty vector when `stop` fires first (or nothing is free).
-    pub(crate) async fn acquire(&self, lane: Lane, max: usize, wait: bool, stop: &CancellationToken) -> Vec<Slot> {
+    pub(crate) async fn acquire(
+        &self,
+        lane: Lane,
+        max: usize,
+        wait: bool,
+        stop: &CancellationToken,
+    ) -> Vec<Slot> {
         let mut slots = Vec::new();
         if max == 0 {
             return slots;
@@ -161,7 +176,10 @@ impl QueueRuntime {
                 Lane::Express => None,
             };
             let total = self.total.clone().acquire_owned().await.ok()?;
-            Some(Slot { _total: total, _bulk: bulk })
+            Some(Slot {
+                _total: total,
+                _bulk: bulk,
+            })
         };
         if wait {
             tokio::select! {
@@ -178,14 +196,25 @@ impl QueueRuntime {
                 Lane::Express => None,
             };
             match self.total.clone().try_acquire_owned() {
-                Ok(t) => slots.push(Slot { _total: t, _bulk: bulk }),
+                Ok(t) => slots.push(Slot {
+                    _total: t,
+                    _bulk: bulk,
+                }),
                 Err(_) => break,
             }
         }
         slots
     }
 
-    fn dlq_fields(&self, lane: Lane, entry_id: &str, reason: &str, error: &str, attempts: u32, mut fields: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn dlq_fields(
+        &self,
+        lane: Lane,
+        entry_id: &str,
+        reason: &str,
+        error: &str,
+        attempts: u32,
+        mut fields: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut add = |k: &str, v: String| fields.push((k.as_bytes().to_vec(), v.into_bytes()));
         add("dlq_reason", reason.to_string());
         add("dlq_error", error.to_string());
@@ -204,23 +233,46 @@ impl QueueRuntime {
         let _ = self.settle_tx.send(s);
     }
 
-    fn dead_letter_now(&self, lane: Lane, entry_id: String, reason_label: &'static str, reason: String, fields: Vec<(Vec<u8>, Vec<u8>)>, task: Option<&Task>) {
+    fn dead_letter_now(
+        &self,
+        lane: Lane,
+        entry_id: String,
+        reason_label: &'static str,
+        reason: String,
+        fields: Vec<(Vec<u8>, Vec<u8>)>,
+        task: Option<&Task>,
+    ) {
         metrics::counter!(m::DEAD_LETTERED_TOTAL, "queue" => self.cfg.name.clone(), "reason" => reason_label).increment(1);
         tracing::warn!(queue = %self.cfg.name, entry_id = %entry_id, task_id = task.map(|t| t.id.as_str()).unwrap_or(""), reason = %reason, "task dead-lettered");
-        let dlq = self.dlq_fields(lane, &entry_id, &reason, &reason, task.map(|t| t.attempt).unwrap_or(0), fields);
+        let dlq = self.dlq_fields(
+            lane,
+            &entry_id,
+            &reason,
+            &reason,
+            task.map(|t| t.attempt).unwrap_or(0),
+            fields,
+        );
         let reply = task.and_then(|t| reply_for(t, &self.cfg.name, false, "null", &reason));
         self.send(Settle {
             lane,
             entry_id,
             action: Action::Dead(dlq),
             reply,
+            recovered: false,
         });
     }
 
     /// Takes one delivered entry: decodes it, finds its handler and runs it on `slot`, or
     /// dead-letters it with the reason. `deliveries` is the delivery count (1 for a fresh
     /// read; higher for a recovered entry, which raises the attempt number).
-    pub(crate) fn dispatch(self: &Arc<Self>, lane: Lane, entry: RawEntry, deliveries: u32, slot: Slot) {
+    pub(crate) fn dispatch(
+        self: &Arc<Self>,
+        lane: Lane,
+        entry: RawEntry,
+        deliveries: u32,
+        slot: Slot,
+    ) {
+        self.held.lock().expect("poisoned").insert(entry.id.clone());
         let Some(fields) = entry.fields else {
             // Deleted while pending (trimmed): nothing to run; drop the reference.
             self.send(Settle {
@@ -228,6 +280,7 @@ impl QueueRuntime {
                 entry_id: entry.id,
                 action: Action::Skip,
                 reply: None,
+                recovered: false,
             });
             return;
         };
@@ -247,6 +300,7 @@ impl QueueRuntime {
                     entry_id: entry.id,
                     action: Action::Skip,
                     reply: None,
+                    recovered: false,
                 });
                 return;
             }
@@ -259,19 +313,47 @@ impl QueueRuntime {
                 self.cfg.name,
                 self.registry.types().join(", ")
             );
-            let fields = task.encode().into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes())).collect();
+            let fields = task
+                .encode()
+                .into_iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
+                .collect();
             self.dead_letter_now(lane, entry.id, "unknown_type", reason, fields, Some(&task));
             return;
         };
         let attempt = task.attempt + deliveries.saturating_sub(1);
         let rt = self.clone();
         self.tracker.spawn(async move {
-            rt.execute(lane, entry.id, task, attempt, handler).await;
-            drop(slot);
+            // A recovered entry may be what killed its last worker: run it alone from the
+            // third delivery on, and record that it started (poison detection counts starts).
+            let _alone = if deliveries >= ISOLATE_FROM.min(rt.max_deliveries) {
+                drop(slot);
+                let all = rt.total.clone().acquire_many_owned(rt.cfg.concurrency as u32).await;
+                tracing::info!(queue = %rt.cfg.name, entry_id = %entry.id, deliveries, "running a suspect task alone");
+                (None, all.ok())
+            } else {
+                (Some(slot), None)
+            };
+            if deliveries >= 2 {
+                let mut c = rt.conn.clone();
+                let r: redis::RedisResult<()> = redis::cmd("HINCRBY").arg(&rt.keys.starts).arg(&entry.id).arg(1).query_async(&mut c).await;
+                if let Err(e) = r {
+                    tracing::warn!(queue = %rt.cfg.name, entry_id = %entry.id, error = %e, "could not record the start of a recovered task");
+                }
+            }
+            rt.execute(lane, entry.id, task, attempt, handler, deliveries >= 2).await;
         });
     }
 
-    async fn execute(self: Arc<Self>, lane: Lane, entry_id: String, task: Task, attempt: u32, handler: Arc<dyn crate::handler::Handler>) {
+    async fn execute(
+        self: Arc<Self>,
+        lane: Lane,
+        entry_id: String,
+        task: Task,
+        attempt: u32,
+        handler: Arc<dyn crate::handler::Handler>,
+        recovered: bool,
+    ) {
         let mut policy = self.cfg.policy(&task.task_type);
         if let Some(b) = task.backoff_base_ms {
             policy.backoff.base = Duration::from_millis(b);
@@ -280,7 +362,10 @@ impl QueueRuntime {
             policy.backoff.cap = Duration::from_millis(c).max(policy.backoff.base);
         }
         let max_attempts = task.max_attempts.unwrap_or(policy.max_attempts);
-        let timeout = task.timeout_ms.map(Duration::from_millis).unwrap_or(policy.timeout);
+        let timeout = task
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(policy.timeout);
         let tm = self.type_metrics(&task.task_type);
         let now = now_ms();
         if let Some(ms) = entry_id_ms(&entry_id) {
@@ -313,10 +398,19 @@ impl QueueRuntime {
             saga_id = task.saga_id.as_deref().unwrap_or(""),
             traceparent = task.traceparent.as_deref().unwrap_or(""),
         );
-        let ctx = TaskContext::new(task, self.cfg.name.clone(), lane, entry_id.clone(), attempt, max_attempts, cancel.clone());
+        let ctx = TaskContext::new(
+            task,
+            self.cfg.name.clone(),
+            lane,
+            entry_id.clone(),
+            attempt,
+            max_attempts,
+            cancel.clone(),
+        );
         let started = Instant::now();
         let hctx = ctx.clone();
-        let mut join = tokio::spawn(async move { handler.handle(hctx).await }.instrument(span.clone()));
+        let mut join =
+            tokio::spawn(async move { handler.handle(hctx).await }.instrument(span.clone()));
         let result = tokio::select! {
             r = &mut join => match r {
                 Ok(r) => r,
@@ -336,10 +430,22 @@ impl QueueRuntime {
         let settle = match result {
             Ok(value) => {
                 tm.succeeded.increment(1);
-                let reply = task.reply_to.as_ref().and_then(|_| reply_for(task, &self.cfg.name, true, &value.to_string(), ""));
-                Settle { lane, entry_id, action: Action::Ok, reply }
+                let reply = task
+                    .reply_to
+                    .as_ref()
+                    .and_then(|_| reply_for(task, &self.cfg.name, true, &value.to_string(), ""));
+                Settle {
+                    lane,
+                    entry_id,
+                    action: Action::Ok,
+                    reply,
+                    recovered: false,
+                }
             }
-            Err(HandlerError::Retryable { message, retry_after }) if attempt < max_attempts => {
+            Err(HandlerError::Retryable {
+                message,
+                retry_after,
+            }) if attempt < max_attempts => {
                 tm.retried.increment(1);
                 let delay = honour_retry_after(policy.backoff.delay_random(attempt), retry_after);
                 let mut next = task.clone();
@@ -358,27 +464,47 @@ impl QueueRuntime {
                         member: next.encode_json(lane),
                     },
                     reply: None,
+                    recovered: false,
                 }
             }
             Err(e) => {
                 tm.dead.increment(1);
                 let (label, reason) = match &e {
-                    HandlerError::Permanent { .. } => ("failed", "failed: permanent error".to_string()),
-                    HandlerError::Retryable { .. } => ("exhausted", format!("exhausted: {attempt} of {max_attempts} attempts failed")),
+                    HandlerError::Permanent { .. } => {
+                        ("failed", "failed: permanent error".to_string())
+                    }
+                    HandlerError::Retryable { .. } => (
+                        "exhausted",
+                        format!("exhausted: {attempt} of {max_attempts} attempts failed"),
+                    ),
                 };
                 metrics::counter!(m::DEAD_LETTERED_TOTAL, "queue" => self.cfg.name.clone(), "reason" => label).increment(1);
                 {
                     let _e = span.enter();
                     tracing::warn!(error = %e.message(), reason = %reason, "task dead-lettered");
                 }
-                let fields = task.encode().into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes())).collect();
+                let fields = task
+                    .encode()
+                    .into_iter()
+                    .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
+                    .collect();
                 let msg = truncate(e.message(), 4096);
                 let mut dlq = self.dlq_fields(lane, &entry_id, &reason, &msg, attempt, fields);
                 dlq.retain(|(k, _)| k.as_slice() != b"attempt");
                 dlq.push((b"attempt".to_vec(), attempt.to_string().into_bytes()));
                 let reply = reply_for(task, &self.cfg.name, false, "null", &msg);
-                Settle { lane, entry_id, action: Action::Dead(dlq), reply }
+                Settle {
+                    lane,
+                    entry_id,
+                    action: Action::Dead(dlq),
+                    reply,
+                    recovered: false,
+                }
             }
+        };
+        let settle = Settle {
+            recovered,
+            ..settle
         };
         self.send(settle);
     }
@@ -392,6 +518,11 @@ impl QueueRuntime {
             found = true;
         }
         found
+    }
+
+    /// True when this process holds `entry_id` (running or waiting for its ACK).
+    pub(crate) fn holds(&self, entry_id: &str) -> bool {
+        self.held.lock().expect("poisoned").contains(entry_id)
     }
 
     /// Entry ids running now in `lane`.
@@ -412,7 +543,10 @@ fn reply_for(task: &Task, queue: &str, ok: bool, result: &str, error: &str) -> O
         ("task_id", task.id.clone()),
         ("type", task.task_type.clone()),
         ("queue", queue.to_string()),
-        ("outcome", if ok { "succeeded" } else { "failed" }.to_string()),
+        (
+            "outcome",
+            if ok { "succeeded" } else { "failed" }.to_string(),
+        ),
         ("attempt", task.attempt.to_string()),
         ("at", now_ms().to_string()),
     ];

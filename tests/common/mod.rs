@@ -17,12 +17,20 @@ pub fn heavy() -> MutexGuard<'static, ()> {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Sends `sig` (e.g. "STOP", "CONT", "TERM", "KILL") to `pid`.
 pub fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().expect("kill");
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
     assert!(st.success(), "kill -{sig} {pid} failed");
 }
 
@@ -61,7 +69,14 @@ impl RedisServer {
 
     /// Starts one with AOF on every write (for restart tests).
     pub fn start_durable() -> Self {
-        Self::start_with(&["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+        Self::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
     }
 
     /// Starts one with extra arguments.
@@ -121,8 +136,12 @@ impl RedisServer {
     }
 
     fn ping(&self) -> bool {
-        let Ok(c) = redis::Client::open(self.url()) else { return false };
-        let Ok(mut conn) = c.get_connection_with_timeout(Duration::from_millis(200)) else { return false };
+        let Ok(c) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut conn) = c.get_connection_with_timeout(Duration::from_millis(200)) else {
+            return false;
+        };
         // A loading server answers LOADING; wait for a real PONG.
         redis::cmd("PING").query::<String>(&mut conn).is_ok()
     }
@@ -139,7 +158,10 @@ impl RedisServer {
 
     /// A synchronous connection (for setup and assertions).
     pub fn sync_conn(&self) -> redis::Connection {
-        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
     }
 
     /// An async connection manager.
@@ -161,7 +183,11 @@ impl RedisServer {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.spawn() {
-            assert!(Instant::now() < deadline, "redis-server did not restart on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(100)); // poll
         }
     }
@@ -227,6 +253,8 @@ pub struct WorkerProc {
     env: Vec<(String, String)>,
     /// How many times it was started.
     pub starts: usize,
+    /// Consumer name prefix: start n runs as `<prefix>-<n>` (fresh name per process).
+    pub name_prefix: Option<String>,
 }
 
 impl WorkerProc {
@@ -245,21 +273,62 @@ impl WorkerProc {
             config,
             log,
             dir,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             starts: 0,
+            name_prefix: None,
         };
         w.start();
         w
     }
 
+    /// Starts a worker whose consumer names are `<prefix>-<start number>`.
+    pub fn spawn_named(toml: &str, prefix: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_file(dir.path(), "worker.toml", toml);
+        let log = dir.path().join("worker.log");
+        let mut w = WorkerProc {
+            child: None,
+            config,
+            log,
+            dir,
+            env: Vec::new(),
+            starts: 0,
+            name_prefix: Some(prefix.to_string()),
+        };
+        w.start();
+        w
+    }
+
+    /// The consumer name of the current (or last) start.
+    pub fn consumer(&self) -> String {
+        format!(
+            "{}-{}",
+            self.name_prefix.as_deref().expect("spawn_named"),
+            self.starts
+        )
+    }
+
     /// (Re)starts the process; its log is appended to.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut cmd = Command::new(bin());
         cmd.arg("worker").arg("--config").arg(&self.config);
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(p) = &self.name_prefix {
+            cmd.env(
+                "TASKSTREAM_CONSUMER_NAME",
+                format!("{p}-{}", self.starts + 1),
+            );
         }
         let child = cmd
             .env_remove("TASKSTREAM_REDIS_URL")
@@ -302,7 +371,10 @@ impl WorkerProc {
             if Instant::now() > deadline {
                 let _ = c.kill();
                 let _ = c.wait();
-                panic!("worker did not exit within {timeout:?} after SIGTERM; log:\n{}", self.log_text());
+                panic!(
+                    "worker did not exit within {timeout:?} after SIGTERM; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20)); // poll
         }
@@ -310,7 +382,8 @@ impl WorkerProc {
 
     /// Resident memory in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -333,7 +406,9 @@ impl Drop for WorkerProc {
 /// Runs the binary to completion with `args`; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(bin());
-    cmd.args(args).env_remove("TASKSTREAM_REDIS_URL").env("NO_COLOR", "1");
+    cmd.args(args)
+        .env_remove("TASKSTREAM_REDIS_URL")
+        .env("NO_COLOR", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -346,6 +421,9 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 }
 
 /// `HGETALL key` as (task id, count) pairs: the executions recorded by `builtin.record`.
-pub fn executions(conn: &mut redis::Connection, key: &str) -> std::collections::HashMap<String, u64> {
+pub fn executions(
+    conn: &mut redis::Connection,
+    key: &str,
+) -> std::collections::HashMap<String, u64> {
     redis::cmd("HGETALL").arg(key).query(conn).unwrap()
 }
