@@ -42,6 +42,18 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Signals to one task.
+    Task {
+        /// What to do.
+        #[command(subcommand)]
+        action: TaskAction,
+    },
+    /// Pause or resume delivery of a queue on every replica.
+    Queue {
+        /// What to do.
+        #[command(subcommand)]
+        action: QueueAction,
+    },
     /// Run a self-contained showcase on a local Redis (starts a private redis-server if
     /// none answers at the configured URL).
     Demo(DemoArgs),
@@ -149,6 +161,34 @@ pub enum DlqAction {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `task` actions.
+#[derive(Debug, Subcommand)]
+pub enum TaskAction {
+    /// Cancel a task: skipped if still queued, its handler's cancellation fired if running.
+    Cancel {
+        /// Task id (as printed by `enqueue`).
+        id: String,
+        /// Queue of the task.
+        #[arg(long, short = 'q', default_value = "default")]
+        queue: String,
+    },
+}
+
+/// `queue` actions.
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// Stop delivering tasks of the queue (tasks wait in Redis; nothing is lost).
+    Pause {
+        /// Queue name.
+        queue: String,
+    },
+    /// Deliver tasks of the queue again.
+    Resume {
+        /// Queue name.
+        queue: String,
     },
 }
 

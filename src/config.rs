@@ -244,6 +244,11 @@ pub struct TypeOverride {
     pub backoff_base_ms: Option<u64>,
     /// Longest retry delay, in ms.
     pub backoff_cap_ms: Option<u64>,
+    /// Most tasks of this type started per second across all replicas (GCRA in Redis).
+    /// Throttled tasks wait for their turn; they are not failed.
+    pub rate_per_sec: Option<f64>,
+    /// Tasks that may start at once above the rate (default 1).
+    pub burst: Option<u32>,
 }
 
 /// Effective retry policy of a task type in a queue.
@@ -607,6 +612,17 @@ impl Config {
                 }
                 if o.backoff_base_ms == Some(0) {
                     bad(tk("backoff_base_ms"), "must be positive".into());
+                }
+                if let Some(r) = o.rate_per_sec {
+                    if !(r > 0.0 && r <= 1_000_000.0) {
+                        bad(
+                            tk("rate_per_sec"),
+                            "must be above 0 and at most 1000000".into(),
+                        );
+                    }
+                }
+                if o.burst.is_some() && o.rate_per_sec.is_none() {
+                    bad(tk("burst"), "needs rate_per_sec".into());
                 }
             }
         }

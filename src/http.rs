@@ -51,7 +51,18 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = router(handle);
+    let app = router(handle.clone());
+    // Histograms keep raw samples until upkeep folds them into buckets: run it on a timer
+    // so memory stays flat even when nothing scrapes /metrics.
+    let upkeep_stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = upkeep_stop.cancelled() => break,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => handle.run_upkeep(),
+            }
+        }
+    });
     let j = tokio::spawn(async move {
         let r = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

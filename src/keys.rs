@@ -88,6 +88,12 @@ pub struct QueueKeys {
     pub counters: String,
     /// Hash entry id → executions started after a recovery: `ts:{q}:starts` (poison detection).
     pub starts: String,
+    /// Stream of operator signals (cancel, pause, resume) every worker follows: `ts:{q}:signals`.
+    pub signals: String,
+    /// Prefix of per-type rate limiter keys: `ts:{q}:rate:` + type.
+    pub rate_prefix: String,
+    /// Hash consumer → "paused" | "running": each replica's applied pause state.
+    pub pause_acks: String,
 }
 
 impl QueueKeys {
@@ -106,6 +112,9 @@ impl QueueKeys {
             idem_prefix: format!("{base}:idem:"),
             counters: format!("{base}:counters"),
             starts: format!("{base}:starts"),
+            signals: format!("{base}:signals"),
+            rate_prefix: format!("{base}:rate:"),
+            pause_acks: format!("{base}:pause_acks"),
         }
     }
 

@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use taskstream::cli::{Cli, Command, ConfigAction, DlqAction, EnqueueArgs, StatsArgs};
+use taskstream::cli::{
+    Cli, Command, ConfigAction, DlqAction, EnqueueArgs, QueueAction, StatsArgs, TaskAction,
+};
 use taskstream::config::{Config, LogFormat};
 use taskstream::producer::{NewTask, Producer};
 use taskstream::{rdb, Registry};
@@ -405,6 +407,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stats(a) => cmd_stats(cfg, a).await?,
         Command::Dlq { action } => cmd_dlq(cfg, action).await?,
         Command::Demo(a) => demo::run(cfg, a).await?,
+        Command::Task {
+            action: TaskAction::Cancel { id, queue },
+        } => {
+            let mut conn = rdb::connect(&cfg.redis, &CancellationToken::new()).await?;
+            taskstream::signals::cancel_task(&mut conn, &queue, &id).await?;
+            println!("cancel signal sent for task {id} in queue {queue:?}");
+        }
+        Command::Queue { action } => {
+            let mut conn = rdb::connect(&cfg.redis, &CancellationToken::new()).await?;
+            match action {
+                QueueAction::Pause { queue } => {
+                    taskstream::signals::pause(&mut conn, &queue).await?;
+                    println!("queue {queue:?} paused on every replica (tasks wait in Redis)");
+                }
+                QueueAction::Resume { queue } => {
+                    taskstream::signals::resume(&mut conn, &queue).await?;
+                    println!("queue {queue:?} resumed");
+                }
+            }
+        }
         Command::Config { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)

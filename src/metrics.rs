@@ -78,6 +78,12 @@ pub const SAGAS_OVERDUE: &str = "taskstream_sagas_overdue";
 pub const SAGA_DURATION_SECONDS: &str = "taskstream_saga_duration_seconds";
 /// Compensations that exhausted their retries (saga left `failed`). Labels: saga, step.
 pub const COMPENSATION_FAILURES_TOTAL: &str = "taskstream_compensation_failures_total";
+/// 1 while a queue's delivery is paused, else 0. Labels: queue. Gauge.
+pub const PAUSED: &str = "taskstream_queue_paused";
+/// Tasks that waited for a rate limit before starting. Labels: queue, type.
+pub const THROTTLED_TOTAL: &str = "taskstream_tasks_throttled_total";
+/// Concurrency the SLA controller currently allows. Labels: queue. Gauge.
+pub const CONCURRENCY_TARGET: &str = "taskstream_concurrency_target";
 /// Build information: value 1. Labels: version.
 pub const BUILD_INFO: &str = "taskstream_build_info";
 

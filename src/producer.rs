@@ -159,9 +159,10 @@ enum Plan {
 
 /// Makes a new W3C traceparent (version 00, sampled).
 pub fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
+    // W3C: trace id and parent id must not be all zeros.
+    let trace = rand::random::<u128>().max(1);
+    let span = rand::random::<u64>().max(1);
+    format!("00-{trace:032x}-{span:016x}-01")
 }
 
 impl Producer {

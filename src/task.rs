@@ -149,6 +149,67 @@ impl Task {
         fields: Vec<(Vec<u8>, Vec<u8>)>,
         max_payload: usize,
     ) -> Result<Task, DecodeError> {
+        Self::decode_or_return(entry_id, fields, max_payload).map_err(|(e, _)| e)
+    }
+
+    /// Like [`Task::decode`], but gives the fields back with the error (for the dead-letter
+    /// entry) without copying them on the success path: the entry is checked by reference
+    /// first, then its values are moved into the task.
+    pub fn decode_or_return(
+        entry_id: &str,
+        fields: Vec<(Vec<u8>, Vec<u8>)>,
+        max_payload: usize,
+    ) -> Result<Task, (DecodeError, Vec<(Vec<u8>, Vec<u8>)>)> {
+        for (name, value) in &fields {
+            if let Err(e) = Self::check_field(name, value, max_payload) {
+                return Err((e, fields));
+            }
+        }
+        Self::decode_checked(entry_id, fields, max_payload).map_err(|e| (e, Vec::new()))
+    }
+
+    /// Checks one field without taking it (UTF-8 and JSON checks included).
+    fn check_field(name: &[u8], value: &[u8], max_payload: usize) -> Result<(), DecodeError> {
+        fn text(name: &[u8], v: &[u8]) -> Result<(), DecodeError> {
+            std::str::from_utf8(v)
+                .map(|_| ())
+                .map_err(|_| DecodeError::NotUtf8(String::from_utf8_lossy(name).into()))
+        }
+        match name {
+            b"payload" => {
+                if value.len() > max_payload {
+                    return Err(DecodeError::Invalid {
+                        field: field::PAYLOAD,
+                        reason: format!(
+                            "is {} bytes, above the {max_payload}-byte limit",
+                            value.len()
+                        ),
+                    });
+                }
+                if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(value) {
+                    return Err(DecodeError::Invalid {
+                        field: field::PAYLOAD,
+                        reason: format!("is not valid JSON: {e}"),
+                    });
+                }
+                text(name, value)?;
+            }
+            b"v" | b"id" | b"type" | b"attempt" | b"max_attempts" | b"enqueued_at"
+            | b"timeout_ms" | b"idem" | b"saga_id" | b"reply_to" | b"correlation"
+            | b"traceparent" | b"last_error" | b"only_group" | b"backoff_base_ms"
+            | b"backoff_cap_ms" => {
+                text(name, value)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn decode_checked(
+        entry_id: &str,
+        fields: Vec<(Vec<u8>, Vec<u8>)>,
+        max_payload: usize,
+    ) -> Result<Task, DecodeError> {
         let mut t = Task {
             id: String::new(),
             task_type: String::new(),
@@ -196,21 +257,8 @@ impl Task {
                     have_type = true;
                 }
                 b"payload" => {
-                    if value.len() > max_payload {
-                        return Err(DecodeError::Invalid {
-                            field: field::PAYLOAD,
-                            reason: format!(
-                                "is {} bytes, above the {max_payload}-byte limit",
-                                value.len()
-                            ),
-                        });
-                    }
-                    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&value) {
-                        return Err(DecodeError::Invalid {
-                            field: field::PAYLOAD,
-                            reason: format!("is not valid JSON: {e}"),
-                        });
-                    }
+                    // Size and JSON were checked by `check_field`.
+                    debug_assert!(value.len() <= max_payload);
                     t.payload = utf8(&name, value)?;
                     have_payload = true;
                 }

@@ -44,6 +44,8 @@ pub struct Scripts {
     pub trim_fanout: Script,
     /// Dead letter → queue.
     pub requeue: Script,
+    /// GCRA rate limiter.
+    pub rate_limit: Script,
 }
 
 /// The scripts, compiled once.
@@ -57,10 +59,11 @@ pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     touch: Script::new(include_str!("lua/touch.lua")),
     trim_fanout: Script::new(include_str!("lua/trim_fanout.lua")),
     requeue: Script::new(include_str!("lua/requeue.lua")),
+    rate_limit: Script::new(include_str!("lua/rate_limit.lua")),
 });
 
 impl Scripts {
-    fn all(&self) -> [&Script; 9] {
+    fn all(&self) -> [&Script; 10] {
         [
             &self.enqueue_idem,
             &self.forward,
@@ -71,12 +74,13 @@ impl Scripts {
             &self.touch,
             &self.trim_fanout,
             &self.requeue,
+            &self.rate_limit,
         ]
     }
 }
 
 /// Source text of every script, for `SCRIPT LOAD`.
-fn script_sources() -> [&'static str; 9] {
+fn script_sources() -> [&'static str; 10] {
     [
         include_str!("lua/enqueue_idem.lua"),
         include_str!("lua/forward.lua"),
@@ -87,6 +91,7 @@ fn script_sources() -> [&'static str; 9] {
         include_str!("lua/touch.lua"),
         include_str!("lua/trim_fanout.lua"),
         include_str!("lua/requeue.lua"),
+        include_str!("lua/rate_limit.lua"),
     ]
 }
 

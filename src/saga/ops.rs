@@ -95,7 +95,8 @@ fn status_text(s: StepStatus) -> String {
 
 fn view_of(rec: Record, history: Vec<HistoryEntry>, ttl_ms: i64) -> SagaView {
     let state = rec.state.as_ref().ok();
-    let def = rec.definition.as_ref().ok();
+    let snapshot = rec.snapshot().ok();
+    let def = snapshot.as_ref();
     let n = def
         .map(|d| d.steps.len())
         .or(state.map(|s| s.steps().len()))

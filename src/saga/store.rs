@@ -19,6 +19,7 @@
 //! a [`Write`] (the exact arguments of the script) or a final [`Outcome`] (stale,
 //! rejected, nothing to do), without I/O, so it is unit-tested below.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -99,8 +100,9 @@ pub(crate) struct Record {
     pub id: String,
     pub saga: String,
     pub version: u32,
-    /// The definition the saga started with (a snapshot).
-    pub definition: std::result::Result<SagaDef, String>,
+    /// The definition the saga started with (a snapshot, JSON); parsed only when needed
+    /// (see [`Record::snapshot`]), since most transitions use the configured definition.
+    pub definition: Option<String>,
     pub input: Value,
     pub state: std::result::Result<SagaState, String>,
     /// State name (`running`, ...): authoritative for terminal states, since a saga
@@ -125,12 +127,6 @@ impl Record {
         let num = |h: &HashMap<String, String>, k: &str| -> Option<u64> {
             h.get(k).and_then(|v| v.parse().ok())
         };
-        let definition = match h.get(f::DEFINITION) {
-            None => Err("the record has no definition snapshot".to_string()),
-            Some(t) => serde_json::from_str::<SagaDefToml>(t)
-                .map_err(|e| format!("definition snapshot is unreadable: {e}"))
-                .and_then(|d| d.into_def().map_err(|e| e.to_string())),
-        };
         let state = match h.get(f::STATE) {
             None => Err("the record has no state".to_string()),
             Some(t) => {
@@ -149,7 +145,7 @@ impl Record {
             id: id.to_string(),
             saga: h.remove(f::SAGA).unwrap_or_default(),
             version: num(&h, f::VERSION).unwrap_or(0) as u32,
-            definition,
+            definition: h.remove(f::DEFINITION),
             input,
             state,
             status: h.remove(f::STATUS).unwrap_or_default(),
@@ -162,6 +158,20 @@ impl Record {
             traceparent: h.remove(f::TRACEPARENT).filter(|t| !t.is_empty()),
             meta,
         })
+    }
+}
+
+impl Record {
+    /// The definition the saga started with.
+    pub(crate) fn snapshot(&self) -> std::result::Result<SagaDef, String> {
+        let text = self
+            .definition
+            .as_deref()
+            .ok_or("the record has no definition snapshot")?;
+        serde_json::from_str::<SagaDefToml>(text)
+            .map_err(|e| format!("definition snapshot is unreadable: {e}"))?
+            .into_def()
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -490,7 +500,7 @@ fn ms(d: Duration) -> u64 {
 /// The definition to run `rec` with: the configured one of the same name and version;
 /// for another version the snapshot taken at start (a running saga keeps the version it
 /// started with). An unknown name is an error: nothing here knows what the saga does.
-fn resolve<'a>(rec: &'a Record, defs: &'a [SagaDef]) -> std::result::Result<&'a SagaDef, String> {
+fn resolve<'a>(rec: &Record, defs: &'a [SagaDef]) -> std::result::Result<Cow<'a, SagaDef>, String> {
     match defs.iter().find(|d| d.name == rec.saga) {
         None => Err(format!(
             "saga definition {:?} (version {}) is not known to this orchestrator; \
@@ -506,8 +516,8 @@ fn resolve<'a>(rec: &'a Record, defs: &'a [SagaDef]) -> std::result::Result<&'a 
                     .join(", ")
             }
         )),
-        Some(d) if d.version == rec.version => Ok(d),
-        Some(d) => Ok(rec.definition.as_ref().unwrap_or(d)),
+        Some(d) if d.version == rec.version => Ok(Cow::Borrowed(d)),
+        Some(d) => Ok(rec.snapshot().map(Cow::Owned).unwrap_or(Cow::Borrowed(d))),
     }
 }
 
@@ -546,6 +556,7 @@ pub(crate) fn decide(rec: &Record, defs: &[SagaDef], trig: &Trigger, now: u64) -
         }
     };
     let event = trig.event();
+    let def = def.as_ref();
     match state.apply(def, &event) {
         Err(e) if e.is_stale() => Decision::Done(Outcome::Stale(e.to_string())),
         Err(e @ IllegalTransition::Mismatch { .. }) => {
@@ -875,7 +886,7 @@ pub(crate) fn start_write(def: &SagaDef, input: Value, now: u64) -> Result<Write
         id: id.clone(),
         saga: def.name.clone(),
         version: def.version,
-        definition: Ok(def.clone()),
+        definition: None,
         input,
         state: Ok(SagaState::new(def)),
         status: "pending".into(),
@@ -1058,7 +1069,7 @@ mod tests {
             id: "S1".into(),
             saga: def.name.clone(),
             version: def.version,
-            definition: Ok(def.clone()),
+            definition: Some(serde_json::to_string(&SagaDefToml::from(def)).unwrap()),
             input: json!({"topic": "x"}),
             status: status_name(state.status()).into(),
             state: Ok(state),
@@ -1363,7 +1374,7 @@ mod tests {
         h.insert("state".to_string(), "{not json".to_string());
         h.insert("rev".to_string(), "x".to_string());
         let r = Record::from_fields("S", h).unwrap();
-        assert!(r.state.is_err() && r.definition.is_err());
+        assert!(r.state.is_err() && r.snapshot().is_err());
         assert_eq!(r.rev, 0);
         assert!(matches!(
             decide(&r, &[demo_saga()], &Trigger::SagaDeadline, 1),

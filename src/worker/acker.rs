@@ -41,6 +41,8 @@ pub(crate) enum Action {
     Dead(Vec<(Vec<u8>, Vec<u8>)>),
     /// Not for this consumer or already gone: ACK (and delete) only.
     Skip,
+    /// Cancelled by an operator: ACK and delete, counted as cancelled.
+    Cancelled,
 }
 
 /// A reply to post atomically with the settlement.
@@ -65,6 +67,14 @@ pub(crate) struct Settle {
     pub reply: Option<Reply>,
     /// A recovered entry: its start marks are dropped with the settlement.
     pub recovered: bool,
+}
+
+impl Settle {
+    /// True when the settlement is a plain ACK (+ delete) with nothing else to write: these
+    /// go in the lane's MULTI/EXEC batch; everything else goes through `settle.lua`.
+    fn plain_ack(&self) -> bool {
+        matches!(self.action, Action::Ok | Action::Skip | Action::Cancelled) && self.reply.is_none()
+    }
 }
 
 /// Static facts the acker needs.
@@ -95,9 +105,7 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
     for lane in [Lane::Bulk, Lane::Express] {
         let ids: Vec<&str> = batch
             .iter()
-            .filter(|s| {
-                s.lane == lane && matches!(s.action, Action::Ok | Action::Skip) && s.reply.is_none()
-            })
+            .filter(|s| s.lane == lane && s.plain_ack())
             .map(|s| s.entry_id.as_str())
             .collect();
         if ids.is_empty() {
@@ -112,12 +120,13 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
         p.cmd("EXEC").ignore();
     }
     // Running totals for `stats --watch` (not part of any task's state transition).
-    let (mut done, mut retried, mut dead) = (0u64, 0u64, 0u64);
+    let (mut done, mut retried, mut dead, mut cancelled) = (0u64, 0u64, 0u64, 0u64);
     for s in batch {
         match s.action {
             Action::Ok => done += 1,
             Action::Retry { .. } => retried += 1,
             Action::Dead(_) => dead += 1,
+            Action::Cancelled => cancelled += 1,
             Action::Skip => {}
         }
     }
@@ -129,7 +138,12 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
     if !recovered.is_empty() {
         p.cmd("HDEL").arg(&ctx.keys.starts).arg(&recovered).ignore();
     }
-    for (f, n) in [("done", done), ("retried", retried), ("dead", dead)] {
+    for (f, n) in [
+        ("done", done),
+        ("retried", retried),
+        ("dead", dead),
+        ("cancelled", cancelled),
+    ] {
         if n > 0 {
             p.cmd("HINCRBY")
                 .arg(&ctx.keys.counters)
@@ -139,7 +153,7 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
         }
     }
     for s in batch {
-        if matches!(s.action, Action::Ok | Action::Skip) && s.reply.is_none() {
+        if s.plain_ack() {
             continue;
         }
         let stream = ctx.keys.lane_stream(s.lane);
@@ -150,7 +164,7 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
             .unwrap_or(stream);
         let (action, due, member): (&[u8], String, &[u8]) = match &s.action {
             Action::Ok => (b"ok", String::new(), b""),
-            Action::Skip => (b"skip", String::new(), b""),
+            Action::Skip | Action::Cancelled => (b"skip", String::new(), b""),
             Action::Retry { due_ms, member } => (b"retry", due_ms.to_string(), member.as_bytes()),
             Action::Dead(_) => (b"dead", String::new(), b""),
         };

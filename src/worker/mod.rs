@@ -16,8 +16,8 @@ pub(crate) mod heartbeat;
 pub(crate) mod janitor;
 pub(crate) mod reader;
 pub(crate) mod runtime;
+pub(crate) mod signal_loop;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,8 +168,16 @@ impl Worker {
             lapse: Duration::from_millis(w.heartbeat_lapse_ms),
             min_idle: Duration::from_millis(w.min_idle_ms),
         };
-        let paused = Arc::new(AtomicBool::new(false));
         for rt in &runtimes {
+            // Learn pause state and past cancels before the first read.
+            if let Err(e) = signal_loop::poll_once(rt, &mut conn, "0-0").await {
+                tracing::warn!(queue = %rt.cfg.name, error = %e, "could not read signals yet");
+            }
+            loops.spawn(signal_loop::run(
+                rt.clone(),
+                conn.clone(),
+                stop_reading.clone(),
+            ));
             for lane in [Lane::Bulk, Lane::Express] {
                 loops.spawn(reader::run(
                     rt.clone(),
@@ -177,7 +185,6 @@ impl Worker {
                     pool.clone(),
                     w.read_count,
                     block,
-                    paused.clone(),
                     stop_reading.clone(),
                 ));
             }

@@ -36,7 +36,6 @@ pub(crate) async fn run(
     pool: ReaderPool,
     read_count: usize,
     block: Duration,
-    paused: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
 ) {
     let stream = rt.keys.lane_stream(lane).to_string();
@@ -46,7 +45,7 @@ pub(crate) async fn run(
     // Own pending history to re-check: at start and after every reconnect.
     let mut history = true;
     while !stop.is_cancelled() {
-        if paused.load(std::sync::atomic::Ordering::Relaxed) {
+        if rt.paused.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => continue,

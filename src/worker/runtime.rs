@@ -89,8 +89,14 @@ pub(crate) struct QueueRuntime {
     pub hard_stop: CancellationToken,
     /// Most deliveries before a task is poison.
     pub max_deliveries: u32,
-    /// Commands connection (start marks of recovered entries).
+    /// Commands connection (start marks of recovered entries, rate limits).
     pub conn: redis::aio::ConnectionManager,
+    /// Delivery paused by an operator (readers stop reading).
+    pub paused: std::sync::atomic::AtomicBool,
+    /// Task ids cancelled by an operator signal.
+    pub cancelled: Mutex<std::collections::HashSet<String>>,
+    /// Task type → (GCRA emission interval in µs, burst) for rate-limited types.
+    limits: HashMap<String, (u64, u32)>,
     type_metrics: Mutex<HashMap<String, Arc<TypeMetrics>>>,
     wait_bulk: Histogram,
     wait_express: Histogram,
@@ -129,6 +135,20 @@ impl QueueRuntime {
             hard_stop,
             max_deliveries,
             conn,
+            paused: std::sync::atomic::AtomicBool::new(false),
+            cancelled: Mutex::new(std::collections::HashSet::new()),
+            limits: cfg
+                .types
+                .iter()
+                .filter_map(|(t, o)| {
+                    o.rate_per_sec.map(|r| {
+                        (
+                            t.clone(),
+                            ((1_000_000.0 / r).max(1.0) as u64, o.burst.unwrap_or(1)),
+                        )
+                    })
+                })
+                .collect(),
             type_metrics: Mutex::new(HashMap::new()),
             wait_bulk: metrics::histogram!(m::WAIT_SECONDS, "queue" => q.clone(), "lane" => "bulk"),
             wait_express: metrics::histogram!(m::WAIT_SECONDS, "queue" => q.clone(), "lane" => "express"),
@@ -284,15 +304,13 @@ impl QueueRuntime {
             });
             return;
         };
-        let raw = fields.clone();
-        let task = match Task::decode(&entry.id, fields, self.max_payload) {
+        let task = match Task::decode_or_return(&entry.id, fields, self.max_payload) {
             Ok(t) => t,
-            Err(e) => {
+            Err((e, raw)) => {
                 self.dead_letter_now(lane, entry.id, "malformed", e.to_string(), raw, None);
                 return;
             }
         };
-        drop(raw);
         if let Some(g) = &task.only_group {
             if g != &self.group {
                 self.send(Settle {
@@ -304,6 +322,19 @@ impl QueueRuntime {
                 });
                 return;
             }
+        }
+        if self.is_cancelled(&task.id) {
+            tracing::info!(queue = %self.cfg.name, task_id = %task.id, "skipping a cancelled task");
+            self.count_cancelled(&task.task_type);
+            let reply = reply_for(&task, &self.cfg.name, false, "null", "cancelled");
+            self.send(Settle {
+                lane,
+                entry_id: entry.id,
+                action: Action::Cancelled,
+                reply,
+                recovered: false,
+            });
+            return;
         }
         let Some(handler) = self.registry.get(&task.task_type).cloned() else {
             metrics::counter!(m::CROSS_TYPE_TOTAL, "queue" => self.cfg.name.clone(), "type" => task.task_type.clone()).increment(1);
@@ -407,26 +438,48 @@ impl QueueRuntime {
             max_attempts,
             cancel.clone(),
         );
+        self.wait_for_rate(ctx.task_type(), &cancel).await;
         let started = Instant::now();
         let hctx = ctx.clone();
-        let mut join =
-            tokio::spawn(async move { handler.handle(hctx).await }.instrument(span.clone()));
-        let result = tokio::select! {
-            r = &mut join => match r {
-                Ok(r) => r,
-                Err(e) if e.is_panic() => Err(HandlerError::retryable(format!("handler panicked: {}", panic_message(e)))),
-                Err(e) => Err(HandlerError::retryable(format!("handler task failed: {e}"))),
-            },
-            _ = tokio::time::sleep(timeout) => {
+        // The handler runs inside this task; a panic is caught here instead of paying for a
+        // second spawned task per execution.
+        let run = CatchUnwind(Box::pin(
+            async move { handler.handle(hctx).await }.instrument(span.clone()),
+        ));
+        let result = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(p)) => Err(HandlerError::retryable(format!(
+                "handler panicked: {}",
+                panic_message(p)
+            ))),
+            Err(_) => {
+                // Dropping the future stops the handler at its next await point.
                 cancel.cancel();
-                join.abort();
-                Err(HandlerError::retryable(format!("timed out after {} ms", timeout.as_millis())))
+                Err(HandlerError::retryable(format!(
+                    "timed out after {} ms",
+                    timeout.as_millis()
+                )))
             }
         };
         tm.duration.record(started.elapsed().as_secs_f64());
         self.inflight.lock().expect("poisoned").remove(&entry_id);
         gauge.decrement(1.0);
         let task = ctx.task();
+        if self.is_cancelled(&task.id) {
+            // Cancelled while it ran: whatever the handler returned, it is not retried.
+            self.count_cancelled(&task.task_type);
+            let _e = span.enter();
+            tracing::info!("task cancelled while running");
+            let reply = reply_for(task, &self.cfg.name, false, "null", "cancelled");
+            self.send(Settle {
+                lane,
+                entry_id,
+                action: Action::Cancelled,
+                reply,
+                recovered,
+            });
+            return;
+        }
         let settle = match result {
             Ok(value) => {
                 tm.succeeded.increment(1);
@@ -520,6 +573,56 @@ impl QueueRuntime {
         found
     }
 
+    fn is_cancelled(&self, task_id: &str) -> bool {
+        let c = self.cancelled.lock().expect("poisoned");
+        !c.is_empty() && c.contains(task_id)
+    }
+
+    fn count_cancelled(&self, task_type: &str) {
+        metrics::counter!(m::COMPLETED_TOTAL, "queue" => self.cfg.name.clone(), "type" => task_type.to_string(), "outcome" => "cancelled").increment(1);
+    }
+
+    /// Waits until the type's rate limit lets one more task start (GCRA in Redis, shared
+    /// by every replica). Returns early when `cancel` fires. A Redis error lets the task
+    /// start: a limiter must not turn an outage into lost work.
+    async fn wait_for_rate(&self, task_type: &str, cancel: &CancellationToken) {
+        let Some(&(interval_us, burst)) = self.limits.get(task_type) else {
+            return;
+        };
+        let key = format!("{}{}", self.keys.rate_prefix, task_type);
+        let mut throttled = false;
+        loop {
+            let mut c = self.conn.clone();
+            let mut p = redis::Pipeline::new();
+            p.add_command(crate::rdb::evalsha(
+                &crate::rdb::SCRIPTS.rate_limit,
+                &[&key],
+                vec![
+                    interval_us.to_string().into_bytes(),
+                    burst.to_string().into_bytes(),
+                ],
+            ));
+            let wait_us = match crate::rdb::query_pipe::<(u64,)>(&mut c, &p).await {
+                Ok((w,)) => w,
+                Err(e) => {
+                    tracing::warn!(queue = %self.cfg.name, task_type, error = %e, "rate limiter unavailable; starting the task");
+                    0
+                }
+            };
+            if wait_us == 0 {
+                return;
+            }
+            if !throttled {
+                throttled = true;
+                metrics::counter!(m::THROTTLED_TOTAL, "queue" => self.cfg.name.clone(), "type" => task_type.to_string()).increment(1);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_micros(wait_us)) => {}
+            }
+        }
+    }
+
     /// True when this process holds `entry_id` (running or waiting for its ACK).
     pub(crate) fn holds(&self, entry_id: &str) -> bool {
         self.held.lock().expect("poisoned").contains(entry_id)
@@ -578,13 +681,28 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-fn panic_message(e: tokio::task::JoinError) -> String {
-    match e.try_into_panic() {
-        Ok(p) => p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic".into()),
-        Err(e) => e.to_string(),
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
+}
+
+/// Polls a future and turns a panic inside it into an `Err` with the panic payload.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(p) => std::task::Poll::Ready(Err(p)),
+        }
     }
 }
