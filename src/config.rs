@@ -211,8 +211,19 @@ pub struct QueueConfig {
     pub group: String,
     /// Extra consumer groups that each receive every task of the queue (fan-out).
     pub fanout_groups: Vec<String>,
-    /// Per task type overrides of attempts, timeout and backoff.
+    /// Per task type overrides of attempts, timeout, backoff and rate limits.
     pub types: BTreeMap<String, TypeOverride>,
+    /// Worker pool name: this process reads the pool's own streams and serves only the
+    /// task types in `serves` (see "Routing task types to pools" in the README).
+    pub pool: Option<String>,
+    /// Task types this pool serves; producers route them to the pool's streams.
+    pub serves: Vec<String>,
+    /// Latency objective: 95th percentile wait (enqueue → start) in ms. With it the
+    /// worker adapts its concurrency between `min_concurrency` and `concurrency`, and
+    /// exports the replicas the queue needs.
+    pub sla_p95_wait_ms: Option<u64>,
+    /// Lowest concurrency the SLA controller may set (default: express_concurrency + 1).
+    pub min_concurrency: Option<usize>,
 }
 
 impl Default for QueueConfig {
@@ -228,6 +239,10 @@ impl Default for QueueConfig {
             group: crate::keys::DEFAULT_GROUP.into(),
             fanout_groups: Vec::new(),
             types: BTreeMap::new(),
+            pool: None,
+            serves: Vec::new(),
+            sla_p95_wait_ms: None,
+            min_concurrency: None,
         }
     }
 }
@@ -596,6 +611,41 @@ impl Config {
                     bad(
                         k("fanout_groups"),
                         format!("group name {g:?} must be non-empty without spaces"),
+                    );
+                }
+            }
+            if let Some(p) = &q.pool {
+                if let Err(e) = crate::keys::validate_queue_name(p) {
+                    bad(k("pool"), e.replace("queue name", "pool name"));
+                }
+                if q.serves.is_empty() {
+                    bad(
+                        k("serves"),
+                        "a pool must list the task types it serves".into(),
+                    );
+                }
+            } else if !q.serves.is_empty() {
+                bad(
+                    k("serves"),
+                    "needs `pool`: only a named pool has streams of its own".into(),
+                );
+            }
+            for t in &q.serves {
+                if let Err(e) = crate::task::validate_type(t) {
+                    bad(k("serves"), format!("task type {t:?} {e}"));
+                }
+            }
+            if q.sla_p95_wait_ms == Some(0) {
+                bad(k("sla_p95_wait_ms"), "must be positive".into());
+            }
+            if let Some(m) = q.min_concurrency {
+                if m <= q.express_concurrency || m > q.concurrency {
+                    bad(
+                        k("min_concurrency"),
+                        format!(
+                            "must be above express_concurrency ({}) and at most concurrency ({})",
+                            q.express_concurrency, q.concurrency
+                        ),
                     );
                 }
             }

@@ -94,6 +94,10 @@ pub struct QueueKeys {
     pub rate_prefix: String,
     /// Hash consumer → "paused" | "running": each replica's applied pause state.
     pub pause_acks: String,
+    /// Hash task type → pool name: where producers and the default pool route a type.
+    pub routes: String,
+    /// The pool these keys read (`None`: the default streams).
+    pub pool: Option<String>,
 }
 
 impl QueueKeys {
@@ -115,6 +119,35 @@ impl QueueKeys {
             signals: format!("{base}:signals"),
             rate_prefix: format!("{base}:rate:"),
             pause_acks: format!("{base}:pause_acks"),
+            routes: format!("{base}:routes"),
+            pool: None,
+        }
+    }
+
+    /// The keys as a worker pool sees them: `stream`/`express` become the pool's own
+    /// streams (`ts:{q}:pool:<pool>` and `ts:{q}:pool:<pool>:express`) and heartbeats are
+    /// kept per pool; every other key (schedule, dead letters, signals) is shared.
+    pub fn pooled(queue: &str, pool: Option<&str>) -> QueueKeys {
+        let mut k = QueueKeys::new(queue);
+        if let Some(p) = pool {
+            k.stream = k.pool_stream(p, Lane::Bulk);
+            k.express = k.pool_stream(p, Lane::Express);
+            k.heartbeats = format!("{}:pool:{p}", k.heartbeats);
+            k.pool = Some(p.to_string());
+        }
+        k
+    }
+
+    /// Prefix of pool streams: `ts:{q}:pool:`.
+    pub fn pool_prefix(&self) -> String {
+        format!("{PREFIX}:{{{}}}:pool:", self.queue)
+    }
+
+    /// The stream of `pool`'s `lane`.
+    pub fn pool_stream(&self, pool: &str, lane: Lane) -> String {
+        match lane {
+            Lane::Bulk => format!("{}{pool}", self.pool_prefix()),
+            Lane::Express => format!("{}{pool}:express", self.pool_prefix()),
         }
     }
 

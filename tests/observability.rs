@@ -849,6 +849,7 @@ async fn stats_watch_refreshes_in_place_and_json_parses() {
         all.starts_with(CLEAR),
         "output starts with a clear screen: {all:?}"
     );
+    let mut rates = Vec::new();
     for f in &frames {
         assert!(f.contains("QUEUE"), "frame has the header: {f:?}");
         let row = f
@@ -860,7 +861,14 @@ async fn stats_watch_refreshes_in_place_and_json_parses() {
             Some("7"),
             "bulk backlog in the row: {row:?}"
         );
+        rates.push(row.split_whitespace().last().unwrap().to_string());
     }
+    // The first frame has no rate yet; later ones compute it from the previous frame.
+    assert_eq!(rates[0], "-", "{frames:?}");
+    assert!(
+        rates[1..].iter().all(|r| r.parse::<f64>().is_ok()),
+        "DONE/S is a number from the second frame on: {rates:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -941,20 +949,38 @@ async fn json_logs_parse_and_never_show_payloads() {
     );
 }
 
+/// Known bug, reproduced here: a payload that does not fit a handler's type fails with
+/// serde's message, which quotes the offending value (`invalid type: string "<value>",
+/// expected u64`), and that message is logged ("task dead-lettered") — so payload content
+/// reaches the log. Un-ignore once `TaskContext::payload` (src/handler.rs) reports decode
+/// errors without the value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zz_probe_payload_in_error() {
-    const Q: &str = "obs_probe";
-    const MARKER: &str = "SECRET-probe-marker";
+#[ignore = "bug: payload decode errors quote payload values into the log (src/handler.rs)"]
+async fn payload_values_never_leak_through_decode_errors() {
+    const Q: &str = "obs_log_decode";
+    const MARKER: &str = "SECRET-5b1e02-do-not-log";
     let redis = RedisServer::start();
-    let toml = worker_toml(&redis.url(), Q, "", "");
-    let mut w = WorkerProc::spawn(&toml);
+    let mut w = WorkerProc::spawn(&worker_toml(&redis.url(), Q, "", ""));
     let p = producer(&redis.url()).await;
-    p.enqueue(NewTask::raw(Q, "builtin.record", format!(r#"{{"key":"k","ms":"{MARKER}"}}"#))).await.unwrap();
+    // `ms` must be a number: the decode error names the string it got instead.
+    p.enqueue(NewTask::raw(
+        Q,
+        "builtin.record",
+        format!(r#"{{"key":"obs_log_decode","ms":"{MARKER}"}}"#),
+    ))
+    .await
+    .unwrap();
     let mut conn = redis.sync_conn();
-    poll("settled", Duration::from_secs(15), || {
+    poll("the task is dead-lettered", Duration::from_secs(15), || {
         let dead = xlen(&mut conn, &QueueKeys::new(Q).dlq);
         async move { (dead == 1).then_some(()) }
-    }).await;
-    w.terminate(Duration::from_secs(10));
-    println!("LOG:\n{}", w.log_text());
+    })
+    .await;
+    assert_eq!(w.terminate(Duration::from_secs(15)), Some(0), "clean exit");
+    let log = w.log_text();
+    assert!(log.contains("dead-lettered"), "{log}");
+    assert!(
+        !log.contains(MARKER),
+        "payload content appeared in the log:\n{log}"
+    );
 }

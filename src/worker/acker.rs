@@ -43,6 +43,13 @@ pub(crate) enum Action {
     Skip,
     /// Cancelled by an operator: ACK and delete, counted as cancelled.
     Cancelled,
+    /// Served by another pool: ACK, delete, and add these fields to `target`.
+    Move {
+        /// Target stream.
+        target: String,
+        /// The entry's fields.
+        fields: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }
 
 /// A reply to post atomically with the settlement.
@@ -127,7 +134,7 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
             Action::Retry { .. } => retried += 1,
             Action::Dead(_) => dead += 1,
             Action::Cancelled => cancelled += 1,
-            Action::Skip => {}
+            Action::Skip | Action::Move { .. } => {}
         }
     }
     let recovered: Vec<&str> = batch
@@ -167,6 +174,7 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
             Action::Skip | Action::Cancelled => (b"skip", String::new(), b""),
             Action::Retry { due_ms, member } => (b"retry", due_ms.to_string(), member.as_bytes()),
             Action::Dead(_) => (b"dead", String::new(), b""),
+            Action::Move { .. } => (b"move", String::new(), b""),
         };
         let mut args: Vec<Vec<u8>> = vec![
             ctx.group.clone().into_bytes(),
@@ -181,7 +189,7 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
             member.to_vec(),
         ];
         match &s.action {
-            Action::Dead(fields) => {
+            Action::Dead(fields) | Action::Move { fields, .. } => {
                 args.push((fields.len() * 2).to_string().into_bytes());
                 for (k, v) in fields {
                     args.push(k.clone());
@@ -202,7 +210,15 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
         }
         p.add_command(rdb::evalsha(
             &rdb::SCRIPTS.settle,
-            &[stream, &ctx.keys.scheduled, &ctx.keys.dlq, reply_stream],
+            &[
+                stream,
+                &ctx.keys.scheduled,
+                match &s.action {
+                    Action::Move { target, .. } => target.as_str(),
+                    _ => ctx.keys.dlq.as_str(),
+                },
+                reply_stream,
+            ],
             args,
         ))
         .ignore();

@@ -30,7 +30,11 @@ pub(crate) async fn run(
         p.add_command(rdb::evalsha(
             &rdb::SCRIPTS.forward,
             &[&keys.scheduled, &keys.stream, &keys.express, &keys.dlq],
-            vec![now.to_string().into_bytes(), PAGE.to_string().into_bytes()],
+            vec![
+                now.to_string().into_bytes(),
+                PAGE.to_string().into_bytes(),
+                keys.pool_prefix().into_bytes(),
+            ],
         ));
         let sleep = match rdb::query_pipe::<((usize, String),)>(&mut conn, &p).await {
             Ok(((moved, next),)) => {

@@ -50,6 +50,33 @@ pub fn default_consumer_name() -> String {
     format!("{host}-{}-{rnd:04x}", std::process::id())
 }
 
+/// Records that `pool` serves its types (`ts:{q}:routes`), so producers and the default
+/// pool send them to the pool's streams. A type another pool already claimed is taken
+/// over, with a warning: the last pool to start wins, as with a deploy that moves a type.
+async fn register_routes(
+    conn: &mut redis::aio::ConnectionManager,
+    rt: &QueueRuntime,
+    pool: &str,
+) -> Result<()> {
+    for t in &rt.cfg.serves {
+        let prev: Option<String> = redis::cmd("HGET")
+            .arg(&rt.keys.routes)
+            .arg(t)
+            .query_async(conn)
+            .await?;
+        if let Some(p) = prev.filter(|p| p != pool) {
+            tracing::warn!(queue = %rt.cfg.name, task_type = %t, from = %p, to = %pool, "task type moves to another pool");
+        }
+        redis::cmd("HSET")
+            .arg(&rt.keys.routes)
+            .arg(t)
+            .arg(pool)
+            .query_async::<()>(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// A worker process' queues and handlers.
 pub struct Worker {
     cfg: Config,
@@ -94,7 +121,7 @@ impl Worker {
             let mut ok = rdb::load_scripts(&mut conn).await.is_ok();
             if ok {
                 for q in &cfg.queues {
-                    let keys = crate::keys::QueueKeys::new(&q.name);
+                    let keys = crate::keys::QueueKeys::pooled(&q.name, q.pool.as_deref());
                     if let Err(e) = rdb::ensure_queue(&mut conn, &keys, &q.all_groups()).await {
                         tracing::warn!(queue = %q.name, error = %e, "cannot create consumer groups yet");
                         ok = false;
@@ -169,6 +196,12 @@ impl Worker {
             min_idle: Duration::from_millis(w.min_idle_ms),
         };
         for rt in &runtimes {
+            if let Some(pool) = &rt.cfg.pool {
+                register_routes(&mut conn, rt, pool).await?;
+            }
+            if let Err(e) = signal_loop::refresh_routes(rt, &mut conn).await {
+                tracing::warn!(queue = %rt.cfg.name, error = %e, "could not read routes yet");
+            }
             // Learn pause state and past cancels before the first read.
             if let Err(e) = signal_loop::poll_once(rt, &mut conn, "0-0").await {
                 tracing::warn!(queue = %rt.cfg.name, error = %e, "could not read signals yet");

@@ -97,6 +97,8 @@ pub(crate) struct QueueRuntime {
     pub cancelled: Mutex<std::collections::HashSet<String>>,
     /// Task type → (GCRA emission interval in µs, burst) for rate-limited types.
     limits: HashMap<String, (u64, u32)>,
+    /// Task type → pool that serves it (from `ts:{q}:routes`, refreshed by the signal loop).
+    pub routes: Mutex<HashMap<String, String>>,
     type_metrics: Mutex<HashMap<String, Arc<TypeMetrics>>>,
     wait_bulk: Histogram,
     wait_express: Histogram,
@@ -117,7 +119,7 @@ impl QueueRuntime {
         hard_stop: CancellationToken,
         conn: redis::aio::ConnectionManager,
     ) -> Self {
-        let keys = QueueKeys::new(&cfg.name);
+        let keys = QueueKeys::pooled(&cfg.name, cfg.pool.as_deref());
         let q = cfg.name.clone();
         metrics::gauge!(m::CONCURRENCY, "queue" => q.clone()).set(cfg.concurrency as f64);
         QueueRuntime {
@@ -137,6 +139,7 @@ impl QueueRuntime {
             conn,
             paused: std::sync::atomic::AtomicBool::new(false),
             cancelled: Mutex::new(std::collections::HashSet::new()),
+            routes: Mutex::new(HashMap::new()),
             limits: cfg
                 .types
                 .iter()
@@ -337,19 +340,34 @@ impl QueueRuntime {
             return;
         }
         let Some(handler) = self.registry.get(&task.task_type).cloned() else {
-            metrics::counter!(m::CROSS_TYPE_TOTAL, "queue" => self.cfg.name.clone(), "type" => task.task_type.clone()).increment(1);
-            let reason = format!(
-                "unknown task type {:?}: no handler is registered for it in queue {:?} (this worker serves: {})",
-                task.task_type,
-                self.cfg.name,
-                self.registry.types().join(", ")
-            );
-            let fields = task
-                .encode()
-                .into_iter()
-                .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
-                .collect();
-            self.dead_letter_now(lane, entry.id, "unknown_type", reason, fields, Some(&task));
+            // Not ours: the type may belong to a pool (routes are cached; a type we have
+            // not seen routed is looked up once more before it is called unknown).
+            let rt = self.clone();
+            self.tracker.spawn(async move {
+                let mut route = rt
+                    .routes
+                    .lock()
+                    .expect("poisoned")
+                    .get(&task.task_type)
+                    .cloned();
+                if route.is_none() {
+                    let mut c = rt.conn.clone();
+                    let r: redis::RedisResult<Option<String>> = redis::cmd("HGET")
+                        .arg(&rt.keys.routes)
+                        .arg(&task.task_type)
+                        .query_async(&mut c)
+                        .await;
+                    route = r.ok().flatten();
+                    if let Some(p) = &route {
+                        rt.routes
+                            .lock()
+                            .expect("poisoned")
+                            .insert(task.task_type.clone(), p.clone());
+                    }
+                }
+                rt.route_or_reject(lane, entry.id, task, route);
+                drop(slot);
+            });
             return;
         };
         let attempt = task.attempt + deliveries.saturating_sub(1);
@@ -514,7 +532,7 @@ impl QueueRuntime {
                     entry_id,
                     action: Action::Retry {
                         due_ms: now_ms() + delay.as_millis() as u64,
-                        member: next.encode_json(lane),
+                        member: next.encode_json_for(lane, self.cfg.pool.as_deref()),
                     },
                     reply: None,
                     recovered: false,
@@ -571,6 +589,44 @@ impl QueueRuntime {
             found = true;
         }
         found
+    }
+
+    /// Hands a task of a type this process does not serve to the pool that does, or
+    /// dead-letters it as unknown when no pool serves it.
+    fn route_or_reject(&self, lane: Lane, entry_id: String, task: Task, route: Option<String>) {
+        if self.cfg.pool.is_some() {
+            // A named pool received a type it does not serve: count it (should stay 0).
+            metrics::counter!(m::CROSS_TYPE_TOTAL, "queue" => self.cfg.name.clone(), "type" => task.task_type.clone()).increment(1);
+        }
+        if let Some(pool) = route.filter(|p| Some(p) != self.cfg.pool.as_ref()) {
+            tracing::debug!(queue = %self.cfg.name, task_type = %task.task_type, pool = %pool, "routing a task to the pool that serves its type");
+            let target = self.keys.pool_stream(&pool, lane);
+            let fields = task
+                .encode()
+                .into_iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
+                .collect();
+            self.send(Settle {
+                lane,
+                entry_id,
+                action: Action::Move { target, fields },
+                reply: None,
+                recovered: false,
+            });
+            return;
+        }
+        let reason = format!(
+            "unknown task type {:?}: no handler is registered for it in queue {:?} (this worker serves: {})",
+            task.task_type,
+            self.cfg.name,
+            self.registry.types().join(", ")
+        );
+        let fields = task
+            .encode()
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
+            .collect();
+        self.dead_letter_now(lane, entry_id, "unknown_type", reason, fields, Some(&task));
     }
 
     fn is_cancelled(&self, task_id: &str) -> bool {

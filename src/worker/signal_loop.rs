@@ -66,14 +66,34 @@ pub(crate) async fn poll_once(
     Ok(last)
 }
 
+/// Reloads the type → pool routes of the queue.
+pub(crate) async fn refresh_routes(
+    rt: &QueueRuntime,
+    conn: &mut ConnectionManager,
+) -> redis::RedisResult<()> {
+    let routes: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&rt.keys.routes)
+        .query_async(conn)
+        .await?;
+    *rt.routes.lock().expect("poisoned") = routes;
+    Ok(())
+}
+
 /// Runs until `stop` fires.
 pub(crate) async fn run(rt: Arc<QueueRuntime>, conn: ConnectionManager, stop: CancellationToken) {
     let mut conn = conn;
     let mut last = "0-0".to_string();
+    let mut tick: u64 = 0;
     while !stop.is_cancelled() {
         match poll_once(&rt, &mut conn, &last).await {
             Ok(l) => last = l,
             Err(e) => tracing::debug!(queue = %rt.cfg.name, error = %e, "signals: redis error"),
+        }
+        tick += 1;
+        if tick % 10 == 0 {
+            if let Err(e) = refresh_routes(&rt, &mut conn).await {
+                tracing::debug!(queue = %rt.cfg.name, error = %e, "routes: redis error");
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => break,

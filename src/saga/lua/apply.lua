@@ -40,8 +40,10 @@ if n > 0 then
   end
 end
 i = i + 3 * n + 1
-if KEYS[5] ~= KEYS[6] then redis.call('ZREM', KEYS[5], ARGV[3]) end
-redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3])
+if KEYS[5] ~= KEYS[6] then
+  redis.call('ZREM', KEYS[5], ARGV[3])
+  redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3])
+end
 if ARGV[8] ~= '' then redis.call('ZADD', KEYS[4], ARGV[8], ARGV[3]) end
 if ARGV[7] == '1' then
   local keep = tonumber(redis.call('HGET', KEYS[7], 'retention_ms') or ARGV[5])

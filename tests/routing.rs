@@ -1,0 +1,204 @@
+//! Type routing: worker pools serve only their declared types, across 10,000 mixed tasks.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{poll, RedisServer};
+use taskstream::config::{Config, QueueConfig};
+use taskstream::handler::{handler_fn, Registry, TaskContext};
+use taskstream::keys::QueueKeys;
+use taskstream::producer::{NewTask, Producer};
+use tokio_util::sync::CancellationToken;
+
+type Runs = Arc<Mutex<Vec<(String, String, String)>>>; // (task id, type, pool)
+
+fn pool_config(url: &str, queue: &str, pool: Option<&str>, serves: &[&str]) -> Config {
+    let mut c = Config::default();
+    c.redis.url = url.to_string();
+    c.http.listen = String::new();
+    c.worker.block_ms = 200;
+    c.queues = vec![QueueConfig {
+        name: queue.into(),
+        concurrency: 16,
+        express_concurrency: 2,
+        pool: pool.map(str::to_string),
+        serves: serves.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }];
+    c
+}
+
+fn pool_registry(pool: &str, types: &[&str], runs: &Runs) -> Registry {
+    let mut reg = Registry::new();
+    for t in types {
+        let (runs, pool) = (runs.clone(), pool.to_string());
+        reg.register(
+            *t,
+            handler_fn(move |ctx: TaskContext| {
+                runs.lock().unwrap().push((
+                    ctx.id().to_string(),
+                    ctx.task_type().to_string(),
+                    pool.clone(),
+                ));
+                async { Ok(serde_json::Value::Null) }
+            }),
+        );
+    }
+    reg
+}
+
+#[tokio::test]
+async fn pools_only_receive_their_types_and_unknown_types_are_dead_lettered() {
+    let _g = common::heavy();
+    let redis = RedisServer::start();
+    let q = "mixed";
+    let runs: Runs = Default::default();
+    let pools: [(&str, &[&str]); 3] = [
+        ("images", &["a.resize", "a.crop"]),
+        ("mail", &["b.send"]),
+        ("billing", &["c.charge"]),
+    ];
+    let mut stops = Vec::new();
+    for (pool, types) in pools {
+        let stop = CancellationToken::new();
+        let w = taskstream::worker::Worker::new(
+            pool_config(&redis.url(), q, Some(pool), types),
+            pool_registry(pool, types, &runs),
+        );
+        stops.push((stop.clone(), tokio::spawn(w.run(stop))));
+    }
+    // The default pool serves nothing itself: it forwards routed types and dead-letters
+    // types nobody serves.
+    let stop = CancellationToken::new();
+    let w =
+        taskstream::worker::Worker::new(pool_config(&redis.url(), q, None, &[]), Registry::new());
+    stops.push((stop.clone(), tokio::spawn(w.run(stop))));
+    let mut conn = redis.conn().await;
+    let k = QueueKeys::new(q);
+    poll(
+        "all pools registered their routes",
+        Duration::from_secs(10),
+        || {
+            let mut c = conn.clone();
+            let key = k.routes.clone();
+            async move {
+                let n: u64 = redis::cmd("HLEN")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                (n == 4).then_some(())
+            }
+        },
+    )
+    .await;
+    let p = Producer::connect(&pool_config(&redis.url(), q, None, &[]))
+        .await
+        .unwrap();
+    let types = ["a.resize", "a.crop", "b.send", "c.charge"];
+    let mut expected: HashMap<String, &str> = HashMap::new();
+    for chunk in 0..10 {
+        let batch: Vec<_> = (0..1000)
+            .map(|i| NewTask::new(q, types[(i * 7 + chunk) % 4], &i).unwrap())
+            .collect();
+        for (e, t) in p
+            .enqueue_batch(batch.clone())
+            .await
+            .unwrap()
+            .into_iter()
+            .zip(batch)
+        {
+            let ty: &str = types.iter().find(|x| **x == t.task_type).unwrap();
+            expected.insert(e.task_id, ty);
+        }
+    }
+    // A producer in another language knows nothing of pools: it writes to the default stream.
+    for i in 0..10 {
+        let id = format!("raw-{i}");
+        let _: String = redis::cmd("XADD")
+            .arg(&k.stream)
+            .arg("*")
+            .arg("id")
+            .arg(&id)
+            .arg("type")
+            .arg("b.send")
+            .arg("payload")
+            .arg("{}")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        expected.insert(id, "b.send");
+    }
+    let _: String = redis::cmd("XADD")
+        .arg(&k.stream)
+        .arg("*")
+        .arg("type")
+        .arg("z.nobody")
+        .arg("payload")
+        .arg("{}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let r = runs.clone();
+    let n = expected.len();
+    poll("10,010 tasks ran", Duration::from_secs(60), || {
+        let got = r.lock().unwrap().len();
+        async move { (got >= n).then_some(()) }
+    })
+    .await;
+    poll(
+        "unknown type dead-lettered",
+        Duration::from_secs(10),
+        || {
+            let mut c = conn.clone();
+            let d = k.dlq.clone();
+            async move {
+                let n: u64 = redis::cmd("XLEN")
+                    .arg(&d)
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                (n == 1).then_some(())
+            }
+        },
+    )
+    .await;
+    for (s, j) in stops {
+        s.cancel();
+        j.await.unwrap().unwrap();
+    }
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), n, "each task ran exactly once");
+    let serving: HashMap<&str, &str> = pools
+        .iter()
+        .flat_map(|(p, ts)| ts.iter().map(move |t| (*t, *p)))
+        .collect();
+    let cross: Vec<_> = runs
+        .iter()
+        .filter(|(_, t, pool)| serving[t.as_str()] != pool)
+        .collect();
+    assert!(cross.is_empty(), "cross-type deliveries: {}", cross.len());
+    for (id, t, _) in &runs {
+        assert_eq!(expected.get(id).copied(), Some(t.as_str()));
+    }
+    let dl = taskstream::dlq::list(&mut conn, q, 10).await.unwrap();
+    assert!(
+        dl[0]
+            .get("dlq_reason")
+            .unwrap()
+            .contains("unknown task type \"z.nobody\""),
+        "{:?}",
+        dl[0]
+    );
+    for pool in ["images", "mail", "billing"] {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(k.pool_stream(pool, taskstream::keys::Lane::Bulk))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(len, 0, "pool {pool} drained");
+    }
+}
