@@ -32,6 +32,7 @@ pub mod producer;
 pub mod rdb;
 pub mod recovery;
 pub mod saga;
+pub mod scaling;
 pub mod signals;
 pub mod stats;
 pub mod task;

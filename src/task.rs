@@ -165,14 +165,21 @@ impl Task {
                 return Err((e, fields));
             }
         }
+        for required in [field::TYPE, field::PAYLOAD] {
+            if !fields
+                .iter()
+                .any(|(n, _)| n.as_slice() == required.as_bytes())
+            {
+                return Err((DecodeError::Missing(required), fields));
+            }
+        }
         Self::decode_checked(entry_id, fields, max_payload).map_err(|e| (e, Vec::new()))
     }
 
-    /// Checks one field without taking it (UTF-8 and JSON checks included).
+    /// Checks one field without taking it: everything [`Task::decode`] could reject.
     fn check_field(name: &[u8], value: &[u8], max_payload: usize) -> Result<(), DecodeError> {
-        fn text(name: &[u8], v: &[u8]) -> Result<(), DecodeError> {
+        fn text<'a>(name: &[u8], v: &'a [u8]) -> Result<&'a str, DecodeError> {
             std::str::from_utf8(v)
-                .map(|_| ())
                 .map_err(|_| DecodeError::NotUtf8(String::from_utf8_lossy(name).into()))
         }
         match name {
@@ -194,10 +201,57 @@ impl Task {
                 }
                 text(name, value)?;
             }
-            b"v" | b"id" | b"type" | b"attempt" | b"max_attempts" | b"enqueued_at"
-            | b"timeout_ms" | b"idem" | b"saga_id" | b"reply_to" | b"correlation"
-            | b"traceparent" | b"last_error" | b"only_group" | b"backoff_base_ms"
-            | b"backoff_cap_ms" => {
+            b"v" => {
+                let v = text(name, value)?;
+                if v != "1" {
+                    return Err(DecodeError::Version(v.to_string()));
+                }
+            }
+            b"id" => {
+                let v = text(name, value)?;
+                if v.is_empty() || v.len() > MAX_ID_LEN {
+                    return Err(DecodeError::Invalid {
+                        field: field::ID,
+                        reason: format!("must be 1 to {MAX_ID_LEN} bytes"),
+                    });
+                }
+            }
+            b"type" => {
+                validate_type(text(name, value)?).map_err(|reason| DecodeError::Invalid {
+                    field: field::TYPE,
+                    reason,
+                })?;
+            }
+            b"attempt" => {
+                parse_num::<u32>(field::ATTEMPT, text(name, value)?)?;
+            }
+            b"max_attempts" => {
+                if parse_num::<u32>(field::MAX_ATTEMPTS, text(name, value)?)? == 0 {
+                    return Err(DecodeError::Invalid {
+                        field: field::MAX_ATTEMPTS,
+                        reason: "must be at least 1".into(),
+                    });
+                }
+            }
+            b"enqueued_at" => {
+                parse_num::<u64>(field::ENQUEUED_AT, text(name, value)?)?;
+            }
+            b"timeout_ms" => {
+                if parse_num::<u64>(field::TIMEOUT_MS, text(name, value)?)? == 0 {
+                    return Err(DecodeError::Invalid {
+                        field: field::TIMEOUT_MS,
+                        reason: "must be positive".into(),
+                    });
+                }
+            }
+            b"backoff_base_ms" => {
+                parse_num::<u64>(field::BACKOFF_BASE_MS, text(name, value)?)?;
+            }
+            b"backoff_cap_ms" => {
+                parse_num::<u64>(field::BACKOFF_CAP_MS, text(name, value)?)?;
+            }
+            b"idem" | b"saga_id" | b"reply_to" | b"correlation" | b"traceparent"
+            | b"last_error" | b"only_group" => {
                 text(name, value)?;
             }
             _ => {}
@@ -446,6 +500,18 @@ mod tests {
             .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
             .collect();
         assert_eq!(Task::decode("1-0", fields, 1024).unwrap(), t);
+    }
+
+    #[test]
+    fn rejected_entries_give_back_every_field() {
+        for fields in [
+            f(&[("payload", "1"), ("x", "y")]),
+            f(&[("type", "t"), ("payload", "1"), ("attempt", "-1")]),
+            f(&[("type", "t"), ("payload", "{bad")]),
+        ] {
+            let (_, back) = Task::decode_or_return("1-0", fields.clone(), 64).unwrap_err();
+            assert_eq!(back, fields, "the dead letter keeps the original entry");
+        }
     }
 
     #[test]

@@ -1037,6 +1037,12 @@ async fn pending_of(conn: &mut ConnectionManager, consumer: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_an_orchestrator_mid_run_loses_and_repeats_nothing() {
     let _heavy = common::heavy();
+    let (code, _, err) = common::run_cli(&["orchestrator", "--help"], &[]);
+    assert_eq!(
+        code, 0,
+        "this test needs the `taskstream orchestrator --config FILE` subcommand (running \
+         taskstream::saga::Orchestrator); the binary says:\n{err}"
+    );
     let mut env = Env::start(vec![demo_saga()], false).await;
     let url = env.redis.url();
     let mut a = OrchProc::spawn(&url, "orch-a");

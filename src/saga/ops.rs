@@ -182,7 +182,7 @@ pub async fn show(conn: &mut ConnectionManager, id: &str) -> Result<SagaView> {
 }
 
 /// Sagas in `state` (a name of [`STATES`], or `active` for those not ended; `None` for
-/// all), most recently changed first, at most `limit`.
+/// all), those that entered their state most recently first, at most `limit`.
 pub async fn list(
     conn: &mut ConnectionManager,
     state: Option<&str>,

@@ -5,7 +5,7 @@
 //! Everything an orchestrator knows is in Redis: the saga records, the deadlines, and
 //! the replies waiting in `ts:sagas:replies`. It reads replies through the consumer group
 //! `orchestrator`, applies each as one compare-and-set transition
-//! ([`super::store`]) and only then acknowledges it. So any number of orchestrators can
+//! (`store.rs`) and only then acknowledges it. So any number of orchestrators can
 //! run (in `taskstream orchestrator` processes or next to workers), and killing one
 //! loses nothing:
 //!

@@ -17,6 +17,7 @@ pub(crate) mod janitor;
 pub(crate) mod reader;
 pub(crate) mod runtime;
 pub(crate) mod signal_loop;
+pub(crate) mod sla;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,6 +212,7 @@ impl Worker {
                 conn.clone(),
                 stop_reading.clone(),
             ));
+            loops.spawn(sla::run(rt.clone(), conn.clone(), stop_reading.clone()));
             for lane in [Lane::Bulk, Lane::Express] {
                 loops.spawn(reader::run(
                     rt.clone(),

@@ -99,6 +99,10 @@ pub(crate) struct QueueRuntime {
     limits: HashMap<String, (u64, u32)>,
     /// Task type → pool that serves it (from `ts:{q}:routes`, refreshed by the signal loop).
     pub routes: Mutex<HashMap<String, String>>,
+    /// Slots currently allowed (the SLA loop moves it between min and max).
+    pub concurrency: std::sync::atomic::AtomicUsize,
+    /// Wait samples (seconds) and service time sum (µs) / count of the current window.
+    window: Mutex<(Vec<f64>, u64, u64)>,
     type_metrics: Mutex<HashMap<String, Arc<TypeMetrics>>>,
     wait_bulk: Histogram,
     wait_express: Histogram,
@@ -140,6 +144,8 @@ impl QueueRuntime {
             paused: std::sync::atomic::AtomicBool::new(false),
             cancelled: Mutex::new(std::collections::HashSet::new()),
             routes: Mutex::new(HashMap::new()),
+            concurrency: std::sync::atomic::AtomicUsize::new(cfg.concurrency),
+            window: Mutex::new((Vec::with_capacity(256), 0, 0)),
             limits: cfg
                 .types
                 .iter()
@@ -419,6 +425,12 @@ impl QueueRuntime {
         let now = now_ms();
         if let Some(ms) = entry_id_ms(&entry_id) {
             let wait = now.saturating_sub(ms) as f64 / 1000.0;
+            {
+                let mut w = self.window.lock().expect("poisoned");
+                if w.0.len() < 4096 {
+                    w.0.push(wait);
+                }
+            }
             match lane {
                 Lane::Bulk => self.wait_bulk.record(wait),
                 Lane::Express => self.wait_express.record(wait),
@@ -479,7 +491,13 @@ impl QueueRuntime {
                 )))
             }
         };
-        tm.duration.record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        tm.duration.record(took.as_secs_f64());
+        {
+            let mut w = self.window.lock().expect("poisoned");
+            w.1 += took.as_micros() as u64;
+            w.2 += 1;
+        }
         self.inflight.lock().expect("poisoned").remove(&entry_id);
         gauge.decrement(1.0);
         let task = ctx.task();
@@ -627,6 +645,16 @@ impl QueueRuntime {
             .map(|(k, v)| (k.as_bytes().to_vec(), v.into_bytes()))
             .collect();
         self.dead_letter_now(lane, entry_id, "unknown_type", reason, fields, Some(&task));
+    }
+
+    /// Takes the window's wait samples and mean service time (seconds), starting a new one.
+    pub(crate) fn take_window(&self) -> (Vec<f64>, Option<f64>) {
+        let mut w = self.window.lock().expect("poisoned");
+        let waits = std::mem::take(&mut w.0);
+        let service = (w.2 > 0).then(|| w.1 as f64 / w.2 as f64 / 1e6);
+        w.1 = 0;
+        w.2 = 0;
+        (waits, service)
     }
 
     fn is_cancelled(&self, task_id: &str) -> bool {
