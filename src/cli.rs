@@ -42,6 +42,14 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Run a saga orchestrator process (drives sagas; several may run at once).
+    Orchestrator(WorkerArgs),
+    /// Start, inspect and abort sagas.
+    Saga {
+        /// What to do.
+        #[command(subcommand)]
+        action: SagaAction,
+    },
     /// Signals to one task.
     Task {
         /// What to do.
@@ -161,6 +169,51 @@ pub enum DlqAction {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `saga` actions.
+#[derive(Debug, Subcommand)]
+pub enum SagaAction {
+    /// Start a saga; prints its id.
+    Start {
+        /// Saga definition name (from `[[sagas]]`, or `demo` with builtin handlers).
+        name: String,
+        /// Input JSON every step receives.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a saga: state, steps, timings, attempts, errors, history.
+    Show {
+        /// Saga id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List sagas, most recently changed first.
+    List {
+        /// Only this state (pending, running, compensating, completed, rolled_back,
+        /// failed, or active).
+        #[arg(long)]
+        state: Option<String>,
+        /// Most sagas to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Abort a saga: it stops and compensates its completed steps in reverse order.
+    Abort {
+        /// Saga id.
+        id: String,
+        /// Why (recorded in its history).
+        #[arg(long, default_value = "aborted by an operator")]
+        reason: String,
     },
 }
 

@@ -103,6 +103,8 @@ pub struct WorkerConfig {
     pub builtin_handlers: bool,
     /// Period of the collector that samples queue gauges from Redis, in ms.
     pub collect_interval_ms: u64,
+    /// Also run a saga orchestrator in this worker process (several may run at once).
+    pub orchestrator: bool,
 }
 
 impl Default for WorkerConfig {
@@ -121,6 +123,7 @@ impl Default for WorkerConfig {
             ack_batch: 512,
             builtin_handlers: false,
             collect_interval_ms: 5_000,
+            orchestrator: false,
         }
     }
 }

@@ -9,7 +9,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use taskstream::cli::{
-    Cli, Command, ConfigAction, DlqAction, EnqueueArgs, QueueAction, StatsArgs, TaskAction,
+    Cli, Command, ConfigAction, DlqAction, EnqueueArgs, QueueAction, SagaAction, StatsArgs,
+    TaskAction,
 };
 use taskstream::config::{Config, LogFormat};
 use taskstream::producer::{NewTask, Producer};
@@ -80,7 +81,7 @@ pub(crate) fn registry(
     let mut reg = Registry::new();
     if cfg.worker.builtin_handlers {
         taskstream::builtin::register(&mut reg, conn.clone());
-        // SAGA-DEMO-HANDLERS
+        taskstream::saga::demo_handlers::register(&mut reg, conn);
     }
     if !cfg.http_handlers.is_empty() {
         let client = taskstream::http_handler::client();
@@ -148,10 +149,82 @@ async fn cmd_worker(mut cfg: Config, run_for: Option<Duration>) -> anyhow::Resul
         cfg.worker.heartbeat_lapse_ms,
         collect_stop,
     ));
-    // SAGA-ORCHESTRATOR
+    let orchestrator = if cfg.worker.orchestrator {
+        let defs = taskstream::saga::configured(&cfg)?;
+        let o = taskstream::saga::Orchestrator::new(&cfg, defs);
+        Some(tokio::spawn(o.run(shutdown.clone())))
+    } else {
+        None
+    };
     taskstream::worker::Worker::new(cfg, reg)
         .run(shutdown)
         .await?;
+    if let Some(o) = orchestrator {
+        o.await??;
+    }
+    Ok(())
+}
+
+async fn cmd_orchestrator(cfg: Config, run_for: Option<Duration>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    if let Some(d) = run_for {
+        let t = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            t.cancel();
+        });
+    }
+    start_http(&cfg, &shutdown).await?;
+    let defs = taskstream::saga::configured(&cfg)?;
+    if defs.is_empty() {
+        tracing::warn!("no saga definitions: add [[sagas]] tables (or worker.builtin_handlers for the demo saga)");
+    }
+    taskstream::saga::Orchestrator::new(&cfg, defs)
+        .run(shutdown)
+        .await?;
+    Ok(())
+}
+
+async fn cmd_saga(cfg: Config, action: SagaAction) -> anyhow::Result<()> {
+    use taskstream::saga::ops;
+    let mut conn = rdb::connect(&cfg.redis, &CancellationToken::new()).await?;
+    let defs = taskstream::saga::configured(&cfg)?;
+    match action {
+        SagaAction::Start { name, input, json } => {
+            let input: serde_json::Value =
+                serde_json::from_str(&input).context("--input must be JSON")?;
+            let id = ops::start(&mut conn, &defs, &name, input).await?;
+            if json {
+                println!("{}", serde_json::json!({"saga_id": id}));
+            } else {
+                println!("{id}");
+            }
+        }
+        SagaAction::Show { id, json } => {
+            let v = ops::show(&mut conn, &id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", v.render());
+            }
+        }
+        SagaAction::List { state, limit, json } => {
+            let v = ops::list(&mut conn, state.as_deref(), limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!(
+                    "{}",
+                    taskstream::saga::view::render_list(&v, taskstream::task::now_ms())
+                );
+            }
+        }
+        SagaAction::Abort { id, reason } => {
+            let state = ops::abort(&mut conn, &defs, &id, &reason).await?;
+            println!("saga {id}: {state}");
+        }
+    }
     Ok(())
 }
 
@@ -403,6 +476,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     init_logging(&cfg);
     match cli.command {
         Command::Worker(a) => cmd_worker(cfg, a.run_for).await?,
+        Command::Orchestrator(a) => cmd_orchestrator(cfg, a.run_for).await?,
+        Command::Saga { action } => cmd_saga(cfg, action).await?,
         Command::Enqueue(a) => cmd_enqueue(cfg, a).await?,
         Command::Stats(a) => cmd_stats(cfg, a).await?,
         Command::Dlq { action } => cmd_dlq(cfg, action).await?,
