@@ -137,8 +137,9 @@ fn record_wait(waits: &Arc<Mutex<Waits>>, ctx: &TaskContext) {
     }
 }
 
-fn demo_registry(waits: Arc<Mutex<Waits>>) -> Registry {
+fn demo_registry(waits: Arc<Mutex<Waits>>, conn: redis::aio::ConnectionManager) -> Registry {
     let mut reg = Registry::new();
+    taskstream::saga::demo_handlers::register(&mut reg, conn);
     let w = waits.clone();
     reg.register(
         "demo.resize_image",
@@ -236,7 +237,7 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
             .await?;
     }
     let waits = Arc::new(Mutex::new(Waits::default()));
-    let reg = demo_registry(waits.clone());
+    let reg = demo_registry(waits.clone(), conn.clone());
     let shutdown = CancellationToken::new();
     let worker = taskstream::worker::Worker::new(cfg.clone(), reg);
     println!(
@@ -379,8 +380,48 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     println!("\n");
+
+    // Sagas: the 4-step reasoning → codegen → ml → backtest workflow, once completing and
+    // once failing at `ml`, rolled back in reverse order.
+    println!("sagas (reasoning → codegen → ml → backtest, compensated in reverse on failure):");
+    let mut def = taskstream::saga::definition::demo_saga();
+    for step in &mut def.steps {
+        step.queue = QUEUE.into();
+    }
+    let defs = vec![def];
+    let orch = taskstream::saga::Orchestrator::new(&cfg, defs.clone());
+    let oh = tokio::spawn(orch.run(shutdown.clone()));
+    let ok = taskstream::saga::ops::start(
+        &mut conn,
+        &defs,
+        "demo",
+        serde_json::json!({"strategy": "momentum", "queue": QUEUE}),
+    )
+    .await?;
+    let bad = taskstream::saga::ops::start(
+        &mut conn,
+        &defs,
+        "demo",
+        serde_json::json!({"strategy": "mean-reversion", "fail_at": "ml"}),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in [&ok, &bad] {
+        loop {
+            let v = taskstream::saga::ops::show(&mut conn, id).await?;
+            if v.finished_at.is_some() {
+                println!("\n{}", v.render());
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("saga {id} did not finish within 60 s: `taskstream saga show {id}`");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     shutdown.cancel();
     wh.await??;
+    oh.await??;
 
     let dl = taskstream::dlq::list(&mut conn, QUEUE, 100).await?;
     let mut w = std::mem::take(&mut *waits.lock().expect("poisoned"));
