@@ -169,8 +169,21 @@ impl TaskContext {
     }
     /// The payload decoded into `T`; a decoding error is a permanent failure.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
-        serde_json::from_str(&self.0.task.payload)
-            .map_err(|e| HandlerError::permanent(format!("payload does not fit the handler: {e}")))
+        // serde's message quotes the offending value; payloads may hold personal data, so
+        // only the kind of error and its position are reported.
+        serde_json::from_str(&self.0.task.payload).map_err(|e| {
+            HandlerError::permanent(format!(
+                "payload does not fit the handler: {} error at line {} column {}",
+                match e.classify() {
+                    serde_json::error::Category::Io => "I/O",
+                    serde_json::error::Category::Syntax => "syntax",
+                    serde_json::error::Category::Data => "type/shape",
+                    serde_json::error::Category::Eof => "truncation",
+                },
+                e.line(),
+                e.column()
+            ))
+        })
     }
     /// The whole task envelope.
     pub fn task(&self) -> &Task {

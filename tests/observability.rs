@@ -495,7 +495,6 @@ async fn ready_flips_when_redis_stops_and_health_stays_ok() {
 /// never processes again while `/ready` says 200. Un-ignore once `src/worker/reader.rs`
 /// handles NOGROUP in `own_history` like it does for the main read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: reader spins on NOGROUP after Redis restarts empty (src/worker/reader.rs)"]
 async fn worker_resumes_after_redis_restarts_empty() {
     ready_flip_scenario("obs_ready_empty", RedisServer::start()).await;
 }
@@ -955,7 +954,6 @@ async fn json_logs_parse_and_never_show_payloads() {
 /// reaches the log. Un-ignore once `TaskContext::payload` (src/handler.rs) reports decode
 /// errors without the value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: payload decode errors quote payload values into the log (src/handler.rs)"]
 async fn payload_values_never_leak_through_decode_errors() {
     const Q: &str = "obs_log_decode";
     const MARKER: &str = "SECRET-5b1e02-do-not-log";

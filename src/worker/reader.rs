@@ -77,12 +77,44 @@ pub(crate) async fn run(
             let c = conn.as_mut().expect("connected above");
             match own_history(&rt, lane, c, &stream, &stop).await {
                 Ok(()) => history = false,
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    // Redis came back without our group (restarted empty, or failed
+                    // over to an empty replica): recreate it; there is no history.
+                    tracing::warn!(queue = %rt.cfg.name, lane = lane.as_str(), "consumer group missing after reconnect, recreating it");
+                    let r: redis::RedisResult<()> = redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(&stream)
+                        .arg(&rt.group)
+                        .arg("0")
+                        .arg("MKSTREAM")
+                        .query_async(&mut **c)
+                        .await;
+                    if let Err(e) = r.or_else(|e| {
+                        if e.code() == Some("BUSYGROUP") {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    }) {
+                        failures += 1;
+                        tracing::warn!(queue = %rt.cfg.name, error = %e, "cannot recreate the consumer group");
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(rdb::reconnect_delay(failures)) => {}
+                        }
+                    }
+                    continue;
+                }
                 Err(e) => {
-                    tracing::debug!(queue = %rt.cfg.name, lane = lane.as_str(), error = %e, "reading own pending history failed");
+                    tracing::warn!(queue = %rt.cfg.name, lane = lane.as_str(), error = %e, "reading own pending history failed, reconnecting");
                     if let Some(c) = conn.take() {
                         let _ = deadpool_redis::Connection::take(c);
                     }
                     failures += 1;
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(rdb::reconnect_delay(failures)) => {}
+                    }
                     continue;
                 }
             }
