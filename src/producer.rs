@@ -150,8 +150,11 @@ pub struct Producer {
     cfg: ProducerConfig,
     known_queues: Arc<Mutex<HashSet<String>>>,
     /// Queue → (when read, task type → pool): routes cached for [`ROUTES_TTL`].
-    routes: Arc<Mutex<HashMap<String, (Instant, HashMap<String, String>)>>>,
+    routes: Arc<Mutex<HashMap<String, CachedRoutes>>>,
 }
+
+/// When a queue's routes were read, and task type → pool.
+type CachedRoutes = (Instant, HashMap<String, String>);
 
 /// How long a producer trusts its copy of a queue's routes. A task sent with a stale copy
 /// lands in the default stream, and the default pool forwards it; nothing is lost.

@@ -236,6 +236,24 @@ pub fn render_table(stats: &[QueueStats], rates: Option<&[f64]>) -> String {
     out
 }
 
+/// Tasks finished per queue so far (`ts:{q}:counters` field `done`, kept by the ackers),
+/// for the throughput column of `stats --watch` and the demo's progress line.
+pub async fn completed_counts(
+    conn: &mut ConnectionManager,
+    queues: &[String],
+) -> Result<Vec<(String, u64)>> {
+    let mut p = redis::Pipeline::new();
+    for q in queues {
+        p.cmd("HGET").arg(QueueKeys::new(q).counters).arg("done");
+    }
+    let v: Vec<Option<u64>> = p.query_async(conn).await?;
+    Ok(queues
+        .iter()
+        .cloned()
+        .zip(v.into_iter().map(|x| x.unwrap_or(0)))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,22 +285,4 @@ mod tests {
             }]
         );
     }
-}
-
-/// Tasks finished per queue so far (`ts:{q}:counters` field `done`, kept by the ackers),
-/// for the throughput column of `stats --watch` and the demo's progress line.
-pub async fn completed_counts(
-    conn: &mut ConnectionManager,
-    queues: &[String],
-) -> Result<Vec<(String, u64)>> {
-    let mut p = redis::Pipeline::new();
-    for q in queues {
-        p.cmd("HGET").arg(QueueKeys::new(q).counters).arg("done");
-    }
-    let v: Vec<Option<u64>> = p.query_async(conn).await?;
-    Ok(queues
-        .iter()
-        .cloned()
-        .zip(v.into_iter().map(|x| x.unwrap_or(0)))
-        .collect())
 }

@@ -72,6 +72,9 @@ pub fn entry_id_ms(entry_id: &str) -> Option<u64> {
     entry_id.split('-').next()?.parse().ok()
 }
 
+/// Field/value byte pairs of a stream entry, in stream order.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A task as read from a stream: everything a handler and the worker need.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
@@ -135,6 +138,17 @@ fn utf8(name: &[u8], v: Vec<u8>) -> Result<String, DecodeError> {
     String::from_utf8(v).map_err(|_| DecodeError::NotUtf8(String::from_utf8_lossy(name).into()))
 }
 
+/// Parses a number that must be above zero.
+fn positive(field: &'static str, s: &str, reason: &str) -> Result<(), DecodeError> {
+    if parse_num::<u64>(field, s)? == 0 {
+        return Err(DecodeError::Invalid {
+            field,
+            reason: reason.into(),
+        });
+    }
+    Ok(())
+}
+
 fn parse_num<T: std::str::FromStr>(field: &'static str, s: &str) -> Result<T, DecodeError> {
     s.parse().map_err(|_| DecodeError::Invalid {
         field,
@@ -159,7 +173,7 @@ impl Task {
         entry_id: &str,
         fields: Vec<(Vec<u8>, Vec<u8>)>,
         max_payload: usize,
-    ) -> Result<Task, (DecodeError, Vec<(Vec<u8>, Vec<u8>)>)> {
+    ) -> Result<Task, (DecodeError, Fields)> {
         for (name, value) in &fields {
             if let Err(e) = Self::check_field(name, value, max_payload) {
                 return Err((e, fields));
@@ -225,25 +239,15 @@ impl Task {
             b"attempt" => {
                 parse_num::<u32>(field::ATTEMPT, text(name, value)?)?;
             }
-            b"max_attempts" => {
-                if parse_num::<u32>(field::MAX_ATTEMPTS, text(name, value)?)? == 0 {
-                    return Err(DecodeError::Invalid {
-                        field: field::MAX_ATTEMPTS,
-                        reason: "must be at least 1".into(),
-                    });
-                }
-            }
+            b"max_attempts" => positive(
+                field::MAX_ATTEMPTS,
+                text(name, value)?,
+                "must be at least 1",
+            )?,
             b"enqueued_at" => {
                 parse_num::<u64>(field::ENQUEUED_AT, text(name, value)?)?;
             }
-            b"timeout_ms" => {
-                if parse_num::<u64>(field::TIMEOUT_MS, text(name, value)?)? == 0 {
-                    return Err(DecodeError::Invalid {
-                        field: field::TIMEOUT_MS,
-                        reason: "must be positive".into(),
-                    });
-                }
-            }
+            b"timeout_ms" => positive(field::TIMEOUT_MS, text(name, value)?, "must be positive")?,
             b"backoff_base_ms" => {
                 parse_num::<u64>(field::BACKOFF_BASE_MS, text(name, value)?)?;
             }
@@ -429,6 +433,9 @@ impl Task {
             "lane".into(),
             serde_json::Value::String(lane.as_str().into()),
         );
+        if let Some(p) = pool {
+            m.insert("pool".into(), serde_json::Value::String(p.into()));
+        }
         serde_json::Value::Object(m).to_string()
     }
 }

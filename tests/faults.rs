@@ -125,7 +125,7 @@ fn assert_no_dead_letters(conn: &mut redis::Connection, queue: &str) {
 
 #[tokio::test]
 async fn worker_crashes_lose_nothing_and_duplicate_only_in_flight_tasks() {
-    let _g = common::heavy();
+    let _g = common::heavy().await;
     let redis = RedisServer::start();
     let q = "crash";
     let toml = worker_toml(&redis.url(), q, "", "");
@@ -185,7 +185,7 @@ async fn worker_crashes_lose_nothing_and_duplicate_only_in_flight_tasks() {
 
 #[tokio::test]
 async fn long_tasks_on_a_live_worker_are_never_claimed_away() {
-    let _g = common::heavy();
+    let _g = common::heavy().await;
     let redis = RedisServer::start();
     let q = "long";
     // Handlers run 2.5 s, five times min_idle (500 ms).
@@ -209,7 +209,7 @@ async fn long_tasks_on_a_live_worker_are_never_claimed_away() {
 
 #[tokio::test]
 async fn redis_killed_and_restarted_loses_no_acknowledged_enqueue() {
-    let _g = common::heavy();
+    let _g = common::heavy().await;
     let mut redis = RedisServer::start_durable();
     let q = "restart";
     let toml = worker_toml(&redis.url(), q, "", "");
@@ -258,7 +258,7 @@ async fn redis_killed_and_restarted_loses_no_acknowledged_enqueue() {
 
 #[tokio::test]
 async fn dropped_connections_every_second_lose_nothing() {
-    let _g = common::heavy();
+    let _g = common::heavy().await;
     let redis = RedisServer::start();
     let q = "drops";
     let toml = worker_toml(&redis.url(), q, "", "");
@@ -302,7 +302,7 @@ async fn dropped_connections_every_second_lose_nothing() {
 
 #[tokio::test]
 async fn redis_paused_for_ten_seconds_workers_wait_and_resume() {
-    let _g = common::heavy();
+    let _g = common::heavy().await;
     let redis = RedisServer::start();
     let q = "pause";
     let toml = worker_toml(&redis.url(), q, "", "");
@@ -346,7 +346,7 @@ async fn redis_paused_for_ten_seconds_workers_wait_and_resume() {
 
 #[tokio::test]
 async fn backlog_of_100k_drains_with_flat_worker_memory() {
-    let _g = common::heavy();
+    let _g = common::heavy().await;
     let redis = RedisServer::start();
     let q = "backlog";
     let p = Producer::connect(&producer_cfg(&redis.url()))
@@ -389,7 +389,7 @@ async fn backlog_of_100k_drains_with_flat_worker_memory() {
 
 #[tokio::test]
 async fn a_task_that_keeps_killing_workers_becomes_poison() {
-    let _g = common::heavy();
+    let _g = common::heavy().await;
     let redis = RedisServer::start();
     let q = "poison";
     let toml = worker_toml(&redis.url(), q, "max_deliveries = 3", "");

@@ -44,7 +44,7 @@ fn start(
 
 #[tokio::test]
 async fn express_tasks_start_before_any_further_bulk_task_behind_a_100k_backlog() {
-    let _g = common::heavy();
+    let _g = common::heavy().await;
     let redis = RedisServer::start();
     let q = "lanes";
     // 8 slots, 2 reserved for express: 6 bulk slots, all kept busy by 1 s bulk tasks.
@@ -139,7 +139,7 @@ async fn express_tasks_start_before_any_further_bulk_task_behind_a_100k_backlog(
 
 #[tokio::test]
 async fn rate_limit_holds_across_two_worker_processes() {
-    let _g = common::heavy();
+    let _g = common::heavy().await;
     let redis = RedisServer::start();
     let q = "rated";
     let toml = worker_toml(
@@ -287,7 +287,7 @@ async fn cancel_skips_queued_tasks_and_stops_running_ones() {
     );
     assert_eq!(
         saw_cancel.lock().unwrap().as_slice(),
-        &[running.clone()],
+        std::slice::from_ref(&running),
         "the running handler saw its cancellation"
     );
     let len: u64 = redis::cmd("XLEN")

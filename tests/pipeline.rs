@@ -560,7 +560,7 @@ async fn fan_out_groups_each_receive_every_task() {
         async move { (ma >= n && au >= n).then_some(()) }
     })
     .await;
-    let mut conn = redis.conn().await;
+    let conn = redis.conn().await;
     let k = QueueKeys::new("q8");
     poll(
         "stream trimmed behind both groups",

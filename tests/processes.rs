@@ -34,7 +34,7 @@ fn enqueue_records(url: &str, queue: &str, key: &str, n: usize, extra: &str) {
 
 #[tokio::test]
 async fn ten_thousand_tasks_over_three_workers_each_processed_once() {
-    let _g = common::heavy();
+    let _g = common::heavy().await;
     let redis = RedisServer::start();
     let toml = worker_toml(&redis.url(), "shared", "", "");
     let mut workers: Vec<WorkerProc> = (0..3).map(|_| WorkerProc::spawn(&toml)).collect();

@@ -52,7 +52,7 @@ fn pool_registry(pool: &str, types: &[&str], runs: &Runs) -> Registry {
 
 #[tokio::test]
 async fn pools_only_receive_their_types_and_unknown_types_are_dead_lettered() {
-    let _g = common::heavy();
+    let _g = common::heavy().await;
     let redis = RedisServer::start();
     let q = "mixed";
     let runs: Runs = Default::default();

@@ -659,7 +659,7 @@ async fn abort_rolls_back_a_running_saga() {
 #[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_concurrent_sagas_complete_with_only_their_own_data() {
-    let _heavy = common::heavy();
+    let _heavy = common::heavy().await;
     let mut env = Env::start(vec![demo_saga()], true).await;
     let inputs: Vec<Value> = (0..1000).map(|n| json!({"n": n, "sleep_ms": 1})).collect();
     let t0 = Instant::now();
@@ -1036,7 +1036,7 @@ async fn pending_of(conn: &mut ConnectionManager, consumer: &str) -> usize {
 #[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_an_orchestrator_mid_run_loses_and_repeats_nothing() {
-    let _heavy = common::heavy();
+    let _heavy = common::heavy().await;
     let (code, _, err) = common::run_cli(&["orchestrator", "--help"], &[]);
     assert_eq!(
         code, 0,

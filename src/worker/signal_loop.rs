@@ -90,7 +90,7 @@ pub(crate) async fn run(rt: Arc<QueueRuntime>, conn: ConnectionManager, stop: Ca
             Err(e) => tracing::debug!(queue = %rt.cfg.name, error = %e, "signals: redis error"),
         }
         tick += 1;
-        if tick % 10 == 0 {
+        if tick.is_multiple_of(10) {
             if let Err(e) = refresh_routes(&rt, &mut conn).await {
                 tracing::debug!(queue = %rt.cfg.name, error = %e, "routes: redis error");
             }

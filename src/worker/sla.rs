@@ -78,7 +78,7 @@ pub(crate) async fn run(rt: Arc<QueueRuntime>, conn: ConnectionManager, stop: Ca
         busy_samples += rt.inflight.lock().expect("poisoned").len() as f64 / cur as f64;
         samples += 1;
         tick += 1;
-        if tick % 10 != 0 {
+        if !tick.is_multiple_of(10) {
             continue;
         }
         let (mut waits, service) = rt.take_window();
@@ -107,7 +107,7 @@ pub(crate) async fn run(rt: Arc<QueueRuntime>, conn: ConnectionManager, stop: Ca
                 apply(&rt, next);
             }
         }
-        if tick % 50 != 0 {
+        if !tick.is_multiple_of(50) {
             continue;
         }
         // Desired replicas from arrival rate, service time and backlog.

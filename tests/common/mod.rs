@@ -6,13 +6,14 @@ use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Serializes the heavy tests of one test binary (many processes on a 2-core machine).
-pub fn heavy() -> MutexGuard<'static, ()> {
-    static M: Mutex<()> = Mutex::new(());
-    M.lock().unwrap_or_else(|e| e.into_inner())
+/// An async mutex: every `#[tokio::test]` runs its own runtime, and the guard is held
+/// across awaits for the whole test.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static M: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    M.lock().await
 }
 
 /// A free TCP port on 127.0.0.1.
