@@ -59,6 +59,30 @@ enum Mode {
         #[arg(long, default_value_t = 1_000_000)]
         tasks: usize,
     },
+    /// Express latency behind a saturated bulk lane, and bulk throughput with and without
+    /// 5% express traffic.
+    Express {
+        /// Bulk backlog before the express traffic starts.
+        #[arg(long, default_value_t = 20_000)]
+        backlog: usize,
+        /// Express tasks.
+        #[arg(long, default_value_t = 200)]
+        express: usize,
+    },
+    /// Four-step sagas per second with no-op steps, and rollback latency (step failure →
+    /// rolled_back, three compensations) under that load.
+    Saga {
+        /// Sagas.
+        #[arg(long, default_value_t = 10_000)]
+        sagas: usize,
+        /// Sagas started per second (paced, so latency is measured under load, not
+        /// behind a burst).
+        #[arg(long, default_value_t = 2_000)]
+        rate: usize,
+        /// Every n-th saga fails at its last step and rolls back three compensations.
+        #[arg(long, default_value_t = 10)]
+        fail_every: usize,
+    },
     /// Re-delivery delay after SIGKILL of the worker holding a task.
     Recovery {
         /// Kills.
@@ -346,14 +370,16 @@ fn taskstream_bin() -> Result<PathBuf> {
     Ok(p)
 }
 
-fn spawn_worker(bin: &PathBuf, cfg: &PathBuf, name: &str) -> Result<Child> {
+fn spawn_worker(bin: &PathBuf, cfg: &PathBuf, name: &str, dir: &std::path::Path) -> Result<Child> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     Ok(Command::new(bin)
         .args(["worker", "--config"])
         .arg(cfg)
         .env("TASKSTREAM_CONSUMER_NAME", name)
-        .env("TASKSTREAM_LOG_LEVEL", "warn")
+        .env("TASKSTREAM_LOG_LEVEL", "info")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()?)
 }
 
@@ -362,27 +388,19 @@ async fn recovery(url: &str, kills: usize) -> Result<()> {
     let bin = taskstream_bin()?;
     let dir = std::env::temp_dir().join(format!("taskstream-recovery-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let cfg = dir.join("w.toml");
-    std::fs::write(&cfg, format!("[redis]\nurl = \"{url}\"\n[worker]\nbuiltin_handlers = true\n[http]\nlisten = \"\"\n[[queues]]\nname = \"rec\"\nconcurrency = 4\nexpress_concurrency = 1\n"))?;
     let client = redis::Client::open(url)?;
     let mut conn = client.get_connection()?;
-    let mut survivor = spawn_worker(&bin, &cfg, "survivor")?;
     let mut delays = Vec::new();
     for i in 0..kills {
+        // A queue per round, so rounds cannot disturb each other.
+        let q = format!("rec{i}");
+        let cfg = dir.join(format!("w{i}.toml"));
+        std::fs::write(&cfg, format!("[redis]\nurl = \"{url}\"\n[worker]\nbuiltin_handlers = true\n[http]\nlisten = \"\"\n[[queues]]\nname = \"{q}\"\nconcurrency = 4\nexpress_concurrency = 1\n"))?;
         // Only the victim runs while the task is enqueued, so it surely holds it.
-        let _ = survivor.kill();
-        let _ = survivor.wait();
-        let mut victim = spawn_worker(&bin, &cfg, &format!("victim-{i}"))?;
+        let mut victim = spawn_worker(&bin, &cfg, &format!("victim-{i}"), &dir)?;
         let log = format!("reclog:{i}");
-        let payload = format!(r#"{{"key":"recexec","ms":5000,"log":"{log}"}}"#);
-        let _: String = redis::cmd("XADD")
-            .arg("ts:{rec}:stream")
-            .arg("*")
-            .arg("type")
-            .arg("builtin.record")
-            .arg("payload")
-            .arg(&payload)
-            .query(&mut conn)?;
+        let payload = format!(r#"{{"key":"recexec","ms":3000,"log":"{log}"}}"#);
+        let _: String = redis::cmd("XADD").arg(format!("ts:{{{q}}}:stream")).arg("*").arg("type").arg("builtin.record").arg("payload").arg(&payload).query(&mut conn)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while redis::cmd("LLEN").arg(&log).query::<u64>(&mut conn)? < 1 {
             if Instant::now() > deadline {
@@ -390,7 +408,7 @@ async fn recovery(url: &str, kills: usize) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        survivor = spawn_worker(&bin, &cfg, &format!("survivor-{i}"))?;
+        let mut survivor = spawn_worker(&bin, &cfg, &format!("survivor-{i}"), &dir)?;
         // Let the survivor come up and beat before the kill.
         std::thread::sleep(Duration::from_millis(800));
         let killed_at = taskstream::task::now_ms();
@@ -399,7 +417,7 @@ async fn recovery(url: &str, kills: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while redis::cmd("LLEN").arg(&log).query::<u64>(&mut conn)? < 2 {
             if Instant::now() > deadline {
-                bail!("task not re-delivered within 30 s");
+                bail!("task not re-delivered within 30 s; worker logs in {}", dir.display());
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -408,16 +426,177 @@ async fn recovery(url: &str, kills: usize) -> Result<()> {
         let d = at.saturating_sub(killed_at) as f64;
         println!("  kill {:>2}: re-delivered after {d:>6.0} ms", i + 1);
         delays.push(d);
+        let _ = Command::new("kill").arg("-TERM").arg(survivor.id().to_string()).status();
+        let _ = survivor.wait();
     }
-    let _ = survivor.kill();
-    let _ = survivor.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    println!(
-        "RESULT recovery_p50_ms={:.0} recovery_p99_ms={:.0} max_ms={:.0} kills={kills}",
-        pct(&mut delays, 0.5),
-        pct(&mut delays, 0.99),
-        pct(&mut delays, 1.0)
+    println!("RESULT recovery_p50_ms={:.0} recovery_p99_ms={:.0} max_ms={:.0} kills={kills}", pct(&mut delays, 0.5), pct(&mut delays, 0.99), pct(&mut delays, 1.0));
+    Ok(())
+}
+
+/// Bulk throughput (tasks/s) of `n` 1 ms bulk tasks on 50 slots, with `express_every`
+/// (0 = none) express tasks mixed in; returns (bulk tasks/s, express waits in ms).
+async fn mixed_run(url: &str, queue: &str, n_bulk: usize, express_every: usize, backlog_first: bool) -> Result<(f64, Vec<f64>)> {
+    let mut cfg = base_config(url, queue, 58);
+    cfg.queues[0].express_concurrency = 8; // 50 bulk slots, 8 reserved for express
+    let done = Arc::new(AtomicU64::new(0));
+    let waits: Arc<Mutex<Vec<f64>>> = Default::default();
+    let mut reg = Registry::new();
+    let d2 = done.clone();
+    reg.register(
+        "bulk",
+        handler_fn(move |_ctx: TaskContext| {
+            let d = d2.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                d.fetch_add(1, Ordering::Relaxed);
+                Ok(serde_json::Value::Null)
+            }
+        }),
     );
+    let w2 = waits.clone();
+    reg.register(
+        "urgent",
+        handler_fn(move |ctx: TaskContext| {
+            let t: u64 = ctx.payload_str().trim_start_matches("{\"t\":").trim_end_matches('}').parse().unwrap_or(0);
+            w2.lock().unwrap().push(micros().saturating_sub(t) as f64 / 1000.0);
+            async { Ok(serde_json::Value::Null) }
+        }),
+    );
+    let p = Producer::connect(&cfg).await?;
+    let bulk_task = || NewTask::raw(queue, "bulk", "{}");
+    if backlog_first {
+        for _ in 0..n_bulk / 1000 {
+            p.enqueue_batch((0..1000).map(|_| bulk_task()).collect()).await?;
+        }
+    }
+    let stop = CancellationToken::new();
+    let wj = tokio::spawn(taskstream::worker::Worker::new(cfg.clone(), reg).run(stop.clone()));
+    let t0 = Instant::now();
+    if !backlog_first {
+        for _ in 0..n_bulk / 1000 {
+            p.enqueue_batch((0..1000).map(|_| bulk_task()).collect()).await?;
+        }
+    }
+    let mut sent = 0;
+    if express_every > 0 {
+        // Express traffic at 1/express_every of the bulk rate, spread over the run.
+        let n_express = n_bulk / express_every;
+        while sent < n_express && done.load(Ordering::Relaxed) < n_bulk as u64 {
+            let target = done.load(Ordering::Relaxed) as usize / express_every;
+            while sent < target.min(n_express) {
+                p.enqueue(NewTask::raw(queue, "urgent", format!("{{\"t\":{}}}", micros())).express()).await?;
+                sent += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    while done.load(Ordering::Relaxed) < n_bulk as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let tps = n_bulk as f64 / t0.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while waits.lock().unwrap().len() < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    wj.await??;
+    let w = std::mem::take(&mut *waits.lock().unwrap());
+    Ok((tps, w))
+}
+
+async fn express_bench(url: &str, backlog: usize, express: usize) -> Result<()> {
+    println!("express: {backlog} bulk tasks of 1 ms on 50 bulk slots (+8 reserved express), express tasks enqueued behind the backlog");
+    // 1. Latency: express tasks while every bulk slot is busy and the backlog is deep.
+    let every = (backlog / express.max(1)).max(1);
+    let (_, mut waits) = mixed_run(url, "expr1", backlog, every, true).await?;
+    println!("  express wait (enqueue → handler start): p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms over {} tasks", pct(&mut waits, 0.5), pct(&mut waits, 0.95), pct(&mut waits, 0.99), waits.len());
+    // 2. Bulk throughput without and with 5% express traffic.
+    let (base, _) = mixed_run(url, "expr2", backlog, 0, true).await?;
+    let (with, mut w5) = mixed_run(url, "expr3", backlog, 20, true).await?;
+    println!("  bulk throughput alone: {base:.0} tasks/s; with 5% express: {with:.0} tasks/s ({:+.1}%), express p99 {:.2} ms there", (with / base - 1.0) * 100.0, pct(&mut w5, 0.99));
+    println!("RESULT express_p50_ms={:.2} express_p95_ms={:.2} express_p99_ms={:.2} bulk_alone={base:.0} bulk_with_5pct_express={with:.0} change_pct={:+.1}", pct(&mut waits, 0.5), pct(&mut waits, 0.95), pct(&mut waits, 0.99), (with / base - 1.0) * 100.0);
+    Ok(())
+}
+
+async fn saga_bench(url: &str, n: usize, rate: usize, fail_every: usize) -> Result<()> {
+    use taskstream::saga::definition::{SagaDef, StepDef};
+    println!("saga: {n} four-step sagas with no-op steps, started at {rate}/s; every {fail_every}th fails at its last step (3 compensations)");
+    let q = "sagabench";
+    let def = SagaDef::builder("bench")
+        .step(StepDef::new("s1", "bench.s1").queue(q).compensate("bench.c1"))
+        .step(StepDef::new("s2", "bench.s2").queue(q).compensate("bench.c2"))
+        .step(StepDef::new("s3", "bench.s3").queue(q).compensate("bench.c3"))
+        .step(StepDef::new("s4", "bench.s4").queue(q).max_attempts(1))
+        .build()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let defs = vec![def];
+    let mut cfg = base_config(url, q, 256);
+    cfg.queues[0].express_concurrency = 32;
+    let mut reg = Registry::new();
+    for t in ["bench.s1", "bench.s2", "bench.s3", "bench.c1", "bench.c2", "bench.c3"] {
+        reg.register(t, handler_fn(|_ctx: TaskContext| async { Ok(serde_json::json!({})) }));
+    }
+    reg.register(
+        "bench.s4",
+        handler_fn(|ctx: TaskContext| async move {
+            if ctx.payload_str().contains("\"fail\":true") {
+                Err(taskstream::HandlerError::permanent("asked to fail"))
+            } else {
+                Ok(serde_json::json!({}))
+            }
+        }),
+    );
+    let stop = CancellationToken::new();
+    let wj = tokio::spawn(taskstream::worker::Worker::new(cfg.clone(), reg).run(stop.clone()));
+    let oj = tokio::spawn(taskstream::saga::Orchestrator::new(&cfg, defs.clone()).run(stop.clone()));
+    let mut conn = Producer::connect(&cfg).await?.connection();
+    let t0 = Instant::now();
+    let mut ids: Vec<(String, bool)> = Vec::with_capacity(n);
+    let batch = (rate / 50).max(1); // every 20 ms
+    let mut i = 0;
+    while i < n {
+        let k = batch.min(n - i);
+        let inputs: Vec<serde_json::Value> = (i..i + k).map(|j| serde_json::json!({"n": j, "fail": fail_every > 0 && j % fail_every == 0})).collect();
+        let fails: Vec<bool> = (i..i + k).map(|j| fail_every > 0 && j % fail_every == 0).collect();
+        let got = taskstream::saga::ops::start_many(&mut conn, &defs, "bench", inputs).await?;
+        ids.extend(got.into_iter().zip(fails));
+        i += k;
+        let due = t0 + Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(d).await;
+        }
+    }
+    // Wait for every saga to end.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let c = taskstream::saga::ops::counts(&mut conn).await?;
+        let ended: u64 = ["completed", "rolled_back", "failed"].iter().map(|s| c.by_state.get(*s).copied().unwrap_or(0)).sum();
+        if ended as usize >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("sagas did not finish: {c:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    // Rollback latency from the history of the failed ones: step_failed → rolled_back.
+    let mut rb = Vec::new();
+    for (id, failed) in ids.iter().filter(|(_, f)| *f) {
+        let _ = failed;
+        let v = taskstream::saga::ops::show(&mut conn, id).await?;
+        let failed_at = v.history.iter().find(|h| h.event.starts_with("step_failed")).map(|h| h.at);
+        if let (Some(a), Some(b)) = (failed_at, v.finished_at) {
+            rb.push(b.saturating_sub(a) as f64);
+        }
+    }
+    stop.cancel();
+    wj.await??;
+    oj.await??;
+    println!("  {n} sagas ended in {secs:.2} s: {:.0} sagas/s ({} rolled back)", n as f64 / secs, rb.len());
+    println!("  rollback latency (step failure → rolled_back, 3 compensations): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms", pct(&mut rb, 0.5), pct(&mut rb, 0.99), pct(&mut rb, 1.0));
+    println!("RESULT sagas_per_s={:.0} rollback_p50_ms={:.0} rollback_p99_ms={:.0}", n as f64 / secs, pct(&mut rb, 0.5), pct(&mut rb, 0.99));
     Ok(())
 }
 
@@ -439,5 +618,7 @@ async fn main() -> Result<()> {
         } => throughput(&url, tasks, concurrency, &bound_script).await,
         Mode::Memory { tasks } => memory(&url, tasks).await,
         Mode::Recovery { kills } => recovery(&url, kills).await,
+        Mode::Express { backlog, express } => express_bench(&url, backlog, express).await,
+        Mode::Saga { sagas, rate, fail_every } => saga_bench(&url, sagas, rate, fail_every).await,
     }
 }
