@@ -400,7 +400,14 @@ async fn recovery(url: &str, kills: usize) -> Result<()> {
         let mut victim = spawn_worker(&bin, &cfg, &format!("victim-{i}"), &dir)?;
         let log = format!("reclog:{i}");
         let payload = format!(r#"{{"key":"recexec","ms":3000,"log":"{log}"}}"#);
-        let _: String = redis::cmd("XADD").arg(format!("ts:{{{q}}}:stream")).arg("*").arg("type").arg("builtin.record").arg("payload").arg(&payload).query(&mut conn)?;
+        let _: String = redis::cmd("XADD")
+            .arg(format!("ts:{{{q}}}:stream"))
+            .arg("*")
+            .arg("type")
+            .arg("builtin.record")
+            .arg("payload")
+            .arg(&payload)
+            .query(&mut conn)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while redis::cmd("LLEN").arg(&log).query::<u64>(&mut conn)? < 1 {
             if Instant::now() > deadline {
@@ -417,7 +424,10 @@ async fn recovery(url: &str, kills: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while redis::cmd("LLEN").arg(&log).query::<u64>(&mut conn)? < 2 {
             if Instant::now() > deadline {
-                bail!("task not re-delivered within 30 s; worker logs in {}", dir.display());
+                bail!(
+                    "task not re-delivered within 30 s; worker logs in {}",
+                    dir.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -426,17 +436,31 @@ async fn recovery(url: &str, kills: usize) -> Result<()> {
         let d = at.saturating_sub(killed_at) as f64;
         println!("  kill {:>2}: re-delivered after {d:>6.0} ms", i + 1);
         delays.push(d);
-        let _ = Command::new("kill").arg("-TERM").arg(survivor.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(survivor.id().to_string())
+            .status();
         let _ = survivor.wait();
     }
     let _ = std::fs::remove_dir_all(&dir);
-    println!("RESULT recovery_p50_ms={:.0} recovery_p99_ms={:.0} max_ms={:.0} kills={kills}", pct(&mut delays, 0.5), pct(&mut delays, 0.99), pct(&mut delays, 1.0));
+    println!(
+        "RESULT recovery_p50_ms={:.0} recovery_p99_ms={:.0} max_ms={:.0} kills={kills}",
+        pct(&mut delays, 0.5),
+        pct(&mut delays, 0.99),
+        pct(&mut delays, 1.0)
+    );
     Ok(())
 }
 
 /// Bulk throughput (tasks/s) of `n` 1 ms bulk tasks on 50 slots, with `express_every`
 /// (0 = none) express tasks mixed in; returns (bulk tasks/s, express waits in ms).
-async fn mixed_run(url: &str, queue: &str, n_bulk: usize, express_every: usize, backlog_first: bool) -> Result<(f64, Vec<f64>)> {
+async fn mixed_run(
+    url: &str,
+    queue: &str,
+    n_bulk: usize,
+    express_every: usize,
+    backlog_first: bool,
+) -> Result<(f64, Vec<f64>)> {
     let mut cfg = base_config(url, queue, 58);
     cfg.queues[0].express_concurrency = 8; // 50 bulk slots, 8 reserved for express
     let done = Arc::new(AtomicU64::new(0));
@@ -458,8 +482,15 @@ async fn mixed_run(url: &str, queue: &str, n_bulk: usize, express_every: usize, 
     reg.register(
         "urgent",
         handler_fn(move |ctx: TaskContext| {
-            let t: u64 = ctx.payload_str().trim_start_matches("{\"t\":").trim_end_matches('}').parse().unwrap_or(0);
-            w2.lock().unwrap().push(micros().saturating_sub(t) as f64 / 1000.0);
+            let t: u64 = ctx
+                .payload_str()
+                .trim_start_matches("{\"t\":")
+                .trim_end_matches('}')
+                .parse()
+                .unwrap_or(0);
+            w2.lock()
+                .unwrap()
+                .push(micros().saturating_sub(t) as f64 / 1000.0);
             async { Ok(serde_json::Value::Null) }
         }),
     );
@@ -467,7 +498,8 @@ async fn mixed_run(url: &str, queue: &str, n_bulk: usize, express_every: usize, 
     let bulk_task = || NewTask::raw(queue, "bulk", "{}");
     if backlog_first {
         for _ in 0..n_bulk / 1000 {
-            p.enqueue_batch((0..1000).map(|_| bulk_task()).collect()).await?;
+            p.enqueue_batch((0..1000).map(|_| bulk_task()).collect())
+                .await?;
         }
     }
     let stop = CancellationToken::new();
@@ -475,17 +507,20 @@ async fn mixed_run(url: &str, queue: &str, n_bulk: usize, express_every: usize, 
     let t0 = Instant::now();
     if !backlog_first {
         for _ in 0..n_bulk / 1000 {
-            p.enqueue_batch((0..1000).map(|_| bulk_task()).collect()).await?;
+            p.enqueue_batch((0..1000).map(|_| bulk_task()).collect())
+                .await?;
         }
     }
     let mut sent = 0;
-    if express_every > 0 {
+    if let Some(n_express) = n_bulk.checked_div(express_every) {
         // Express traffic at 1/express_every of the bulk rate, spread over the run.
-        let n_express = n_bulk / express_every;
         while sent < n_express && done.load(Ordering::Relaxed) < n_bulk as u64 {
             let target = done.load(Ordering::Relaxed) as usize / express_every;
             while sent < target.min(n_express) {
-                p.enqueue(NewTask::raw(queue, "urgent", format!("{{\"t\":{}}}", micros())).express()).await?;
+                p.enqueue(
+                    NewTask::raw(queue, "urgent", format!("{{\"t\":{}}}", micros())).express(),
+                )
+                .await?;
                 sent += 1;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -524,9 +559,21 @@ async fn saga_bench(url: &str, n: usize, rate: usize, fail_every: usize) -> Resu
     println!("saga: {n} four-step sagas with no-op steps, started at {rate}/s; every {fail_every}th fails at its last step (3 compensations)");
     let q = "sagabench";
     let def = SagaDef::builder("bench")
-        .step(StepDef::new("s1", "bench.s1").queue(q).compensate("bench.c1"))
-        .step(StepDef::new("s2", "bench.s2").queue(q).compensate("bench.c2"))
-        .step(StepDef::new("s3", "bench.s3").queue(q).compensate("bench.c3"))
+        .step(
+            StepDef::new("s1", "bench.s1")
+                .queue(q)
+                .compensate("bench.c1"),
+        )
+        .step(
+            StepDef::new("s2", "bench.s2")
+                .queue(q)
+                .compensate("bench.c2"),
+        )
+        .step(
+            StepDef::new("s3", "bench.s3")
+                .queue(q)
+                .compensate("bench.c3"),
+        )
         .step(StepDef::new("s4", "bench.s4").queue(q).max_attempts(1))
         .build()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -534,8 +581,13 @@ async fn saga_bench(url: &str, n: usize, rate: usize, fail_every: usize) -> Resu
     let mut cfg = base_config(url, q, 256);
     cfg.queues[0].express_concurrency = 32;
     let mut reg = Registry::new();
-    for t in ["bench.s1", "bench.s2", "bench.s3", "bench.c1", "bench.c2", "bench.c3"] {
-        reg.register(t, handler_fn(|_ctx: TaskContext| async { Ok(serde_json::json!({})) }));
+    for t in [
+        "bench.s1", "bench.s2", "bench.s3", "bench.c1", "bench.c2", "bench.c3",
+    ] {
+        reg.register(
+            t,
+            handler_fn(|_ctx: TaskContext| async { Ok(serde_json::json!({})) }),
+        );
     }
     reg.register(
         "bench.s4",
@@ -549,7 +601,8 @@ async fn saga_bench(url: &str, n: usize, rate: usize, fail_every: usize) -> Resu
     );
     let stop = CancellationToken::new();
     let wj = tokio::spawn(taskstream::worker::Worker::new(cfg.clone(), reg).run(stop.clone()));
-    let oj = tokio::spawn(taskstream::saga::Orchestrator::new(&cfg, defs.clone()).run(stop.clone()));
+    let oj =
+        tokio::spawn(taskstream::saga::Orchestrator::new(&cfg, defs.clone()).run(stop.clone()));
     let mut conn = Producer::connect(&cfg).await?.connection();
     let t0 = Instant::now();
     let mut ids: Vec<(String, bool)> = Vec::with_capacity(n);
@@ -557,8 +610,12 @@ async fn saga_bench(url: &str, n: usize, rate: usize, fail_every: usize) -> Resu
     let mut i = 0;
     while i < n {
         let k = batch.min(n - i);
-        let inputs: Vec<serde_json::Value> = (i..i + k).map(|j| serde_json::json!({"n": j, "fail": fail_every > 0 && j % fail_every == 0})).collect();
-        let fails: Vec<bool> = (i..i + k).map(|j| fail_every > 0 && j % fail_every == 0).collect();
+        let inputs: Vec<serde_json::Value> = (i..i + k)
+            .map(|j| serde_json::json!({"n": j, "fail": fail_every > 0 && j % fail_every == 0}))
+            .collect();
+        let fails: Vec<bool> = (i..i + k)
+            .map(|j| fail_every > 0 && j % fail_every == 0)
+            .collect();
         let got = taskstream::saga::ops::start_many(&mut conn, &defs, "bench", inputs).await?;
         ids.extend(got.into_iter().zip(fails));
         i += k;
@@ -571,7 +628,10 @@ async fn saga_bench(url: &str, n: usize, rate: usize, fail_every: usize) -> Resu
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let c = taskstream::saga::ops::counts(&mut conn).await?;
-        let ended: u64 = ["completed", "rolled_back", "failed"].iter().map(|s| c.by_state.get(*s).copied().unwrap_or(0)).sum();
+        let ended: u64 = ["completed", "rolled_back", "failed"]
+            .iter()
+            .map(|s| c.by_state.get(*s).copied().unwrap_or(0))
+            .sum();
         if ended as usize >= n {
             break;
         }
@@ -586,7 +646,11 @@ async fn saga_bench(url: &str, n: usize, rate: usize, fail_every: usize) -> Resu
     for (id, failed) in ids.iter().filter(|(_, f)| *f) {
         let _ = failed;
         let v = taskstream::saga::ops::show(&mut conn, id).await?;
-        let failed_at = v.history.iter().find(|h| h.event.starts_with("step_failed")).map(|h| h.at);
+        let failed_at = v
+            .history
+            .iter()
+            .find(|h| h.event.starts_with("step_failed"))
+            .map(|h| h.at);
         if let (Some(a), Some(b)) = (failed_at, v.finished_at) {
             rb.push(b.saturating_sub(a) as f64);
         }
@@ -594,9 +658,18 @@ async fn saga_bench(url: &str, n: usize, rate: usize, fail_every: usize) -> Resu
     stop.cancel();
     wj.await??;
     oj.await??;
-    println!("  {n} sagas ended in {secs:.2} s: {:.0} sagas/s ({} rolled back)", n as f64 / secs, rb.len());
+    println!(
+        "  {n} sagas ended in {secs:.2} s: {:.0} sagas/s ({} rolled back)",
+        n as f64 / secs,
+        rb.len()
+    );
     println!("  rollback latency (step failure → rolled_back, 3 compensations): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms", pct(&mut rb, 0.5), pct(&mut rb, 0.99), pct(&mut rb, 1.0));
-    println!("RESULT sagas_per_s={:.0} rollback_p50_ms={:.0} rollback_p99_ms={:.0}", n as f64 / secs, pct(&mut rb, 0.5), pct(&mut rb, 0.99));
+    println!(
+        "RESULT sagas_per_s={:.0} rollback_p50_ms={:.0} rollback_p99_ms={:.0}",
+        n as f64 / secs,
+        pct(&mut rb, 0.5),
+        pct(&mut rb, 0.99)
+    );
     Ok(())
 }
 
@@ -619,6 +692,10 @@ async fn main() -> Result<()> {
         Mode::Memory { tasks } => memory(&url, tasks).await,
         Mode::Recovery { kills } => recovery(&url, kills).await,
         Mode::Express { backlog, express } => express_bench(&url, backlog, express).await,
-        Mode::Saga { sagas, rate, fail_every } => saga_bench(&url, sagas, rate, fail_every).await,
+        Mode::Saga {
+            sagas,
+            rate,
+            fail_every,
+        } => saga_bench(&url, sagas, rate, fail_every).await,
     }
 }

@@ -73,6 +73,20 @@ fn spawn_signal_handler(token: CancellationToken) {
     });
 }
 
+/// The token a long-running command stops on: SIGINT/SIGTERM, or `--run-for` elapsing.
+fn shutdown_token(run_for: Option<Duration>) -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    if let Some(d) = run_for {
+        let t = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            t.cancel();
+        });
+    }
+    shutdown
+}
+
 /// The handlers the binary serves: built-ins (when enabled) and configured HTTP handlers.
 pub(crate) fn registry(
     cfg: &Config,
@@ -125,15 +139,7 @@ async fn cmd_worker(mut cfg: Config, run_for: Option<Duration>) -> anyhow::Resul
             ..Default::default()
         });
     }
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
-    if let Some(d) = run_for {
-        let t = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            t.cancel();
-        });
-    }
+    let shutdown = shutdown_token(run_for);
     start_http(&cfg, &shutdown).await?;
     let conn = rdb::connect(&cfg.redis, &shutdown).await?;
     let reg = registry(&cfg, conn.clone())?;
@@ -166,15 +172,7 @@ async fn cmd_worker(mut cfg: Config, run_for: Option<Duration>) -> anyhow::Resul
 }
 
 async fn cmd_orchestrator(cfg: Config, run_for: Option<Duration>) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
-    if let Some(d) = run_for {
-        let t = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(d).await;
-            t.cancel();
-        });
-    }
+    let shutdown = shutdown_token(run_for);
     start_http(&cfg, &shutdown).await?;
     let defs = taskstream::saga::configured(&cfg)?;
     if defs.is_empty() {

@@ -80,6 +80,17 @@ fn counts(v: Value) -> HashMap<String, u32> {
     out
 }
 
+/// Counts one claim batch: orphans recovered (by `reason`) and poison dead letters.
+fn count_claims(queue: &str, reason: &'static str, claimed: usize, poison: u64) {
+    metrics::counter!(m::ORPHANS_RECOVERED_TOTAL, "queue" => queue.to_string(), "reason" => reason)
+        .increment(claimed as u64);
+    if poison > 0 {
+        metrics::counter!(m::POISON_TOTAL, "queue" => queue.to_string()).increment(poison);
+        metrics::counter!(m::DEAD_LETTERED_TOTAL, "queue" => queue.to_string(), "reason" => "poison")
+            .increment(poison);
+    }
+}
+
 fn dispatch_claimed(
     rt: &Arc<QueueRuntime>,
     lane: Lane,
@@ -166,11 +177,7 @@ async fn recover_dead(
                 let n = claimed.len();
                 if n > 0 || poison > 0 || gone > 0 {
                     let q = rt.cfg.name.clone();
-                    metrics::counter!(m::ORPHANS_RECOVERED_TOTAL, "queue" => q.clone(), "reason" => "dead_consumer").increment(n as u64);
-                    if poison > 0 {
-                        metrics::counter!(m::POISON_TOTAL, "queue" => q.clone()).increment(poison);
-                        metrics::counter!(m::DEAD_LETTERED_TOTAL, "queue" => q.clone(), "reason" => "poison").increment(poison);
-                    }
+                    count_claims(&q, "dead_consumer", n, poison);
                     if last_beat > 0 {
                         let delay = now_ms().saturating_sub(last_beat) as f64 / 1000.0;
                         metrics::histogram!(m::RECOVERY_DELAY_SECONDS, "queue" => q.clone())
@@ -266,12 +273,7 @@ async fn recover_idle(
         let n = claimed.len();
         if n > 0 || poison > 0 {
             let q = rt.cfg.name.clone();
-            metrics::counter!(m::ORPHANS_RECOVERED_TOTAL, "queue" => q.clone(), "reason" => "idle")
-                .increment(n as u64);
-            if poison > 0 {
-                metrics::counter!(m::POISON_TOTAL, "queue" => q.clone()).increment(poison);
-                metrics::counter!(m::DEAD_LETTERED_TOTAL, "queue" => q.clone(), "reason" => "poison").increment(poison);
-            }
+            count_claims(&q, "idle", n, poison);
             tracing::info!(queue = %q, lane = lane.as_str(), claimed = n, poison, deleted_meanwhile = gone, min_idle_ms = cfg.min_idle.as_millis() as u64, "claimed long-idle entries");
         }
         total += dispatch_claimed(rt, lane, claimed, &cnt, &mut slots);

@@ -266,6 +266,15 @@ impl WorkerProc {
 
     /// Same, with extra environment variables.
     pub fn spawn_env(toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::build(toml, env, None)
+    }
+
+    /// Starts a worker whose consumer names are `<prefix>-<start number>`.
+    pub fn spawn_named(toml: &str, prefix: &str) -> Self {
+        Self::build(toml, &[], Some(prefix))
+    }
+
+    fn build(toml: &str, env: &[(&str, &str)], prefix: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = write_file(dir.path(), "worker.toml", toml);
         let log = dir.path().join("worker.log");
@@ -279,25 +288,7 @@ impl WorkerProc {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             starts: 0,
-            name_prefix: None,
-        };
-        w.start();
-        w
-    }
-
-    /// Starts a worker whose consumer names are `<prefix>-<start number>`.
-    pub fn spawn_named(toml: &str, prefix: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = write_file(dir.path(), "worker.toml", toml);
-        let log = dir.path().join("worker.log");
-        let mut w = WorkerProc {
-            child: None,
-            config,
-            log,
-            dir,
-            env: Vec::new(),
-            starts: 0,
-            name_prefix: Some(prefix.to_string()),
+            name_prefix: prefix.map(str::to_string),
         };
         w.start();
         w
