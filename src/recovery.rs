@@ -80,6 +80,28 @@ fn counts(v: Value) -> HashMap<String, u32> {
     out
 }
 
+/// Longest time one recovery round waits for a slot to run a dead consumer's entries.
+const SLOT_WAIT: Duration = Duration::from_secs(2);
+
+/// True when `consumer` has at least one pending entry on `stream`.
+async fn has_pending(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+) -> crate::Result<bool> {
+    let v: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(1)
+        .arg(consumer)
+        .query_async(conn)
+        .await?;
+    Ok(matches!(v, Value::Array(a) if !a.is_empty()))
+}
+
 /// Counts one claim batch: orphans recovered (by `reason`) and poison dead letters.
 fn count_claims(queue: &str, reason: &'static str, claimed: usize, poison: u64) {
     metrics::counter!(m::ORPHANS_RECOVERED_TOTAL, "queue" => queue.to_string(), "reason" => reason)
@@ -139,8 +161,18 @@ async fn recover_dead(
             loop {
                 let mut slots = rt.acquire(lane, 100, false, stop).await;
                 if slots.is_empty() {
-                    // No free capacity here: another worker (or our next round) claims.
-                    break;
+                    if !has_pending(conn, rt.keys.lane_stream(lane), &rt.group, &consumer).await? {
+                        break;
+                    }
+                    // Orphans wait and no slot is free: queue for the next one. The semaphore
+                    // is fair, so this gets it ahead of an idle reader that would otherwise
+                    // take it straight back (with one slot, forever).
+                    slots = tokio::time::timeout(SLOT_WAIT, rt.acquire(lane, 1, true, stop))
+                        .await
+                        .unwrap_or_default();
+                    if slots.is_empty() {
+                        break;
+                    }
                 }
                 let want = slots.len();
                 let mut p = redis::Pipeline::new();
@@ -200,30 +232,36 @@ async fn recover_dead(
                 }
             }
         }
-        // Remove the consumer once nothing of it is pending (checked in the script).
-        let mut removed = 0;
-        for (i, lane) in [Lane::Bulk, Lane::Express].into_iter().enumerate() {
-            let mut p = redis::Pipeline::new();
-            p.add_command(rdb::evalsha(
-                &rdb::SCRIPTS.remove_consumer,
-                &[rt.keys.lane_stream(lane), &rt.heartbeats],
-                vec![
-                    rt.group.clone().into_bytes(),
-                    consumer.clone().into_bytes(),
-                    cutoff.to_string().into_bytes(),
-                    if i == 1 { b"1".to_vec() } else { b"0".to_vec() },
-                ],
-            ));
-            let (r,): (i64,) = rdb::query_pipe(conn, &p).await?;
-            removed += r;
-        }
-        if removed == 2 {
+        // Remove the consumer once nothing of it is pending on any lane (one script).
+        if remove_consumer(rt, conn, &consumer, cutoff).await? {
             metrics::counter!(m::CONSUMERS_REMOVED_TOTAL, "queue" => rt.cfg.name.clone())
                 .increment(1);
             tracing::info!(queue = %rt.cfg.name, consumer = %consumer, "dead consumer removed from its group");
         }
     }
     Ok(total)
+}
+
+/// Removes `consumer` from the group on both lanes and forgets its heartbeat, only if
+/// nothing of it is pending on either lane and its heartbeat is older than `cutoff`.
+pub(crate) async fn remove_consumer(
+    rt: &QueueRuntime,
+    conn: &mut ConnectionManager,
+    consumer: &str,
+    cutoff: u64,
+) -> crate::Result<bool> {
+    let mut p = redis::Pipeline::new();
+    p.add_command(rdb::evalsha(
+        &rdb::SCRIPTS.remove_consumer,
+        &[&rt.keys.stream, &rt.keys.express, &rt.heartbeats],
+        vec![
+            rt.group.clone().into_bytes(),
+            consumer.as_bytes().to_vec(),
+            cutoff.to_string().into_bytes(),
+        ],
+    ));
+    let (r,): (i64,) = rdb::query_pipe(conn, &p).await?;
+    Ok(r == 1)
 }
 
 /// One page of the idle safety net per lane.

@@ -452,3 +452,76 @@ async fn a_task_that_keeps_killing_workers_becomes_poison() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_dead_consumer_is_recovered_even_when_survivors_are_busy_at_first() {
+    // Found by chaining kills: the dead consumer's express lane was empty, so it was
+    // forgotten (heartbeat dropped) while its bulk entry still waited for a free slot, and
+    // only the 60 s idle net could bring that entry back.
+    let _g = common::heavy().await;
+    let redis = RedisServer::start();
+    let q = "busy";
+    // One bulk slot per worker.
+    let toml = worker_toml(&redis.url(), q, "min_idle_ms = 60000", "").replace(
+        "concurrency = 32\nexpress_concurrency = 4",
+        "concurrency = 2\nexpress_concurrency = 1",
+    );
+    assert!(toml.contains("concurrency = 2"), "{toml}");
+    let mut victim = WorkerProc::spawn_named(&toml, "victim");
+    let p = Producer::connect(&producer_cfg(&redis.url()))
+        .await
+        .unwrap();
+    let mut conn = redis.sync_conn();
+    let llen =
+        |c: &mut redis::Connection, k: &str| -> u64 { redis::cmd("LLEN").arg(k).query(c).unwrap() };
+    p.enqueue(
+        NewTask::new(
+            q,
+            "builtin.record",
+            &serde_json::json!({"key": "exec", "ms": 30_000, "log": "LV"}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    poll(
+        "the victim runs the long task",
+        Duration::from_secs(10),
+        || {
+            let n = llen(&mut conn, "LV");
+            async move { (n == 1).then_some(()) }
+        },
+    )
+    .await;
+    let _survivor = WorkerProc::spawn_named(&toml, "survivor");
+    // Keep the survivor's only bulk slot busy for 3 s.
+    p.enqueue(
+        NewTask::new(
+            q,
+            "builtin.record",
+            &serde_json::json!({"key": "exec", "ms": 3_000, "log": "LS"}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    poll("the survivor is busy", Duration::from_secs(10), || {
+        let n = llen(&mut conn, "LS");
+        async move { (n == 1).then_some(()) }
+    })
+    .await;
+    let killed = Instant::now();
+    victim.kill9();
+    poll(
+        "the long task re-delivered once the survivor has a free slot",
+        Duration::from_secs(20),
+        || {
+            let n = llen(&mut conn, "LV");
+            async move { (n == 2).then_some(()) }
+        },
+    )
+    .await;
+    let took = killed.elapsed();
+    eprintln!("re-delivered {took:?} after the kill (the idle net would take 60 s)");
+    assert!(took < Duration::from_secs(20));
+}

@@ -110,20 +110,8 @@ pub(crate) async fn mark_alive(conn: &mut ConnectionManager, queues: &[Arc<Queue
 /// Removes this consumer from its groups when nothing of it is pending any more (checked
 /// atomically by `remove_consumer.lua`), so a clean exit leaves no trace in `XINFO`.
 async fn remove_self(conn: &mut ConnectionManager, rt: &QueueRuntime) -> crate::Result<()> {
-    for (i, lane) in [Lane::Bulk, Lane::Express].into_iter().enumerate() {
-        let mut p = redis::Pipeline::new();
-        p.add_command(rdb::evalsha(
-            &rdb::SCRIPTS.remove_consumer,
-            &[rt.keys.lane_stream(lane), &rt.heartbeats],
-            vec![
-                rt.group.clone().into_bytes(),
-                rt.consumer.clone().into_bytes(),
-                "1".to_string().into_bytes(),
-                if i == 1 { b"1".to_vec() } else { b"0".to_vec() },
-            ],
-        ));
-        let _: (i64,) = rdb::query_pipe(conn, &p).await?;
-    }
+    // Our heartbeat is 0 now, so any cutoff above it lets the script judge us gone.
+    crate::recovery::remove_consumer(rt, conn, &rt.consumer, 1).await?;
     Ok(())
 }
 

@@ -383,7 +383,11 @@ impl QueueRuntime {
             // third delivery on, and record that it started (poison detection counts starts).
             let _alone = if deliveries >= ISOLATE_FROM.min(rt.max_deliveries) {
                 drop(slot);
-                let all = rt.total.clone().acquire_many_owned(rt.cfg.concurrency as u32).await;
+                // Every slot the process has *now*: the SLA loop may have shrunk the
+                // semaphore below the configured concurrency, and asking for more permits
+                // than exist would wait forever (and starve the queue behind it).
+                let slots = rt.concurrency.load(std::sync::atomic::Ordering::Relaxed).max(1);
+                let all = rt.total.clone().acquire_many_owned(slots as u32).await;
                 tracing::info!(queue = %rt.cfg.name, entry_id = %entry.id, deliveries, "running a suspect task alone");
                 (None, all.ok())
             } else {
