@@ -1,0 +1,124 @@
+//! The SLA loop of a real worker process: it adapts concurrency to the latency objective
+//! and exports the replicas the queue needs (read from its /metrics).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{free_port, poll, run_cli, worker_toml, RedisServer, WorkerProc};
+
+/// The value of the first sample of `name` with `label` in a Prometheus text page.
+fn sample(page: &str, name: &str, label: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn scrape(port: u16) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    match reqwest::get(&url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_worker_sheds_idle_concurrency_and_exports_desired_replicas() {
+    let _g = common::heavy().await;
+    let redis = RedisServer::start();
+    let port = free_port();
+    let q = "sla";
+    let toml = worker_toml(
+        &redis.url(),
+        q,
+        "",
+        "min_concurrency = 8\nsla_p95_wait_ms = 1000",
+    )
+    .replace(
+        "[http]\nlisten = \"\"",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\""),
+    );
+    let mut w = WorkerProc::spawn(&toml);
+    let url = redis.url();
+    // Light load: a trickle of instant tasks, so waits are far below the objective and the
+    // slots sit idle. The controller gives back a tenth of the slots each second.
+    let shrunk = poll(
+        "concurrency shrinks below the configured 32",
+        Duration::from_secs(30),
+        || {
+            let url = url.clone();
+            async move {
+                let (code, _, err) = run_cli(
+                    &[
+                        "--redis-url",
+                        &url,
+                        "enqueue",
+                        "-q",
+                        "sla",
+                        "-t",
+                        "builtin.noop",
+                        "--count",
+                        "20",
+                    ],
+                    &[],
+                );
+                assert_eq!(code, 0, "{err}");
+                let page = scrape(port).await;
+                sample(&page, "taskstream_concurrency_target", "queue=\"sla\"")
+                    .filter(|c| *c < 32.0)
+            }
+        },
+    )
+    .await;
+    assert!(shrunk >= 8.0, "never below min_concurrency: {shrunk}");
+    // A backlog the worker cannot run (paused) must raise the desired replicas above 0.
+    let (code, _, err) = run_cli(&["--redis-url", &url, "queue", "pause", q], &[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_cli(
+        &[
+            "--redis-url",
+            &url,
+            "enqueue",
+            "-q",
+            q,
+            "-t",
+            "builtin.noop",
+            "--count",
+            "5000",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let desired = loop {
+        let page = scrape(port).await;
+        if let Some(d) =
+            sample(&page, "taskstream_desired_replicas", "queue=\"sla\"").filter(|d| *d >= 1.0)
+        {
+            break d;
+        }
+        if std::time::Instant::now() > deadline {
+            let lines: Vec<&str> = page
+                .lines()
+                .filter(|l| {
+                    l.contains("desired")
+                        || l.contains("lag")
+                        || l.contains("paused")
+                        || l.contains("concurrency")
+                })
+                .collect();
+            panic!(
+                "no desired replicas for the backlog after 20 s; metrics:\n{}\nworker log:\n{}",
+                lines.join("\n"),
+                w.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll
+    };
+    eprintln!("concurrency shrank to {shrunk}; desired replicas with a 5,000 backlog: {desired}");
+    let (code, _, _) = run_cli(&["--redis-url", &url, "queue", "resume", q], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(w.terminate(Duration::from_secs(30)), Some(0));
+}
