@@ -110,6 +110,12 @@ pub(crate) async fn run(rt: Arc<QueueRuntime>, conn: ConnectionManager, stop: Ca
         if !tick.is_multiple_of(50) {
             continue;
         }
+        if rt.paused.load(Ordering::Relaxed) {
+            // A paused queue's backlog is held back on purpose: keep the last answer
+            // rather than asking an autoscaler for replicas that could not run it.
+            last_added = None;
+            continue;
+        }
         // Desired replicas from arrival rate, service time and backlog.
         let added = entries_added(&mut conn, &rt.keys.stream).await
             + entries_added(&mut conn, &rt.keys.express).await;
