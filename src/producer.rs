@@ -278,10 +278,6 @@ impl Producer {
             t.id.clone()
                 .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let task = Task {
-            id: task_id.clone(),
-            task_type: t.task_type,
-            payload: t.payload,
-            attempt: 1,
             max_attempts: t.max_attempts,
             enqueued_at: now,
             timeout_ms: t.timeout.map(|d| d.as_millis().max(1) as u64),
@@ -290,10 +286,7 @@ impl Producer {
             reply_to: t.reply_to,
             correlation: t.correlation,
             traceparent: Some(t.traceparent.unwrap_or_else(new_traceparent)),
-            last_error: None,
-            only_group: None,
-            backoff_base_ms: None,
-            backoff_cap_ms: None,
+            ..Task::new(task_id.clone(), t.task_type, t.payload)
         };
         let scheduled = t.delay.is_some_and(|d| !d.is_zero());
         let due = now + t.delay.map(|d| d.as_millis() as u64).unwrap_or(0);

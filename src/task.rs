@@ -157,6 +157,32 @@ fn parse_num<T: std::str::FromStr>(field: &'static str, s: &str) -> Result<T, De
 }
 
 impl Task {
+    /// A first-attempt task with every optional field unset.
+    pub fn new(
+        id: impl Into<String>,
+        task_type: impl Into<String>,
+        payload: impl Into<String>,
+    ) -> Task {
+        Task {
+            id: id.into(),
+            task_type: task_type.into(),
+            payload: payload.into(),
+            attempt: 1,
+            max_attempts: None,
+            enqueued_at: 0,
+            timeout_ms: None,
+            idempotency_key: None,
+            saga_id: None,
+            reply_to: None,
+            correlation: None,
+            traceparent: None,
+            last_error: None,
+            only_group: None,
+            backoff_base_ms: None,
+            backoff_cap_ms: None,
+        }
+    }
+
     /// Decodes the fields of stream entry `entry_id`. `max_payload` bounds the payload size.
     pub fn decode(
         entry_id: &str,
@@ -269,22 +295,8 @@ impl Task {
         max_payload: usize,
     ) -> Result<Task, DecodeError> {
         let mut t = Task {
-            id: String::new(),
-            task_type: String::new(),
-            payload: String::new(),
-            attempt: 1,
-            max_attempts: None,
             enqueued_at: entry_id_ms(entry_id).unwrap_or(0),
-            timeout_ms: None,
-            idempotency_key: None,
-            saga_id: None,
-            reply_to: None,
-            correlation: None,
-            traceparent: None,
-            last_error: None,
-            only_group: None,
-            backoff_base_ms: None,
-            backoff_cap_ms: None,
+            ..Task::new(String::new(), String::new(), String::new())
         };
         let (mut have_type, mut have_payload) = (false, false);
         for (name, value) in fields {

@@ -126,23 +126,17 @@ async fn echo(headers: HeaderMap, body: Bytes) -> impl IntoResponse {
 
 fn task(saga: Option<&str>, traceparent: Option<&str>) -> Task {
     Task {
-        id: "task-42".into(),
-        task_type: "send_email".into(),
-        // Key order "b" before "a" shows the payload is embedded as written.
-        payload: r#"{"b":1,"a":{"to":"x@example.com"},"big":12345678901234567890}"#.into(),
         attempt: 2,
         max_attempts: Some(5),
         enqueued_at: 1_700_000_000_123,
-        timeout_ms: None,
-        idempotency_key: None,
         saga_id: saga.map(Into::into),
-        reply_to: None,
-        correlation: None,
         traceparent: traceparent.map(Into::into),
-        last_error: None,
-        only_group: None,
-        backoff_base_ms: None,
-        backoff_cap_ms: None,
+        // Key order "b" before "a" shows the payload is embedded as written.
+        ..Task::new(
+            "task-42",
+            "send_email",
+            r#"{"b":1,"a":{"to":"x@example.com"},"big":12345678901234567890}"#,
+        )
     }
 }
 

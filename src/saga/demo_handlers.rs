@@ -163,24 +163,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     fn ctx(task_type: &str, payload: Value) -> TaskContext {
-        let t = Task {
-            id: "t".into(),
-            task_type: task_type.into(),
-            payload: payload.to_string(),
-            attempt: 1,
-            max_attempts: None,
-            enqueued_at: 0,
-            timeout_ms: None,
-            idempotency_key: None,
-            saga_id: None,
-            reply_to: None,
-            correlation: None,
-            traceparent: None,
-            last_error: None,
-            only_group: None,
-            backoff_base_ms: None,
-            backoff_cap_ms: None,
-        };
+        let t = Task::new("t", task_type, payload.to_string());
         TaskContext::new(
             t,
             "default",

@@ -849,22 +849,17 @@ fn task_for(
         queue: s.queue.clone(),
         stream: lane_stream,
         task: Task {
-            id: key.clone(),
-            task_type,
-            payload: payload.to_string(),
-            attempt: 1,
             max_attempts: Some(s.retry.max_attempts),
             enqueued_at: now,
             timeout_ms: Some(ms(s.timeout).max(1)),
-            idempotency_key: Some(key),
+            idempotency_key: Some(key.clone()),
             saga_id: Some(rec.id.clone()),
             reply_to: Some(keys::REPLIES.to_string()),
             correlation: Some(corr.encode()),
             traceparent: rec.traceparent.clone(),
-            last_error: None,
-            only_group: None,
             backoff_base_ms: Some(ms(s.retry.backoff_base).max(1)),
             backoff_cap_ms: Some(ms(s.retry.backoff_cap).max(1)),
+            ..Task::new(key, task_type, payload.to_string())
         },
     }
 }
