@@ -204,12 +204,17 @@ impl Worker {
                 tracing::warn!(queue = %rt.cfg.name, error = %e, "could not read routes yet");
             }
             // Learn pause state and past cancels before the first read.
-            if let Err(e) = signal_loop::poll_once(rt, &mut conn, "0-0").await {
-                tracing::warn!(queue = %rt.cfg.name, error = %e, "could not read signals yet");
-            }
+            let last = match signal_loop::poll_once(rt, &mut conn, "0-0", true).await {
+                Ok(last) => last,
+                Err(e) => {
+                    tracing::warn!(queue = %rt.cfg.name, error = %e, "could not read signals yet");
+                    "0-0".to_string()
+                }
+            };
             loops.spawn(signal_loop::run(
                 rt.clone(),
                 conn.clone(),
+                last,
                 stop_reading.clone(),
             ));
             loops.spawn(sla::run(rt.clone(), conn.clone(), stop_reading.clone()));

@@ -11,11 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::runtime::QueueRuntime;
 
-/// Reads signals once from `last`; returns the new last id.
+/// Reads signals once from `last`; returns the new last id. `first` records this replica's
+/// initial pause state in `ts:{q}:pause_acks` (later polls record only changes).
 pub(crate) async fn poll_once(
     rt: &QueueRuntime,
     conn: &mut ConnectionManager,
     last: &str,
+    first: bool,
 ) -> redis::RedisResult<String> {
     let mut p = redis::Pipeline::new();
     p.cmd("EXISTS").arg(&rt.keys.paused);
@@ -28,7 +30,7 @@ pub(crate) async fn poll_once(
     let (paused, v): (u64, Value) = p.query_async(conn).await?;
     let now_paused = paused > 0;
     let was = rt.paused.swap(now_paused, Ordering::Relaxed);
-    if was != now_paused || last == "0-0" {
+    if was != now_paused || first {
         // Tell operators (and tests) that this replica applied the state.
         let state = if now_paused { "paused" } else { "running" };
         redis::cmd("HSET")
@@ -79,13 +81,19 @@ pub(crate) async fn refresh_routes(
     Ok(())
 }
 
-/// Runs until `stop` fires.
-pub(crate) async fn run(rt: Arc<QueueRuntime>, conn: ConnectionManager, stop: CancellationToken) {
+/// Runs until `stop` fires, following the signals after `last` (the id the start-up read
+/// reached, so the history is not replayed twice).
+pub(crate) async fn run(
+    rt: Arc<QueueRuntime>,
+    conn: ConnectionManager,
+    last: String,
+    stop: CancellationToken,
+) {
     let mut conn = conn;
-    let mut last = "0-0".to_string();
+    let mut last = last;
     let mut tick: u64 = 0;
     while !stop.is_cancelled() {
-        match poll_once(&rt, &mut conn, &last).await {
+        match poll_once(&rt, &mut conn, &last, false).await {
             Ok(l) => last = l,
             Err(e) => tracing::debug!(queue = %rt.cfg.name, error = %e, "signals: redis error"),
         }
