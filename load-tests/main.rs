@@ -167,6 +167,15 @@ fn micros() -> u64 {
         .unwrap_or(0)
 }
 
+/// The enqueue timestamp (µs) a benchmark task carries as its payload `{"t":N}`.
+fn sent_micros(ctx: &TaskContext) -> u64 {
+    ctx.payload_str()
+        .trim_start_matches("{\"t\":")
+        .trim_end_matches('}')
+        .parse()
+        .unwrap_or(0)
+}
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -252,12 +261,7 @@ async fn end_to_end(
     reg.register(
         "noop",
         handler_fn(move |ctx: TaskContext| {
-            let t: u64 = ctx
-                .payload_str()
-                .trim_start_matches("{\"t\":")
-                .trim_end_matches('}')
-                .parse()
-                .unwrap_or(0);
+            let t = sent_micros(&ctx);
             let ms = micros().saturating_sub(t) as f64 / 1000.0;
             let k = d2.fetch_add(1, Ordering::Relaxed) + 1;
             if k % 64 == 0 {
@@ -482,12 +486,7 @@ async fn mixed_run(
     reg.register(
         "urgent",
         handler_fn(move |ctx: TaskContext| {
-            let t: u64 = ctx
-                .payload_str()
-                .trim_start_matches("{\"t\":")
-                .trim_end_matches('}')
-                .parse()
-                .unwrap_or(0);
+            let t = sent_micros(&ctx);
             w2.lock()
                 .unwrap()
                 .push(micros().saturating_sub(t) as f64 / 1000.0);
