@@ -91,75 +91,6 @@ enum Mode {
     },
 }
 
-struct PrivateRedis {
-    child: Child,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_redis() -> Result<(String, PrivateRedis)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let dir = std::env::temp_dir().join(format!("taskstream-load-{}-{port}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory-policy",
-            "noeviction",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .context("redis-server must be installed")?;
-    let url = format!("redis://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(c) = redis::Client::open(url.as_str()) {
-            if let Ok(mut conn) = c.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                    break;
-                }
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("redis-server did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((
-        url,
-        PrivateRedis {
-            child,
-            _dir: tempdir::Dir(dir),
-        },
-    ))
-}
-
 fn micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -678,8 +609,8 @@ async fn main() -> Result<()> {
     let (url, _guard) = match cli.redis_url {
         Some(u) => (u, None),
         None => {
-            let (u, g) = start_redis()?;
-            (u, Some(g))
+            let g = taskstream::local_redis::LocalRedis::start("load", false)?;
+            (g.url.clone(), Some(g))
         }
     };
     match cli.mode {

@@ -8,109 +8,45 @@
 //! and an unknown type written by "another language"), shows live progress and prints a
 //! summary: outcomes, dead letters with their reasons, and express vs bulk wait times.
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use tokio_util::sync::CancellationToken;
 
 use taskstream::cli::DemoArgs;
 use taskstream::config::{Config, QueueConfig};
 use taskstream::handler::{handler_fn, HandlerError, Registry, TaskContext};
 use taskstream::keys::QueueKeys;
+use taskstream::local_redis::{answers, LocalRedis};
 use taskstream::producer::{NewTask, Producer};
 use taskstream::task::now_ms;
 
 const QUEUE: &str = "demo";
 
-/// A private redis-server started by the demo; killed on drop.
-struct PrivateRedis {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn answers(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    let fut = async {
-        let mut c = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("PING").query_async::<String>(&mut c).await.ok()
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), fut).await,
-        Ok(Some(_))
-    )
-}
-
-async fn find_redis(cfg: &Config) -> anyhow::Result<(String, Option<PrivateRedis>)> {
-    if answers(&cfg.redis.url).await {
+async fn find_redis(cfg: &Config) -> anyhow::Result<(String, Option<LocalRedis>)> {
+    let url = cfg.redis.url.clone();
+    if tokio::task::spawn_blocking(move || answers(&url)).await? {
         println!(
             "• using the Redis at {}",
             taskstream::config::redact_url(&cfg.redis.url)
         );
         return Ok((cfg.redis.url.clone(), None));
     }
-    let found = std::process::Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if found.is_err() {
-        bail!(
-            "no Redis answers at {} and `redis-server` is not installed.\n\
-             Install it (Debian/Ubuntu: `sudo apt-get install redis-server`, macOS: `brew install redis`) \
-             or point the demo at a Redis with TASKSTREAM_REDIS_URL=redis://host:port",
-            taskstream::config::redact_url(&cfg.redis.url)
-        );
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let dir = std::env::temp_dir().join(format!("taskstream-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let child = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--maxmemory-policy",
-            "noeviction",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting redis-server")?;
-    let guard = PrivateRedis { child, dir };
-    let url = format!("redis://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !answers(&url).await {
-        if Instant::now() > deadline {
-            bail!("the private redis-server on port {port} did not start within 10 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let server = tokio::task::spawn_blocking(|| LocalRedis::start("demo", true))
+        .await?
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "no Redis answers at {} and {e}; or point the demo at a Redis with TASKSTREAM_REDIS_URL=redis://host:port",
+                taskstream::config::redact_url(&cfg.redis.url)
+            )
+        })?;
     println!(
-        "• no Redis at {}: started a private redis-server on port {port}",
-        taskstream::config::redact_url(&cfg.redis.url)
+        "• no Redis at {}: started a private redis-server on port {}",
+        taskstream::config::redact_url(&cfg.redis.url),
+        server.port
     );
-    Ok((url, Some(guard)))
+    Ok((server.url.clone(), Some(server)))
 }
 
 #[derive(Default)]
@@ -426,9 +362,8 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
     let dl = taskstream::dlq::list(&mut conn, QUEUE, 100).await?;
     let mut w = std::mem::take(&mut *waits.lock().expect("poisoned"));
     println!(
-        "summary ({:.2} s, {:.0} tasks/s end to end)",
-        elapsed.as_secs_f64(),
-        total as f64 / elapsed.as_secs_f64()
+        "summary: {total} tasks in {:.2} s of wall time (the 1.5 s reminder delay included)",
+        elapsed.as_secs_f64()
     );
     println!(
         "  express wait  p50 {:>7.1} ms  p99 {:>7.1} ms  ({} tasks, enqueued behind the backlog)",

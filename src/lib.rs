@@ -26,6 +26,7 @@ pub mod health;
 pub mod http;
 pub mod http_handler;
 pub mod keys;
+pub mod local_redis;
 pub mod metrics;
 pub mod preflight;
 pub mod producer;
