@@ -70,7 +70,7 @@ pub async fn requeue(conn: &mut ConnectionManager, queue: &str, dlq_id: &str) ->
     let k = QueueKeys::new(queue);
     let mut p = redis::Pipeline::new();
     p.add_command(rdb::evalsha(
-        &rdb::SCRIPTS.requeue,
+        rdb::ScriptId::Requeue,
         &[&k.dlq, &k.stream, &k.express],
         vec![
             dlq_id.as_bytes().to_vec(),

@@ -76,13 +76,7 @@ impl LocalRedis {
 
 /// True when a Redis at `url` answers PING within about a second.
 pub fn answers(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
-    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
-        return false;
-    };
-    redis::cmd("PING").query::<String>(&mut conn).is_ok()
+    crate::rdb::answers_ping(url)
 }
 
 impl Drop for LocalRedis {

@@ -328,7 +328,7 @@ impl Producer {
                 };
                 let idem = keys.idem(k);
                 p.add_command(rdb::evalsha(
-                    &rdb::SCRIPTS.enqueue_idem,
+                    rdb::ScriptId::EnqueueIdem,
                     &[&idem, &target],
                     args,
                 ));

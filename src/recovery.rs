@@ -177,7 +177,7 @@ async fn recover_dead(
                 let want = slots.len();
                 let mut p = redis::Pipeline::new();
                 p.add_command(rdb::evalsha(
-                    &rdb::SCRIPTS.claim_dead,
+                    rdb::ScriptId::ClaimDead,
                     &[
                         rt.keys.lane_stream(lane),
                         &rt.heartbeats,
@@ -252,7 +252,7 @@ pub(crate) async fn remove_consumer(
 ) -> crate::Result<bool> {
     let mut p = redis::Pipeline::new();
     p.add_command(rdb::evalsha(
-        &rdb::SCRIPTS.remove_consumer,
+        rdb::ScriptId::RemoveConsumer,
         &[&rt.keys.stream, &rt.keys.express, &rt.heartbeats],
         vec![
             rt.group.clone().into_bytes(),
@@ -280,7 +280,7 @@ async fn recover_idle(
         }
         let mut p = redis::Pipeline::new();
         p.add_command(rdb::evalsha(
-            &rdb::SCRIPTS.claim_idle,
+            rdb::ScriptId::ClaimIdle,
             &[rt.keys.lane_stream(lane), &rt.keys.dlq, &rt.keys.starts],
             vec![
                 rt.group.clone().into_bytes(),

@@ -1,127 +1,89 @@
-//! Every Redis command and Lua script taskstream sends lives here (asynq's `internal/rdb`).
+//! The broker: every Redis command and Lua script taskstream sends lives under this module
+//! (the model is asynq's `internal/rdb`).
 //!
-//! Each state transition of a task is one atomic operation: a Lua script or a MULTI/EXEC,
-//! never two round trips that a crash could split. Hot-path replies (XREADGROUP) are
-//! decoded straight from [`redis::Value`], moving the field bytes out instead of copying
-//! them into maps.
+//! Each state transition of a task is one method of [`Broker`], one atomic operation — a
+//! Lua script or a MULTI/EXEC, never two round trips that a crash could split — written in
+//! the file of its subsystem beside the script it runs (`src/rdb/lua/`, all listed in one
+//! table in [`scripts`]). Callers pass and receive typed values; no module outside `rdb/`
+//! builds a command by hand (`tests/broker_walls.rs` fails the build if one does).
 //!
-//! Connections: commands go through a multiplexed [`ConnectionManager`], which reconnects
-//! by itself; blocking `XREADGROUP … BLOCK` never runs on it (it would stall every other
-//! command), but on an exclusive connection from [`ReaderPool`] whose reply timeout is
-//! longer than the block time (redis-rs times replies out after 500 ms by default).
+//! Hot-path replies (XREADGROUP) are decoded straight from [`redis::Value`], moving the
+//! field bytes out instead of copying them into maps.
+//!
+//! Connections ([`conn`]): commands go through a multiplexed [`ConnectionManager`], which
+//! reconnects by itself; blocking `XREADGROUP … BLOCK` never runs on it (it would stall
+//! every other command), but on an exclusive connection from a [`ReaderPool`] whose reply
+//! timeout is longer than the block time (redis-rs times replies out after 500 ms by
+//! default).
 
+mod conn;
 mod parse;
+pub(crate) mod scripts;
 
-use std::sync::LazyLock;
+use redis::aio::ConnectionManager;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, Pipeline, RedisError, Script, Value};
+use redis::{Pipeline, RedisError, Value};
 
+pub use conn::{answers_ping, client, connect, reader_pool, reconnect_delay, ReaderPool};
 pub use parse::{RawEntry, StreamBatch};
+pub(crate) use scripts::{evalsha, ScriptId};
 
-use crate::config::RedisConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::keys::QueueKeys;
 
-/// The Lua scripts, loaded into Redis on first use and again after a restart (NOSCRIPT).
-pub struct Scripts {
-    /// Idempotent enqueue.
-    pub enqueue_idem: Script,
-    /// Scheduled set → stream.
-    pub forward: Script,
-    /// ACK + delete + retry/dead-letter/reply.
-    pub settle: Script,
-    /// Claim a dead consumer's entries.
-    pub claim_dead: Script,
-    /// Claim long-idle entries (XAUTOCLAIM).
-    pub claim_idle: Script,
-    /// Remove an empty dead consumer.
-    pub remove_consumer: Script,
-    /// Refresh idle time of running entries.
-    pub touch: Script,
-    /// Trim a fan-out stream behind its slowest group.
-    pub trim_fanout: Script,
-    /// Dead letter → queue.
-    pub requeue: Script,
-    /// GCRA rate limiter.
-    pub rate_limit: Script,
+/// The typed broker: one method per Redis operation of the system. Cheap to clone (the
+/// multiplexed connection inside is shared).
+#[derive(Clone)]
+pub struct Broker {
+    /// The multiplexed command connection.
+    conn: ConnectionManager,
 }
 
-/// The scripts, compiled once.
-pub static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    enqueue_idem: Script::new(include_str!("lua/enqueue_idem.lua")),
-    forward: Script::new(include_str!("lua/forward.lua")),
-    settle: Script::new(include_str!("lua/settle.lua")),
-    claim_dead: Script::new(include_str!("lua/claim_dead.lua")),
-    claim_idle: Script::new(include_str!("lua/claim_idle.lua")),
-    remove_consumer: Script::new(include_str!("lua/remove_consumer.lua")),
-    touch: Script::new(include_str!("lua/touch.lua")),
-    trim_fanout: Script::new(include_str!("lua/trim_fanout.lua")),
-    requeue: Script::new(include_str!("lua/requeue.lua")),
-    rate_limit: Script::new(include_str!("lua/rate_limit.lua")),
-});
-
-impl Scripts {
-    fn all(&self) -> [&Script; 10] {
-        [
-            &self.enqueue_idem,
-            &self.forward,
-            &self.settle,
-            &self.claim_dead,
-            &self.claim_idle,
-            &self.remove_consumer,
-            &self.touch,
-            &self.trim_fanout,
-            &self.requeue,
-            &self.rate_limit,
-        ]
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
     }
 }
 
-/// Source text of every script, for `SCRIPT LOAD`.
-fn script_sources() -> [&'static str; 10] {
-    [
-        include_str!("lua/enqueue_idem.lua"),
-        include_str!("lua/forward.lua"),
-        include_str!("lua/settle.lua"),
-        include_str!("lua/claim_dead.lua"),
-        include_str!("lua/claim_idle.lua"),
-        include_str!("lua/remove_consumer.lua"),
-        include_str!("lua/touch.lua"),
-        include_str!("lua/trim_fanout.lua"),
-        include_str!("lua/requeue.lua"),
-        include_str!("lua/rate_limit.lua"),
-    ]
+impl Broker {
+    /// A broker over an established command connection.
+    pub fn new(conn: ConnectionManager) -> Self {
+        Broker { conn }
+    }
+
+    /// Connects to `cfg`, retrying with backoff until Redis answers or `cancel` fires.
+    pub async fn connect(
+        cfg: &crate::config::RedisConfig,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<Self> {
+        Ok(Broker::new(connect(cfg, cancel).await?))
+    }
+
+    /// A handle on the command connection, for the methods of this module.
+    pub(crate) fn c(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Loads every script of the table.
+    pub async fn load_scripts(&self) -> Result<()> {
+        Ok(scripts::load_all(&mut self.c()).await?)
+    }
+
+    /// Runs `pipe`, loading the scripts and retrying once if Redis had lost them.
+    pub(crate) async fn pipe<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> Result<T> {
+        Ok(scripts::query_pipe(&mut self.c(), pipe).await?)
+    }
 }
 
 /// True when Redis answered NOSCRIPT (scripts flushed, e.g. by a restart).
 pub fn is_noscript(e: &RedisError) -> bool {
-    e.code() == Some("NOSCRIPT") || e.to_string().contains("NOSCRIPT")
-}
-
-/// An EVALSHA command for `script` with `keys` and `args`, for pipelines.
-pub fn evalsha(script: &Script, keys: &[&str], args: Vec<Vec<u8>>) -> Cmd {
-    let mut c = redis::cmd("EVALSHA");
-    c.arg(script.get_hash()).arg(keys.len());
-    for k in keys {
-        c.arg(*k);
-    }
-    for a in args {
-        c.arg(a);
-    }
-    c
+    scripts::is_noscript(e)
 }
 
 /// Loads every script (used after NOSCRIPT).
 pub async fn load_scripts(conn: &mut ConnectionManager) -> Result<()> {
-    let mut p = Pipeline::new();
-    for src in script_sources() {
-        p.cmd("SCRIPT").arg("LOAD").arg(src).ignore();
-    }
-    p.query_async::<()>(conn).await?;
-    debug_assert_eq!(SCRIPTS.all().len(), script_sources().len());
-    Ok(())
+    Ok(scripts::load_all(conn).await?)
 }
 
 /// Runs `pipe`, loading the scripts and retrying once if Redis had lost them.
@@ -129,96 +91,7 @@ pub async fn query_pipe<T: redis::FromRedisValue>(
     conn: &mut ConnectionManager,
     pipe: &Pipeline,
 ) -> Result<T> {
-    match pipe.query_async::<T>(conn).await {
-        Err(e) if is_noscript(&e) => {
-            load_scripts(conn).await?;
-            Ok(pipe.query_async::<T>(conn).await?)
-        }
-        r => Ok(r?),
-    }
-}
-
-/// Builds the client for `cfg.url`.
-pub fn client(cfg: &RedisConfig) -> Result<redis::Client> {
-    redis::Client::open(cfg.url.as_str()).map_err(|e| {
-        Error::Config(format!(
-            "redis.url {:?} is not usable: {e}",
-            crate::config::redact_url(&cfg.url)
-        ))
-    })
-}
-
-/// Connects the multiplexed command connection, retrying with exponential backoff and
-/// jitter (and saying so in the log) until Redis answers or `cancel` fires.
-pub async fn connect(
-    cfg: &RedisConfig,
-    cancel: &tokio_util::sync::CancellationToken,
-) -> Result<ConnectionManager> {
-    let client = client(cfg)?;
-    let mcfg = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_millis(cfg.response_timeout_ms)))
-        .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(2));
-    let mut attempt: u32 = 0;
-    loop {
-        match ConnectionManager::new_with_config(client.clone(), mcfg.clone()).await {
-            Ok(c) => {
-                if attempt > 0 {
-                    tracing::info!(
-                        url = %crate::config::redact_url(&cfg.url),
-                        attempts = attempt + 1,
-                        "connected to redis"
-                    );
-                }
-                crate::health::set_redis_up(true);
-                return Ok(c);
-            }
-            Err(e) => {
-                attempt += 1;
-                crate::health::set_redis_up(false);
-                let delay = reconnect_delay(attempt);
-                tracing::warn!(
-                    url = %crate::config::redact_url(&cfg.url),
-                    attempt,
-                    retry_in_ms = delay.as_millis() as u64,
-                    error = %e,
-                    "redis unreachable, retrying with backoff"
-                );
-                tokio::select! {
-                    _ = cancel.cancelled() => return Err(Error::Redis(e)),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
-}
-
-/// Backoff for reconnects: 100 ms doubling to 5 s, full jitter on the upper half.
-pub fn reconnect_delay(attempt: u32) -> Duration {
-    crate::backoff::Backoff {
-        base: Duration::from_millis(100),
-        cap: Duration::from_secs(5),
-    }
-    .delay_random(attempt)
-}
-
-/// Exclusive connections for blocking reads.
-pub type ReaderPool = deadpool_redis::Pool;
-
-/// Builds the pool of blocking-read connections; replies may take `block` plus the normal
-/// response timeout.
-pub fn reader_pool(cfg: &RedisConfig, block: Duration, size: usize) -> Result<ReaderPool> {
-    let conn_cfg = redis::AsyncConnectionConfig::new()
-        .set_response_timeout(Some(block + Duration::from_millis(cfg.response_timeout_ms)))
-        .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
-    let manager = deadpool_redis::Manager::new_with_config(cfg.url.as_str(), conn_cfg)?;
-    deadpool_redis::Pool::builder(manager)
-        .max_size(size.max(1))
-        .runtime(deadpool_redis::Runtime::Tokio1)
-        .build()
-        .map_err(|e| Error::Pool(e.to_string()))
+    Ok(scripts::query_pipe(conn, pipe).await?)
 }
 
 /// Creates `group` on `stream` (and the stream) if missing. The group starts at id 0 so

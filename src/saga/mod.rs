@@ -73,7 +73,7 @@
 //! # Running sagas durably (phase 2)
 //!
 //! - `store` (crate-private): the Redis record of a saga and the one Lua script,
-//!   `lua/apply.lua`, that applies a transition: compare-and-set on the saga's revision,
+//!   `src/rdb/lua/saga_apply.lua`, that applies a transition: compare-and-set on the saga's revision,
 //!   new state, history entry, indexes, deadlines and the dispatched tasks, all in one
 //!   atomic step. A crash can therefore never apply half a transition, nor dispatch a
 //!   step without recording it.

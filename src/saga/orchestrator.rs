@@ -21,11 +21,10 @@
 //! (and any race with another instance is settled by the compare-and-set).
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use redis::Script;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -41,9 +40,6 @@ use crate::error::Result;
 use crate::metrics as m;
 use crate::rdb::{self, RawEntry, ReaderPool};
 use crate::task::now_ms;
-
-static PRUNE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/prune_consumers.lua")));
 
 /// Most due deadlines handled per round.
 const DEADLINE_BATCH: usize = 256;
@@ -511,13 +507,14 @@ async fn claim_loop(ctx: Arc<Ctx>, mut conn: ConnectionManager, stop: Cancellati
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = Instant::now();
-            let r: redis::RedisResult<i64> = PRUNE
-                .key(keys::REPLIES)
-                .arg(keys::GROUP)
-                .arg(PRUNE_IDLE.as_millis() as u64)
-                .arg(&ctx.consumer)
-                .invoke_async(&mut conn)
-                .await;
+            let r: redis::RedisResult<i64> =
+                crate::rdb::scripts::script(crate::rdb::ScriptId::SagaPruneConsumers)
+                    .key(keys::REPLIES)
+                    .arg(keys::GROUP)
+                    .arg(PRUNE_IDLE.as_millis() as u64)
+                    .arg(&ctx.consumer)
+                    .invoke_async(&mut conn)
+                    .await;
             match r {
                 Ok(n) if n > 0 => tracing::info!(
                     removed = n,

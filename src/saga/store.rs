@@ -3,7 +3,7 @@
 //! # Why compare-and-set
 //!
 //! A transition is decided in Rust by the pure state machine ([`super::fsm`]) from the
-//! record read at revision `rev`, then written by `lua/apply.lua`, which first checks
+//! record read at revision `rev`, then written by `src/rdb/lua/saga_apply.lua`, which first checks
 //! that the record is still at `rev`. If another orchestrator (or an operator's abort)
 //! moved the saga in between, nothing is written and the caller re-reads and decides
 //! again; usually the event has become stale and is dropped. There is no lock to leak
@@ -21,11 +21,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::Script;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -37,10 +35,6 @@ use crate::error::{Error, Result};
 use crate::keys::QueueKeys;
 use crate::metrics as m;
 use crate::task::{now_ms, Task};
-
-/// The transition script.
-pub(crate) static APPLY: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/apply.lua")));
 
 /// How long finished sagas are kept when no orchestrator published a setting.
 pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
@@ -921,7 +915,7 @@ pub(crate) fn start_write(def: &SagaDef, input: Value, now: u64) -> Result<Write
 /// Runs the script for `w`: true when written, false when the revision did not match.
 pub(crate) async fn commit(conn: &mut ConnectionManager, w: &Write) -> Result<bool> {
     let (k, a) = w.script_args();
-    let mut inv = APPLY.prepare_invoke();
+    let mut inv = crate::rdb::scripts::script(crate::rdb::ScriptId::SagaApply).prepare_invoke();
     for key in &k {
         inv.key(key);
     }
@@ -946,7 +940,11 @@ pub(crate) async fn commit_creations(conn: &mut ConnectionManager, ws: &[Write])
         for &i in &todo {
             let (k, a) = ws[i].script_args();
             let keys: Vec<&str> = k.iter().map(String::as_str).collect();
-            p.add_command(crate::rdb::evalsha(&APPLY, &keys, a));
+            p.add_command(crate::rdb::evalsha(
+                crate::rdb::ScriptId::SagaApply,
+                &keys,
+                a,
+            ));
         }
         let results: Vec<redis::RedisResult<(i64, String)>> = p.query_async(conn).await?;
         let mut again = Vec::new();
@@ -968,7 +966,10 @@ pub(crate) async fn commit_creations(conn: &mut ConnectionManager, ws: &[Write])
         if again.is_empty() {
             return Ok(());
         }
-        APPLY.prepare_invoke().load_async(conn).await?;
+        crate::rdb::scripts::script(crate::rdb::ScriptId::SagaApply)
+            .prepare_invoke()
+            .load_async(conn)
+            .await?;
         todo = again;
     }
     Ok(())

@@ -209,7 +209,7 @@ fn build(ctx: &AckerCtx, batch: &[Settle]) -> Pipeline {
             None => args.push(b"0".to_vec()),
         }
         p.add_command(rdb::evalsha(
-            &rdb::SCRIPTS.settle,
+            rdb::ScriptId::Settle,
             &[
                 stream,
                 &ctx.keys.scheduled,

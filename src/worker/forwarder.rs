@@ -28,7 +28,7 @@ pub(crate) async fn run(
         let now = now_ms();
         let mut p = redis::Pipeline::new();
         p.add_command(rdb::evalsha(
-            &rdb::SCRIPTS.forward,
+            rdb::ScriptId::Forward,
             &[&keys.scheduled, &keys.stream, &keys.express, &keys.dlq],
             vec![
                 now.to_string().into_bytes(),

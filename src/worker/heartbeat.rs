@@ -44,7 +44,7 @@ async fn touch(conn: &mut ConnectionManager, rt: &QueueRuntime) -> crate::Result
             args.extend(chunk.iter().map(|i| i.clone().into_bytes()));
             let mut p = redis::Pipeline::new();
             p.add_command(rdb::evalsha(
-                &rdb::SCRIPTS.touch,
+                rdb::ScriptId::Touch,
                 &[rt.keys.lane_stream(lane)],
                 args,
             ));

@@ -24,9 +24,9 @@ pub(crate) async fn run(
         for stream in [&keys.stream, &keys.express] {
             let mut p = redis::Pipeline::new();
             p.add_command(rdb::evalsha(
-                &rdb::SCRIPTS.trim_fanout,
+                rdb::ScriptId::TrimFanout,
                 &[stream.as_str()],
-                groups.iter().map(|g| g.clone().into_bytes()).collect(),
+                groups.iter().map(|g| g.as_bytes()),
             ));
             match rdb::query_pipe::<(i64,)>(&mut conn, &p).await {
                 Ok((n,)) if n > 0 => {

@@ -683,7 +683,7 @@ impl QueueRuntime {
             let mut c = self.conn.clone();
             let mut p = redis::Pipeline::new();
             p.add_command(crate::rdb::evalsha(
-                &crate::rdb::SCRIPTS.rate_limit,
+                crate::rdb::ScriptId::RateLimit,
                 &[&key],
                 vec![
                     interval_us.to_string().into_bytes(),
