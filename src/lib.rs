@@ -32,6 +32,7 @@ pub mod preflight;
 pub mod producer;
 pub mod rdb;
 pub mod recovery;
+pub(crate) mod routing;
 pub mod saga;
 pub mod scaling;
 pub mod signals;

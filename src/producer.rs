@@ -6,10 +6,9 @@
 //! atomically, so "seen before" and "added" can never disagree after a crash.
 //! `enqueue_batch` sends all of its commands in one pipeline (one round trip).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use std::time::Instant;
 
 use redis::aio::ConnectionManager;
 use redis::Pipeline;
@@ -19,6 +18,7 @@ use crate::config::ProducerConfig;
 use crate::error::{Error, Result};
 use crate::keys::{validate_queue_name, Lane, QueueKeys};
 use crate::rdb;
+use crate::routing::RouteCache;
 use crate::task::{now_ms, validate_type, Task};
 
 /// A task to enqueue.
@@ -149,16 +149,13 @@ pub struct Producer {
     conn: ConnectionManager,
     cfg: ProducerConfig,
     known_queues: Arc<Mutex<HashSet<String>>>,
-    /// Queue → (when read, task type → pool): routes cached for [`ROUTES_TTL`].
-    routes: Arc<Mutex<HashMap<String, CachedRoutes>>>,
+    /// Routes (task type → pool) of the queues this producer sent to, cached for
+    /// [`ROUTES_TTL`]: a task sent with a stale copy lands in the default stream and the
+    /// default pool forwards it; nothing is lost.
+    routes: RouteCache,
 }
 
-/// When a queue's routes were read, and task type → pool.
-type CachedRoutes = (Instant, HashMap<String, String>);
-
-/// How long a producer trusts its copy of a queue's routes. A task sent with a stale copy
-/// lands in the default stream, and the default pool forwards it; nothing is lost.
-pub const ROUTES_TTL: Duration = Duration::from_secs(2);
+pub use crate::routing::ROUTES_TTL;
 
 enum Plan {
     /// XADD or ZADD without a key.
@@ -182,7 +179,7 @@ impl Producer {
             conn,
             cfg,
             known_queues: Arc::new(Mutex::new(HashSet::new())),
-            routes: Arc::new(Mutex::new(HashMap::new())),
+            routes: RouteCache::default(),
         }
     }
 
@@ -237,41 +234,9 @@ impl Producer {
         Ok(())
     }
 
-    fn route(&self, queue: &str, task_type: &str) -> Option<String> {
-        let r = self.routes.lock().expect("poisoned");
-        r.get(queue).and_then(|(_, m)| m.get(task_type).cloned())
-    }
-
-    async fn refresh_routes<'a>(&self, queues: impl Iterator<Item = &'a str>) -> Result<()> {
-        let stale: Vec<String> = {
-            let r = self.routes.lock().expect("poisoned");
-            let mut v: Vec<String> = queues
-                .filter(|q| r.get(*q).is_none_or(|(t, _)| t.elapsed() > ROUTES_TTL))
-                .map(str::to_string)
-                .collect();
-            v.sort();
-            v.dedup();
-            v
-        };
-        if stale.is_empty() {
-            return Ok(());
-        }
-        let mut p = Pipeline::new();
-        for q in &stale {
-            p.cmd("HGETALL").arg(QueueKeys::new(q).routes);
-        }
-        let mut conn = self.conn.clone();
-        let maps: Vec<HashMap<String, String>> = p.query_async(&mut conn).await?;
-        let mut r = self.routes.lock().expect("poisoned");
-        for (q, m) in stale.into_iter().zip(maps) {
-            r.insert(q, (Instant::now(), m));
-        }
-        Ok(())
-    }
-
     fn add_to_pipe(&self, p: &mut Pipeline, t: NewTask, now: u64) -> Result<Plan> {
         self.check(&t)?;
-        let pool = self.route(&t.queue, &t.task_type);
+        let pool = self.routes.pool_of(&t.queue, &t.task_type);
         let keys = QueueKeys::pooled(&t.queue, pool.as_deref());
         let lane = t.lane();
         let task_id =
@@ -372,7 +337,11 @@ impl Producer {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
-        self.refresh_routes(tasks.iter().map(|t| t.queue.as_str()))
+        self.routes
+            .refresh(
+                &crate::rdb::Broker::new(self.conn.clone()),
+                tasks.iter().map(|t| t.queue.as_str()),
+            )
             .await?;
         let now = now_ms();
         let mut queues: Vec<(String, Lane)> = Vec::with_capacity(tasks.len());

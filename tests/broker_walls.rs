@@ -45,7 +45,6 @@ const NOT_YET: &[&str] = &[
     "src/worker/forwarder.rs",
     "src/worker/heartbeat.rs",
     "src/worker/janitor.rs",
-    "src/worker/mod.rs",
     "src/worker/reader.rs",
     "src/worker/runtime.rs",
     "src/worker/signal_loop.rs",

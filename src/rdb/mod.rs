@@ -18,6 +18,7 @@
 
 mod conn;
 mod parse;
+mod routes;
 pub(crate) mod scripts;
 
 use redis::aio::ConnectionManager;

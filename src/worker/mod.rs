@@ -54,26 +54,9 @@ pub fn default_consumer_name() -> String {
 /// Records that `pool` serves its types (`ts:{q}:routes`), so producers and the default
 /// pool send them to the pool's streams. A type another pool already claimed is taken
 /// over, with a warning: the last pool to start wins, as with a deploy that moves a type.
-async fn register_routes(
-    conn: &mut redis::aio::ConnectionManager,
-    rt: &QueueRuntime,
-    pool: &str,
-) -> Result<()> {
-    for t in &rt.cfg.serves {
-        let prev: Option<String> = redis::cmd("HGET")
-            .arg(&rt.keys.routes)
-            .arg(t)
-            .query_async(conn)
-            .await?;
-        if let Some(p) = prev.filter(|p| p != pool) {
-            tracing::warn!(queue = %rt.cfg.name, task_type = %t, from = %p, to = %pool, "task type moves to another pool");
-        }
-        redis::cmd("HSET")
-            .arg(&rt.keys.routes)
-            .arg(t)
-            .arg(pool)
-            .query_async::<()>(conn)
-            .await?;
+async fn register_routes(broker: &rdb::Broker, rt: &QueueRuntime, pool: &str) -> Result<()> {
+    for (t, from) in broker.claim_routes(&rt.keys, &rt.cfg.serves, pool).await? {
+        tracing::warn!(queue = %rt.cfg.name, task_type = %t, from = %from, to = %pool, "task type moves to another pool");
     }
     Ok(())
 }
@@ -198,7 +181,7 @@ impl Worker {
         };
         for rt in &runtimes {
             if let Some(pool) = &rt.cfg.pool {
-                register_routes(&mut conn, rt, pool).await?;
+                register_routes(&rdb::Broker::new(conn.clone()), rt, pool).await?;
             }
             if let Err(e) = signal_loop::refresh_routes(rt, &mut conn).await {
                 tracing::warn!(queue = %rt.cfg.name, error = %e, "could not read routes yet");

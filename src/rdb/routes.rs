@@ -1,0 +1,64 @@
+//! Broker operations on a queue's routes table (`ts:{q}:routes`: task type → pool).
+
+use std::collections::HashMap;
+
+use redis::Pipeline;
+
+use super::Broker;
+use crate::error::Result;
+use crate::keys::QueueKeys;
+
+impl Broker {
+    /// The routes of each of `queues` (task type → pool), one map per queue, in order.
+    pub(crate) async fn routes_of(
+        &self,
+        queues: &[String],
+    ) -> Result<Vec<HashMap<String, String>>> {
+        let mut p = Pipeline::with_capacity(queues.len());
+        for q in queues {
+            p.cmd("HGETALL").arg(QueueKeys::new(q).routes);
+        }
+        Ok(p.query_async(&mut self.c()).await?)
+    }
+
+    /// The pool that serves `task_type` in the queue of `keys`, if one registered it.
+    pub(crate) async fn route_of(
+        &self,
+        keys: &QueueKeys,
+        task_type: &str,
+    ) -> Result<Option<String>> {
+        Ok(redis::cmd("HGET")
+            .arg(&keys.routes)
+            .arg(task_type)
+            .query_async(&mut self.c())
+            .await?)
+    }
+
+    /// Records that `pool` serves `types`; returns, per type, the pool that served it before
+    /// (if another one did). The last pool to start wins, as with a deploy that moves a type.
+    pub(crate) async fn claim_routes(
+        &self,
+        keys: &QueueKeys,
+        types: &[String],
+        pool: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let mut moved = Vec::new();
+        for t in types {
+            let prev: Option<String> = redis::cmd("HGET")
+                .arg(&keys.routes)
+                .arg(t)
+                .query_async(&mut self.c())
+                .await?;
+            if let Some(p) = prev.filter(|p| p != pool) {
+                moved.push((t.clone(), p));
+            }
+            redis::cmd("HSET")
+                .arg(&keys.routes)
+                .arg(t)
+                .arg(pool)
+                .query_async::<()>(&mut self.c())
+                .await?;
+        }
+        Ok(moved)
+    }
+}
