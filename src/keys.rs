@@ -32,15 +32,6 @@ impl Lane {
             Lane::Express => "express",
         }
     }
-
-    /// Parses the label written by [`Lane::as_str`].
-    pub fn parse(s: &str) -> Option<Lane> {
-        match s {
-            "bulk" => Some(Lane::Bulk),
-            "express" => Some(Lane::Express),
-            _ => None,
-        }
-    }
 }
 
 /// Checks a queue name: 1–64 characters from `[A-Za-z0-9_.-]`. Braces would break the

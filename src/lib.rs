@@ -31,7 +31,6 @@ pub mod metrics;
 pub mod preflight;
 pub mod producer;
 pub mod rdb;
-pub mod recovery;
 pub(crate) mod routing;
 pub mod saga;
 pub mod scaling;
@@ -42,3 +41,4 @@ pub mod worker;
 
 pub use error::{Error, Result};
 pub use handler::{handler_fn, Handler, HandlerError, HandlerResult, Registry, TaskContext};
+pub use worker::{Worker, WorkerBuilder};

@@ -11,13 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::Pipeline;
 use serde::Serialize;
 
 use crate::config::ProducerConfig;
 use crate::error::{Error, Result};
 use crate::keys::{validate_queue_name, Lane, QueueKeys};
-use crate::rdb;
+use crate::rdb::{self, Added, NewEntry, Placement};
 use crate::routing::RouteCache;
 use crate::task::{now_ms, validate_type, Task};
 
@@ -157,13 +156,6 @@ pub struct Producer {
 
 pub use crate::routing::ROUTES_TTL;
 
-enum Plan {
-    /// XADD or ZADD without a key.
-    Plain { task_id: String, scheduled: bool },
-    /// Script with a key.
-    Idem { task_id: String, scheduled: bool },
-}
-
 /// Makes a new W3C traceparent (version 00, sampled).
 pub fn new_traceparent() -> String {
     // W3C: trace id and parent id must not be all zeros.
@@ -193,6 +185,10 @@ impl Producer {
     /// The connection, for callers that need other commands.
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    fn broker(&self) -> rdb::Broker {
+        rdb::Broker::new(self.conn.clone())
     }
 
     fn check(&self, t: &NewTask) -> Result<()> {
@@ -234,10 +230,10 @@ impl Producer {
         Ok(())
     }
 
-    fn add_to_pipe(&self, p: &mut Pipeline, t: NewTask, now: u64) -> Result<Plan> {
+    fn entry(&self, t: NewTask, now: u64) -> Result<(NewEntry, bool)> {
         self.check(&t)?;
         let pool = self.routes.pool_of(&t.queue, &t.task_type);
-        let keys = QueueKeys::pooled(&t.queue, pool.as_deref());
+        let keys = QueueKeys::new(&t.queue);
         let lane = t.lane();
         let task_id =
             t.id.clone()
@@ -255,51 +251,28 @@ impl Producer {
         };
         let scheduled = t.delay.is_some_and(|d| !d.is_zero());
         let due = now + t.delay.map(|d| d.as_millis() as u64).unwrap_or(0);
-        match &t.idempotency_key {
-            None => {
-                if scheduled {
-                    p.cmd("ZADD")
-                        .arg(&keys.scheduled)
-                        .arg(due)
-                        .arg(task.encode_json_for(lane, pool.as_deref()));
-                } else {
-                    let mut c = redis::cmd("XADD");
-                    c.arg(keys.lane_stream(lane)).arg("*");
-                    for (k, v) in task.encode() {
-                        c.arg(k).arg(v);
-                    }
-                    p.add_command(c);
-                }
-                Ok(Plan::Plain { task_id, scheduled })
+        let placement = if scheduled {
+            Placement::Scheduled {
+                set: keys.scheduled.clone(),
+                due_ms: due,
+                member: task.encode_json_for(lane, pool.as_deref()),
             }
-            Some(k) => {
-                let window_ms = self.cfg.idempotency_window_secs.max(1) * 1000;
-                let mut args: Vec<Vec<u8>> = vec![
-                    task_id.clone().into_bytes(),
-                    window_ms.to_string().into_bytes(),
-                ];
-                let target = if scheduled {
-                    args.push(b"z".to_vec());
-                    args.push(due.to_string().into_bytes());
-                    args.push(task.encode_json_for(lane, pool.as_deref()).into_bytes());
-                    keys.scheduled.clone()
-                } else {
-                    args.push(b"x".to_vec());
-                    for (k, v) in task.encode() {
-                        args.push(k.as_bytes().to_vec());
-                        args.push(v.into_bytes());
-                    }
-                    keys.lane_stream(lane).to_string()
-                };
-                let idem = keys.idem(k);
-                p.add_command(rdb::evalsha(
-                    rdb::ScriptId::EnqueueIdem,
-                    &[&idem, &target],
-                    args,
-                ));
-                Ok(Plan::Idem { task_id, scheduled })
+        } else {
+            Placement::Stream {
+                stream: crate::routing::stream_of(&keys, pool.as_deref(), lane),
+                fields: task.encode(),
             }
-        }
+        };
+        let window_ms = self.cfg.idempotency_window_secs.max(1) * 1000;
+        let entry = NewEntry {
+            task_id,
+            placement,
+            idem: t
+                .idempotency_key
+                .as_ref()
+                .map(|k| (keys.idem(k), window_ms)),
+        };
+        Ok((entry, scheduled))
     }
 
     async fn register_queues<'a>(&self, queues: impl Iterator<Item = &'a str>) -> Result<()> {
@@ -313,12 +286,7 @@ impl Producer {
         if new.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn.clone();
-        redis::cmd("SADD")
-            .arg(crate::keys::queues_registry())
-            .arg(&new)
-            .query_async::<()>(&mut conn)
-            .await?;
+        self.broker().register_queues(&new).await?;
         self.known_queues.lock().expect("poisoned").extend(new);
         Ok(())
     }
@@ -338,54 +306,39 @@ impl Producer {
             return Ok(Vec::new());
         }
         self.routes
-            .refresh(
-                &crate::rdb::Broker::new(self.conn.clone()),
-                tasks.iter().map(|t| t.queue.as_str()),
-            )
+            .refresh(&self.broker(), tasks.iter().map(|t| t.queue.as_str()))
             .await?;
         let now = now_ms();
         let mut queues: Vec<(String, Lane)> = Vec::with_capacity(tasks.len());
-        let mut p = Pipeline::with_capacity(tasks.len());
-        let mut plans = Vec::with_capacity(tasks.len());
+        let mut entries = Vec::with_capacity(tasks.len());
+        let mut scheduled = Vec::with_capacity(tasks.len());
         for t in tasks {
             queues.push((t.queue.clone(), t.lane()));
-            plans.push(self.add_to_pipe(&mut p, t, now)?);
+            let (e, s) = self.entry(t, now)?;
+            entries.push(e);
+            scheduled.push(s);
         }
         self.register_queues(queues.iter().map(|(q, _)| q.as_str()))
             .await?;
-        let mut conn = self.conn.clone();
-        let replies: Vec<redis::Value> = rdb::query_pipe(&mut conn, &p).await?;
-        let mut out = Vec::with_capacity(plans.len());
-        for ((plan, reply), (queue, lane)) in plans.into_iter().zip(replies).zip(queues) {
-            let e = match plan {
-                Plan::Plain { task_id, scheduled } => Enqueued {
-                    task_id,
-                    entry_id: if scheduled {
-                        None
-                    } else {
-                        redis::from_redis_value(reply).ok()
-                    },
+        let added = self.broker().enqueue(&entries).await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (((entry, added), (queue, lane)), scheduled) in
+            entries.into_iter().zip(added).zip(queues).zip(scheduled)
+        {
+            let e = match added {
+                Added::New(entry_id) => Enqueued {
+                    task_id: entry.task_id,
+                    entry_id,
                     duplicate: false,
                     scheduled,
                 },
-                Plan::Idem { task_id, scheduled } => {
-                    let (added, id): (i64, String) =
-                        redis::from_redis_value(reply).map_err(|e| Error::Redis(e.into()))?;
-                    if added == 1 {
-                        Enqueued {
-                            task_id,
-                            entry_id: (!id.is_empty()).then_some(id),
-                            duplicate: false,
-                            scheduled,
-                        }
-                    } else {
-                        metrics::counter!(crate::metrics::ENQUEUE_DUPLICATES_TOTAL, "queue" => queue.clone()).increment(1);
-                        Enqueued {
-                            task_id: id,
-                            entry_id: None,
-                            duplicate: true,
-                            scheduled: false,
-                        }
+                Added::Duplicate(first) => {
+                    metrics::counter!(crate::metrics::ENQUEUE_DUPLICATES_TOTAL, "queue" => queue.clone()).increment(1);
+                    Enqueued {
+                        task_id: first,
+                        entry_id: None,
+                        duplicate: true,
+                        scheduled: false,
                     }
                 }
             };

@@ -29,7 +29,12 @@ pub(crate) fn target_stream(
     task_type: &str,
     lane: Lane,
 ) -> String {
-    match routes.get(task_type) {
+    stream_of(keys, routes.get(task_type).map(String::as_str), lane)
+}
+
+/// The lane stream of `pool` in the queue of `keys`, or the queue's own lane stream.
+pub(crate) fn stream_of(keys: &QueueKeys, pool: Option<&str>, lane: Lane) -> String {
+    match pool {
         Some(pool) => keys.pool_stream(pool, lane),
         None => QueueKeys::new(&keys.queue).lane_stream(lane).to_string(),
     }
@@ -79,6 +84,30 @@ impl RouteCache {
     }
 }
 
+/// Where a task goes that the reading process has no handler for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unserved {
+    /// To this stream: the lane stream of the pool that serves its type.
+    Forward(String),
+    /// Nowhere: no pool serves it (or it was already routed to this pool), so it is an
+    /// unknown type for the dead-letter stream.
+    Unknown,
+}
+
+/// Decides for a task of a type the reader (`own_pool`, `None` for the default pool) does
+/// not serve, given the pool the routes table names for its type.
+pub(crate) fn unserved(
+    keys: &QueueKeys,
+    own_pool: Option<&str>,
+    route: Option<&str>,
+    lane: Lane,
+) -> Unserved {
+    match route.filter(|p| Some(*p) != own_pool) {
+        Some(pool) => Unserved::Forward(keys.pool_stream(pool, lane)),
+        None => Unserved::Unknown,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +129,15 @@ mod tests {
             target_stream(&keys, &routes, "email", Lane::Bulk),
             "ts:{orders}:stream"
         );
+        assert_eq!(
+            unserved(&keys, None, Some("gpu"), Lane::Bulk),
+            Unserved::Forward("ts:{orders}:pool:gpu".into())
+        );
+        assert_eq!(
+            unserved(&keys, Some("gpu"), Some("gpu"), Lane::Bulk),
+            Unserved::Unknown
+        );
+        assert_eq!(unserved(&keys, None, None, Lane::Bulk), Unserved::Unknown);
         // Pooled keys of another pool still route to the queue's own stream.
         let pooled = QueueKeys::pooled("orders", Some("gpu"));
         assert_eq!(

@@ -430,12 +430,8 @@ impl Task {
     }
 
     /// Encodes the task as a JSON object of its fields (the scheduled-set member format),
-    /// with `lane` added so the forwarder knows which stream to XADD to.
-    pub fn encode_json(&self, lane: crate::keys::Lane) -> String {
-        self.encode_json_for(lane, None)
-    }
-
-    /// Like [`Task::encode_json`], for the streams of `pool` when given.
+    /// with `lane` (and `pool`, when given) added so the forwarder knows which stream to
+    /// XADD to.
     pub fn encode_json_for(&self, lane: crate::keys::Lane, pool: Option<&str>) -> String {
         let mut m = serde_json::Map::new();
         for (k, v) in self.encode() {

@@ -33,22 +33,12 @@ const NOT_YET: &[&str] = &[
     "src/demo.rs",
     "src/dlq.rs",
     "src/preflight.rs",
-    "src/producer.rs",
-    "src/recovery.rs",
     "src/saga/demo_handlers.rs",
     "src/saga/ops.rs",
     "src/saga/orchestrator.rs",
     "src/saga/store.rs",
     "src/signals.rs",
     "src/stats.rs",
-    "src/worker/acker.rs",
-    "src/worker/forwarder.rs",
-    "src/worker/heartbeat.rs",
-    "src/worker/janitor.rs",
-    "src/worker/reader.rs",
-    "src/worker/runtime.rs",
-    "src/worker/signal_loop.rs",
-    "src/worker/sla.rs",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -16,19 +16,28 @@
 //! timeout is longer than the block time (redis-rs times replies out after 500 ms by
 //! default).
 
+mod claim;
 mod conn;
+mod enqueue;
+mod group_reader;
+mod lifecycle;
 mod parse;
 mod routes;
 pub(crate) mod scripts;
+mod settle;
 
 use redis::aio::ConnectionManager;
 use std::time::Duration;
 
 use redis::{Pipeline, RedisError, Value};
 
+pub(crate) use claim::ClaimScope;
 pub use conn::{answers_ping, client, connect, reader_pool, reconnect_delay, ReaderPool};
+pub(crate) use enqueue::{Added, NewEntry, Placement};
+pub(crate) use group_reader::GroupReader;
 pub use parse::{RawEntry, StreamBatch};
 pub(crate) use scripts::{evalsha, ScriptId};
+pub(crate) use settle::{ReplyEntry, SettleAction, SettleScope, Settlement};
 
 use crate::error::Result;
 use crate::keys::QueueKeys;
@@ -95,9 +104,13 @@ pub async fn query_pipe<T: redis::FromRedisValue>(
     Ok(scripts::query_pipe(conn, pipe).await?)
 }
 
-/// Creates `group` on `stream` (and the stream) if missing. The group starts at id 0 so
-/// it sees tasks enqueued before any worker ran; an existing group is fine.
-pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &str) -> Result<()> {
+/// Creates `group` on `stream` (and the stream) if missing, on any connection (the
+/// group reader uses its exclusive one). BUSYGROUP (it exists) is fine.
+pub(crate) async fn create_group(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> redis::RedisResult<()> {
     let r: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -107,10 +120,15 @@ pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &st
         .query_async(conn)
         .await;
     match r {
-        Ok(()) => Ok(()),
         Err(e) if e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP") => Ok(()),
-        Err(e) => Err(e.into()),
+        r => r,
     }
+}
+
+/// Creates `group` on `stream` (and the stream) if missing. The group starts at id 0 so
+/// it sees tasks enqueued before any worker ran; an existing group is fine.
+pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &str) -> Result<()> {
+    Ok(create_group(conn, stream, group).await?)
 }
 
 /// Creates every group of a queue on both lanes and records the queue in the registry.
@@ -157,30 +175,6 @@ pub async fn read_group(
         .next()
         .map(|b| b.entries)
         .unwrap_or_default())
-}
-
-/// Heartbeat: records `consumer` as alive now.
-pub async fn heartbeat(
-    conn: &mut ConnectionManager,
-    heartbeats_key: &str,
-    consumer: &str,
-    now_ms: u64,
-) -> Result<()> {
-    redis::cmd("ZADD")
-        .arg(heartbeats_key)
-        .arg(now_ms)
-        .arg(consumer)
-        .query_async::<()>(conn)
-        .await?;
-    Ok(())
-}
-
-/// One member of a scheduled set, parsed for display.
-pub fn decode_scheduled_member(member: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    match serde_json::from_str::<serde_json::Value>(member) {
-        Ok(serde_json::Value::Object(m)) => Some(m),
-        _ => None,
-    }
 }
 
 /// Decodes a list of stream entries (XRANGE, XCLAIM, XAUTOCLAIM replies).

@@ -5,12 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::QueueKeys;
 use crate::metrics as m;
-use crate::rdb;
+use crate::rdb::Broker;
 use crate::task::now_ms;
 
 /// Most tasks moved per script run (bounds the time Redis spends in one script).
@@ -19,36 +18,17 @@ const PAGE: usize = 500;
 /// Runs until `stop` fires.
 pub(crate) async fn run(
     keys: Arc<QueueKeys>,
-    conn: ConnectionManager,
+    broker: Broker,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut conn = conn;
     while !stop.is_cancelled() {
-        let now = now_ms();
-        let mut p = redis::Pipeline::new();
-        p.add_command(rdb::evalsha(
-            rdb::ScriptId::Forward,
-            &[&keys.scheduled, &keys.stream, &keys.express, &keys.dlq],
-            vec![
-                now.to_string().into_bytes(),
-                PAGE.to_string().into_bytes(),
-                keys.pool_prefix().into_bytes(),
-            ],
-        ));
-        let sleep = match rdb::query_pipe::<((usize, String),)>(&mut conn, &p).await {
-            Ok(((moved, next),)) => {
-                if moved == PAGE {
-                    continue;
-                }
-                match next.parse::<f64>() {
-                    Ok(n) if n >= 0.0 => {
-                        let until = (n as u64).saturating_sub(now_ms());
-                        Duration::from_millis(until.max(1)).min(interval)
-                    }
-                    _ => interval,
-                }
-            }
+        let sleep = match broker.forward_due(&keys, now_ms(), PAGE).await {
+            Ok(f) if f.moved == PAGE => continue,
+            Ok(f) => match f.next_due_ms {
+                Some(n) => Duration::from_millis(n.saturating_sub(now_ms()).max(1)).min(interval),
+                None => interval,
+            },
             Err(e) => {
                 metrics::counter!(m::REDIS_ERRORS_TOTAL, "op" => "forward").increment(1);
                 tracing::debug!(queue = %keys.queue, error = %e, "forwarder: redis error");

@@ -7,49 +7,33 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::Lane;
-use crate::rdb;
+use crate::rdb::Broker;
 use crate::task::now_ms;
 
 use super::runtime::QueueRuntime;
 
-async fn beat(
-    conn: &mut ConnectionManager,
-    queues: &[Arc<QueueRuntime>],
-    score: u64,
-) -> redis::RedisResult<()> {
-    let mut p = redis::Pipeline::new();
-    for rt in queues {
-        p.cmd("ZADD")
-            .arg(&rt.heartbeats)
-            .arg(score)
-            .arg(&rt.consumer)
-            .ignore();
-    }
-    p.query_async(conn).await
+async fn beat(broker: &Broker, queues: &[Arc<QueueRuntime>], score: u64) -> crate::Result<()> {
+    let members: Vec<(&str, &str)> = queues
+        .iter()
+        .map(|rt| (rt.heartbeats.as_str(), rt.consumer.as_str()))
+        .collect();
+    broker.beat(&members, score).await
 }
 
-async fn touch(conn: &mut ConnectionManager, rt: &QueueRuntime) -> crate::Result<u64> {
+/// Refreshes the idle clock of every entry the process holds and has not finished, so the
+/// idle safety net never takes it (a suspect waiting for isolation included).
+async fn touch(rt: &QueueRuntime) -> crate::Result<u64> {
     let mut touched = 0;
     for lane in [Lane::Bulk, Lane::Express] {
-        let ids = rt.inflight_ids(lane);
+        let ids = rt.tracked.unfinished(lane);
         for chunk in ids.chunks(200) {
-            let mut args = vec![
-                rt.group.clone().into_bytes(),
-                rt.consumer.clone().into_bytes(),
-            ];
-            args.extend(chunk.iter().map(|i| i.clone().into_bytes()));
-            let mut p = redis::Pipeline::new();
-            p.add_command(rdb::evalsha(
-                rdb::ScriptId::Touch,
-                &[rt.keys.lane_stream(lane)],
-                args,
-            ));
-            let (n,): (u64,) = rdb::query_pipe(conn, &p).await?;
-            touched += n;
+            touched += rt
+                .broker
+                .touch(rt.keys.lane_stream(lane), &rt.group, &rt.consumer, chunk)
+                .await?;
         }
     }
     Ok(touched)
@@ -60,16 +44,15 @@ async fn touch(conn: &mut ConnectionManager, rt: &QueueRuntime) -> crate::Result
 /// whatever it leaves pending without waiting for the lapse.
 pub(crate) async fn run(
     queues: Vec<Arc<QueueRuntime>>,
-    conn: ConnectionManager,
+    broker: Broker,
     interval: Duration,
     touch_every: Duration,
     stop: CancellationToken,
 ) {
-    let mut conn = conn;
     let mut last_touch = Instant::now();
     let mut down = false;
     loop {
-        match beat(&mut conn, &queues, now_ms()).await {
+        match beat(&broker, &queues, now_ms()).await {
             Ok(()) => {
                 if down {
                     tracing::info!("heartbeat: redis reachable again");
@@ -88,7 +71,7 @@ pub(crate) async fn run(
         if last_touch.elapsed() >= touch_every {
             last_touch = Instant::now();
             for rt in &queues {
-                if let Err(e) = touch(&mut conn, rt).await {
+                if let Err(e) = touch(rt).await {
                     tracing::debug!(queue = %rt.cfg.name, error = %e, "touch failed");
                 }
             }
@@ -101,28 +84,29 @@ pub(crate) async fn run(
 }
 
 /// Records the process as alive once, before it takes any work.
-pub(crate) async fn mark_alive(conn: &mut ConnectionManager, queues: &[Arc<QueueRuntime>]) {
-    if let Err(e) = beat(conn, queues, now_ms()).await {
+pub(crate) async fn mark_alive(broker: &Broker, queues: &[Arc<QueueRuntime>]) {
+    if let Err(e) = beat(broker, queues, now_ms()).await {
         tracing::warn!(error = %e, "first heartbeat failed; the heartbeat loop keeps trying");
     }
 }
 
 /// Removes this consumer from its groups when nothing of it is pending any more (checked
 /// atomically by `remove_consumer.lua`), so a clean exit leaves no trace in `XINFO`.
-async fn remove_self(conn: &mut ConnectionManager, rt: &QueueRuntime) -> crate::Result<()> {
+async fn remove_self(rt: &QueueRuntime) -> crate::Result<bool> {
     // Our heartbeat is 0 now, so any cutoff above it lets the script judge us gone.
-    crate::recovery::remove_consumer(rt, conn, &rt.consumer, 1).await?;
-    Ok(())
+    rt.broker
+        .remove_consumer(&rt.keys, &rt.group, &rt.heartbeats, &rt.consumer, 1)
+        .await
 }
 
 /// Marks the process as gone (heartbeat 0) so others recover its leftovers at once.
-pub(crate) async fn mark_gone(conn: &mut ConnectionManager, queues: &[Arc<QueueRuntime>]) {
-    if let Err(e) = beat(conn, queues, 0).await {
+pub(crate) async fn mark_gone(broker: &Broker, queues: &[Arc<QueueRuntime>]) {
+    if let Err(e) = beat(broker, queues, 0).await {
         tracing::warn!(error = %e, "could not mark this consumer as gone; others will notice after the heartbeat lapse");
         return;
     }
     for rt in queues {
-        if let Err(e) = remove_self(conn, rt).await {
+        if let Err(e) = remove_self(rt).await {
             tracing::debug!(queue = %rt.cfg.name, error = %e, "could not remove this consumer");
         }
     }

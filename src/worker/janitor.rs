@@ -5,31 +5,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::QueueKeys;
-use crate::rdb;
+use crate::rdb::Broker;
 
 /// Runs until `stop` fires.
 pub(crate) async fn run(
     keys: Arc<QueueKeys>,
     groups: Vec<String>,
-    conn: ConnectionManager,
+    broker: Broker,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let mut conn = conn;
     while !stop.is_cancelled() {
         for stream in [&keys.stream, &keys.express] {
-            let mut p = redis::Pipeline::new();
-            p.add_command(rdb::evalsha(
-                rdb::ScriptId::TrimFanout,
-                &[stream.as_str()],
-                groups.iter().map(|g| g.as_bytes()),
-            ));
-            match rdb::query_pipe::<(i64,)>(&mut conn, &p).await {
-                Ok((n,)) if n > 0 => {
+            match broker.trim_fanout(stream, &groups).await {
+                Ok(n) if n > 0 => {
                     tracing::debug!(queue = %keys.queue, trimmed = n, "fan-out stream trimmed")
                 }
                 Ok(_) => {}

@@ -2,7 +2,7 @@
 //!
 //! A worker process runs, per configured queue, one reader per lane ([`reader`]), an acker
 //! ([`acker`]), a forwarder for due scheduled tasks ([`forwarder`]), the recovery loop
-//! ([`crate::recovery`]) and, on fan-out queues, a janitor ([`janitor`]); one heartbeat
+//! ([`recovery`]) and, on fan-out queues, a janitor ([`janitor`]); one heartbeat
 //! loop ([`heartbeat`]) serves all queues. Each loop is one file with a start and a stop.
 //!
 //! Shutdown (SIGINT/SIGTERM, or the token passed to [`Worker::run`]): readers stop taking
@@ -10,19 +10,24 @@
 //! running after that are told to stop (their cancellation token fires) and left pending;
 //! the process marks itself gone so another worker recovers them at once, and returns.
 
-pub(crate) mod acker;
+mod builder;
+pub(crate) mod decide;
+pub(crate) mod dispatch;
+pub(crate) mod execute;
 pub(crate) mod forwarder;
 pub(crate) mod heartbeat;
 pub(crate) mod janitor;
 pub(crate) mod reader;
+pub(crate) mod recovery;
 pub(crate) mod runtime;
+pub(crate) mod settler;
 pub(crate) mod signal_loop;
 pub(crate) mod sla;
+pub(crate) mod tracked;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,9 +36,8 @@ use crate::error::Result;
 use crate::handler::Registry;
 use crate::keys::Lane;
 use crate::rdb;
-use crate::recovery::{self, RecoveryConfig};
-
-use runtime::QueueRuntime;
+use recovery::RecoveryConfig;
+use runtime::{QueueRuntime, RuntimeParts};
 
 /// Makes a consumer name unique to this process: `<host>-<pid>-<random>`.
 pub fn default_consumer_name() -> String {
@@ -61,15 +65,34 @@ async fn register_routes(broker: &rdb::Broker, rt: &QueueRuntime, pool: &str) ->
     Ok(())
 }
 
+pub use builder::WorkerBuilder;
+
 /// A worker process' queues and handlers.
 pub struct Worker {
     cfg: Config,
     registry: Arc<Registry>,
     consumer: String,
+    /// Sagas of an orchestrator run beside the worker (builder only).
+    sagas: Option<Vec<crate::saga::definition::SagaDef>>,
+    /// Serve `/metrics`, `/health`, `/ready` on `cfg.http.listen` (builder only).
+    serve_http: bool,
 }
 
 impl Worker {
-    /// A worker for the queues of `cfg`, running the handlers of `registry`.
+    /// A builder: queues, handlers and options, validated by
+    /// [`WorkerBuilder::build`] as `taskstream config check` validates a file.
+    pub fn builder(redis: crate::config::RedisConfig) -> WorkerBuilder {
+        WorkerBuilder::new(redis)
+    }
+
+    /// A builder starting from a whole configuration (as loaded from a file); HTTP serving
+    /// follows `cfg.http.listen`.
+    pub fn from_config(cfg: Config) -> WorkerBuilder {
+        WorkerBuilder::from_config(cfg)
+    }
+
+    /// A worker for the queues of `cfg`, running the handlers of `registry`, without
+    /// validating `cfg` (prefer [`Worker::builder`] or [`Worker::from_config`]).
     pub fn new(cfg: Config, registry: Registry) -> Self {
         let consumer = cfg
             .worker
@@ -80,6 +103,8 @@ impl Worker {
             cfg,
             registry: Arc::new(registry),
             consumer,
+            sagas: None,
+            serve_http: false,
         }
     }
 
@@ -91,6 +116,40 @@ impl Worker {
     /// Runs until `shutdown` fires, then shuts down gracefully. Redis being unreachable at
     /// start is not an error: the worker retries with backoff (and says so in the log).
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        if self.serve_http {
+            let addr: std::net::SocketAddr = self.cfg.http.listen.parse().map_err(|e| {
+                crate::Error::Config(format!(
+                    "http.listen {:?} is not host:port: {e}",
+                    self.cfg.http.listen
+                ))
+            })?;
+            crate::http::serve(addr, crate::metrics::install(), shutdown.clone())
+                .await
+                .map_err(|e| {
+                    crate::Error::Config(format!(
+                        "cannot listen on {addr} (http.listen): {e}; set another address"
+                    ))
+                })?;
+        }
+        let orchestrator = self.sagas.clone().map(|defs| {
+            let o = crate::saga::Orchestrator::new(&self.cfg, defs);
+            tokio::spawn(o.run(shutdown.clone()))
+        });
+        let r = self.run_worker(shutdown).await;
+        if let Some(o) = orchestrator {
+            match o.await {
+                Ok(r2) => r2?,
+                Err(e) => {
+                    return Err(crate::Error::Config(format!(
+                        "orchestrator task failed: {e}"
+                    )))
+                }
+            }
+        }
+        r
+    }
+
+    async fn run_worker(self, shutdown: CancellationToken) -> Result<()> {
         let cfg = self.cfg;
         let w = &cfg.worker;
         let mut conn = match rdb::connect(&cfg.redis, &shutdown).await {
@@ -98,15 +157,16 @@ impl Worker {
             Err(_) if shutdown.is_cancelled() => return Ok(()),
             Err(e) => return Err(e),
         };
+        let broker = rdb::Broker::new(conn.clone());
         crate::preflight::run(&mut conn, cfg.redis.preflight).await?;
         // Groups: retried until Redis lets us create them.
         let mut attempt = 0;
         loop {
-            let mut ok = rdb::load_scripts(&mut conn).await.is_ok();
+            let mut ok = broker.load_scripts().await.is_ok();
             if ok {
                 for q in &cfg.queues {
                     let keys = crate::keys::QueueKeys::pooled(&q.name, q.pool.as_deref());
-                    if let Err(e) = rdb::ensure_queue(&mut conn, &keys, &q.all_groups()).await {
+                    if let Err(e) = broker.ensure_queue(&keys, &q.all_groups()).await {
                         tracing::warn!(queue = %q.name, error = %e, "cannot create consumer groups yet");
                         ok = false;
                         break;
@@ -140,36 +200,36 @@ impl Worker {
         let ackers = TaskTracker::new();
         let mut runtimes = Vec::new();
         for q in &cfg.queues {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let rt = Arc::new(QueueRuntime::new(
-                q.clone(),
-                self.consumer.clone(),
-                tx,
-                self.registry.clone(),
-                cfg.producer.max_payload_bytes,
-                w.max_deliveries,
-                tracker.clone(),
-                hard_stop.clone(),
-                conn.clone(),
-            ));
-            let actx = Arc::new(acker::AckerCtx {
+            let (rt, rx) = QueueRuntime::new(RuntimeParts {
+                cfg: q.clone(),
+                consumer: self.consumer.clone(),
+                registry: self.registry.clone(),
+                max_payload: cfg.producer.max_payload_bytes,
+                max_deliveries: w.max_deliveries,
+                tracker: tracker.clone(),
+                hard_stop: hard_stop.clone(),
+                broker: broker.clone(),
+            });
+            let rt = Arc::new(rt);
+            let settler = settler::Settler {
+                broker: broker.clone(),
                 keys: rt.keys.clone(),
                 group: rt.group.clone(),
                 delete_on_ack: rt.delete_on_ack,
                 batch: w.ack_batch,
-                held: Arc::downgrade(&rt),
-            });
-            ackers.spawn(acker::run(actx, conn.clone(), rx, acker_stop.clone()));
+                tracked: rt.tracked.clone(),
+            };
+            ackers.spawn(settler.run(rx, acker_stop.clone()));
             runtimes.push(rt);
         }
         // Heartbeat first, so no reader takes work before the process is known alive.
-        heartbeat::mark_alive(&mut conn, &runtimes).await;
+        heartbeat::mark_alive(&broker, &runtimes).await;
         let hb_stop = CancellationToken::new();
         // Refresh running entries well inside min_idle so the idle net never takes them.
         let touch_every = Duration::from_millis((w.min_idle_ms / 4).max(50));
         let hb = tokio::spawn(heartbeat::run(
             runtimes.clone(),
-            conn.clone(),
+            broker.clone(),
             Duration::from_millis(w.heartbeat_interval_ms),
             touch_every,
             hb_stop.clone(),
@@ -181,26 +241,21 @@ impl Worker {
         };
         for rt in &runtimes {
             if let Some(pool) = &rt.cfg.pool {
-                register_routes(&rdb::Broker::new(conn.clone()), rt, pool).await?;
+                register_routes(&broker, rt, pool).await?;
             }
-            if let Err(e) = signal_loop::refresh_routes(rt, &mut conn).await {
+            if let Err(e) = signal_loop::refresh_routes(rt).await {
                 tracing::warn!(queue = %rt.cfg.name, error = %e, "could not read routes yet");
             }
             // Learn pause state and past cancels before the first read.
-            let last = match signal_loop::poll_once(rt, &mut conn, "0-0", true).await {
+            let last = match signal_loop::poll_once(rt, "0-0", true).await {
                 Ok(last) => last,
                 Err(e) => {
                     tracing::warn!(queue = %rt.cfg.name, error = %e, "could not read signals yet");
                     "0-0".to_string()
                 }
             };
-            loops.spawn(signal_loop::run(
-                rt.clone(),
-                conn.clone(),
-                last,
-                stop_reading.clone(),
-            ));
-            loops.spawn(sla::run(rt.clone(), conn.clone(), stop_reading.clone()));
+            loops.spawn(signal_loop::run(rt.clone(), last, stop_reading.clone()));
+            loops.spawn(sla::run(rt.clone(), stop_reading.clone()));
             for lane in [Lane::Bulk, Lane::Express] {
                 loops.spawn(reader::run(
                     rt.clone(),
@@ -214,21 +269,16 @@ impl Worker {
             let keys = Arc::new(rt.keys.clone());
             loops.spawn(forwarder::run(
                 keys.clone(),
-                conn.clone(),
+                broker.clone(),
                 Duration::from_millis(w.forward_interval_ms),
                 stop_reading.clone(),
             ));
-            loops.spawn(recovery::run(
-                rt.clone(),
-                conn.clone(),
-                rcfg,
-                stop_reading.clone(),
-            ));
+            loops.spawn(recovery::run(rt.clone(), rcfg, stop_reading.clone()));
             if rt.cfg.is_fanout() {
                 loops.spawn(janitor::run(
                     keys,
                     rt.cfg.all_groups(),
-                    conn.clone(),
+                    broker.clone(),
                     Duration::from_secs(1),
                     stop_reading.clone(),
                 ));
@@ -249,10 +299,7 @@ impl Worker {
             .await
             .is_err()
         {
-            let left: usize = runtimes
-                .iter()
-                .map(|r| r.inflight.lock().expect("poisoned").len())
-                .sum();
+            let left: usize = runtimes.iter().map(|r| r.tracked.running_count()).sum();
             tracing::warn!(left, "grace period over: cancelling running tasks; they stay pending and will be recovered");
             hard_stop.cancel();
         } else if running > 0 {
@@ -263,7 +310,7 @@ impl Worker {
         ackers.wait().await;
         hb_stop.cancel();
         let _ = hb.await;
-        heartbeat::mark_gone(&mut conn, &runtimes).await;
+        heartbeat::mark_gone(&broker, &runtimes).await;
         tracing::info!(consumer = %self.consumer, "worker stopped");
         Ok(())
     }

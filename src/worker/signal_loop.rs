@@ -5,39 +5,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use redis::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::QueueRuntime;
 
 /// Reads signals once from `last`; returns the new last id. `first` records this replica's
 /// initial pause state in `ts:{q}:pause_acks` (later polls record only changes).
-pub(crate) async fn poll_once(
-    rt: &QueueRuntime,
-    conn: &mut ConnectionManager,
-    last: &str,
-    first: bool,
-) -> redis::RedisResult<String> {
-    let mut p = redis::Pipeline::new();
-    p.cmd("EXISTS").arg(&rt.keys.paused);
-    p.cmd("XREAD")
-        .arg("COUNT")
-        .arg(1000)
-        .arg("STREAMS")
-        .arg(&rt.keys.signals)
-        .arg(last);
-    let (paused, v): (u64, Value) = p.query_async(conn).await?;
-    let now_paused = paused > 0;
+pub(crate) async fn poll_once(rt: &QueueRuntime, last: &str, first: bool) -> crate::Result<String> {
+    let (now_paused, entries) = rt.broker.poll_signals(&rt.keys, last).await?;
     let was = rt.paused.swap(now_paused, Ordering::Relaxed);
     if was != now_paused || first {
         // Tell operators (and tests) that this replica applied the state.
-        let state = if now_paused { "paused" } else { "running" };
-        redis::cmd("HSET")
-            .arg(&rt.keys.pause_acks)
-            .arg(&rt.consumer)
-            .arg(state)
-            .query_async::<()>(conn)
+        rt.broker
+            .ack_pause_state(&rt.keys, &rt.consumer, now_paused)
             .await?;
     }
     if was != now_paused {
@@ -46,7 +26,7 @@ pub(crate) async fn poll_once(
             .set(if now_paused { 1.0 } else { 0.0 });
     }
     let mut last = last.to_string();
-    for e in crate::rdb::parse_read_reply(v) {
+    for e in entries {
         last = e.id.clone();
         let Some(fields) = e.fields else { continue };
         let get = |k: &[u8]| {
@@ -59,8 +39,8 @@ pub(crate) async fn poll_once(
             if let Some(id) = get(b"task_id") {
                 // Record first, then fire: the handler may return at once, and its outcome
                 // must already read as cancelled.
-                rt.cancelled.lock().expect("poisoned").insert(id.clone());
-                let running = rt.cancel_running(&id);
+                rt.cancels.insert(&id);
+                let running = rt.tracked.cancel_task(&id);
                 tracing::info!(queue = %rt.cfg.name, task_id = %id, running, "cancel signal");
             }
         }
@@ -69,37 +49,28 @@ pub(crate) async fn poll_once(
 }
 
 /// Reloads the type → pool routes of the queue.
-pub(crate) async fn refresh_routes(
-    rt: &QueueRuntime,
-    conn: &mut ConnectionManager,
-) -> redis::RedisResult<()> {
-    let routes: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(&rt.keys.routes)
-        .query_async(conn)
+pub(crate) async fn refresh_routes(rt: &QueueRuntime) -> crate::Result<()> {
+    let mut routes = rt
+        .broker
+        .routes_of(std::slice::from_ref(&rt.cfg.name))
         .await?;
-    *rt.routes.lock().expect("poisoned") = routes;
+    *rt.routes.lock().expect("poisoned") = routes.pop().unwrap_or_default();
     Ok(())
 }
 
 /// Runs until `stop` fires, following the signals after `last` (the id the start-up read
 /// reached, so the history is not replayed twice).
-pub(crate) async fn run(
-    rt: Arc<QueueRuntime>,
-    conn: ConnectionManager,
-    last: String,
-    stop: CancellationToken,
-) {
-    let mut conn = conn;
+pub(crate) async fn run(rt: Arc<QueueRuntime>, last: String, stop: CancellationToken) {
     let mut last = last;
     let mut tick: u64 = 0;
     while !stop.is_cancelled() {
-        match poll_once(&rt, &mut conn, &last, false).await {
+        match poll_once(&rt, &last, false).await {
             Ok(l) => last = l,
             Err(e) => tracing::debug!(queue = %rt.cfg.name, error = %e, "signals: redis error"),
         }
         tick += 1;
         if tick.is_multiple_of(10) {
-            if let Err(e) = refresh_routes(&rt, &mut conn).await {
+            if let Err(e) = refresh_routes(&rt).await {
                 tracing::debug!(queue = %rt.cfg.name, error = %e, "routes: redis error");
             }
         }

@@ -7,33 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
 use crate::scaling::{self, Load, Target, Window};
 
 use super::runtime::QueueRuntime;
-
-/// `entries-added` of a stream (Redis ≥ 7), 0 when unknown.
-async fn entries_added(conn: &mut ConnectionManager, stream: &str) -> u64 {
-    let v: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
-        .arg("STREAM")
-        .arg(stream)
-        .query_async(conn)
-        .await;
-    let Ok(redis::Value::Array(flat)) = v else {
-        return 0;
-    };
-    flat.chunks(2)
-        .find_map(|kv| match kv {
-            [redis::Value::BulkString(k), redis::Value::Int(n)] if k == b"entries-added" => {
-                Some(*n as u64)
-            }
-            _ => None,
-        })
-        .unwrap_or(0)
-}
 
 /// Changes the process' concurrency to `target` slots (bulk slots follow, keeping the
 /// express reservation). Shrinking takes only free slots; the rest follows next tick.
@@ -55,8 +34,8 @@ fn apply(rt: &QueueRuntime, target: usize) {
 }
 
 /// Runs until `stop` fires.
-pub(crate) async fn run(rt: Arc<QueueRuntime>, conn: ConnectionManager, stop: CancellationToken) {
-    let mut conn = conn;
+pub(crate) async fn run(rt: Arc<QueueRuntime>, stop: CancellationToken) {
+    let mut conn = rt.broker.c();
     let objective = rt.cfg.sla_p95_wait_ms.map(|ms| ms as f64 / 1000.0);
     let max = rt.cfg.concurrency;
     let min = rt
@@ -75,7 +54,7 @@ pub(crate) async fn run(rt: Arc<QueueRuntime>, conn: ConnectionManager, stop: Ca
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
         let cur = rt.concurrency.load(Ordering::Relaxed).max(1);
-        busy_samples += rt.inflight.lock().expect("poisoned").len() as f64 / cur as f64;
+        busy_samples += rt.tracked.running_count() as f64 / cur as f64;
         samples += 1;
         tick += 1;
         if !tick.is_multiple_of(10) {
@@ -117,8 +96,8 @@ pub(crate) async fn run(rt: Arc<QueueRuntime>, conn: ConnectionManager, stop: Ca
             continue;
         }
         // Desired replicas from arrival rate, service time and backlog.
-        let added = entries_added(&mut conn, &rt.keys.stream).await
-            + entries_added(&mut conn, &rt.keys.express).await;
+        let added = rt.broker.entries_added(&rt.keys.stream).await
+            + rt.broker.entries_added(&rt.keys.express).await;
         let now = Instant::now();
         let rate = match last_added {
             Some((t, a)) if added >= a => {

@@ -1,0 +1,133 @@
+//! Enqueueing: adding tasks to a queue's streams or its scheduled set, plainly or under an
+//! idempotency key (`enqueue_idem.lua`), many in one pipelined round trip.
+
+use redis::{Pipeline, Value};
+
+use super::{Broker, ScriptId};
+use crate::error::{Error, Result};
+
+/// Where a new task goes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Placement {
+    /// `XADD stream * fields…` now.
+    Stream {
+        /// Lane stream (of the queue or of the pool that serves the type).
+        stream: String,
+        /// The task's wire fields.
+        fields: Vec<(&'static str, String)>,
+    },
+    /// `ZADD scheduled due member`: due later.
+    Scheduled {
+        /// The queue's scheduled set.
+        set: String,
+        /// Due time, Unix ms.
+        due_ms: u64,
+        /// Scheduled-set member (task JSON with lane and pool).
+        member: String,
+    },
+}
+
+/// One task to add.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NewEntry {
+    /// Task id (returned for plain adds).
+    pub task_id: String,
+    /// Where it goes.
+    pub placement: Placement,
+    /// Idempotency key (its Redis key) and window: added only if the key is new.
+    pub idem: Option<(String, u64)>,
+}
+
+/// What one add did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Added {
+    /// Added; the stream entry id when it went to a stream.
+    New(Option<String>),
+    /// The idempotency key was seen within its window: nothing added; the task id of the
+    /// first enqueue.
+    Duplicate(String),
+}
+
+impl Broker {
+    /// Records queues in the registry (`ts:queues`), so operators' tools find them.
+    pub(crate) async fn register_queues(&self, queues: &[String]) -> Result<()> {
+        redis::cmd("SADD")
+            .arg(crate::keys::queues_registry())
+            .arg(queues)
+            .query_async::<()>(&mut self.c())
+            .await?;
+        Ok(())
+    }
+
+    /// Adds every entry in one pipelined round trip; each add is atomic on its own.
+    pub(crate) async fn enqueue(&self, entries: &[NewEntry]) -> Result<Vec<Added>> {
+        let mut p = Pipeline::with_capacity(entries.len());
+        for e in entries {
+            match (&e.idem, &e.placement) {
+                (None, Placement::Stream { stream, fields }) => {
+                    let mut c = redis::cmd("XADD");
+                    c.arg(stream).arg("*");
+                    for (k, v) in fields {
+                        c.arg(*k).arg(v);
+                    }
+                    p.add_command(c);
+                }
+                (
+                    None,
+                    Placement::Scheduled {
+                        set,
+                        due_ms,
+                        member,
+                    },
+                ) => {
+                    p.cmd("ZADD").arg(set).arg(*due_ms).arg(member);
+                }
+                (Some((key, window_ms)), placement) => {
+                    let window = window_ms.to_string();
+                    let mut args: Vec<&[u8]> = vec![e.task_id.as_bytes(), window.as_bytes()];
+                    let due;
+                    let target = match placement {
+                        Placement::Scheduled {
+                            set,
+                            due_ms,
+                            member,
+                        } => {
+                            due = due_ms.to_string();
+                            args.extend([b"z".as_slice(), due.as_bytes(), member.as_bytes()]);
+                            set
+                        }
+                        Placement::Stream { stream, fields } => {
+                            args.push(b"x");
+                            for (k, v) in fields {
+                                args.push(k.as_bytes());
+                                args.push(v.as_bytes());
+                            }
+                            stream
+                        }
+                    };
+                    p.add_command(super::evalsha(ScriptId::EnqueueIdem, &[key, target], args));
+                }
+            }
+        }
+        let replies: Vec<Value> = self.pipe(&p).await?;
+        entries
+            .iter()
+            .zip(replies)
+            .map(|(e, reply)| match (&e.idem, &e.placement) {
+                (None, Placement::Stream { .. }) => {
+                    Ok(Added::New(redis::from_redis_value(reply).ok()))
+                }
+                (None, Placement::Scheduled { .. }) => Ok(Added::New(None)),
+                (Some(_), _) => {
+                    let (added, id): (i64, String) =
+                        redis::from_redis_value(reply).map_err(|e| Error::Redis(e.into()))?;
+                    Ok(if added == 1 {
+                        Added::New((!id.is_empty()).then_some(id))
+                    } else {
+                        Added::Duplicate(id)
+                    })
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,231 @@
+//! Settling deliveries: the one Redis operation that ends a delivery (`settle.lua`, or a
+//! `MULTI XACK … XDEL … EXEC` for plain successes), for a whole batch in one round trip.
+//!
+//! Every delivery's settlement is atomic on its own. Both forms are idempotent (XACK of an
+//! acknowledged entry is a no-op, and `settle.lua` does nothing for an entry no longer
+//! pending), so a batch resent after its reply was lost cannot apply an outcome twice.
+
+use redis::{Pipeline, Value};
+
+use super::{Broker, ScriptId};
+use crate::error::Result;
+use crate::keys::{Lane, QueueKeys};
+use crate::task::Fields;
+
+/// What a settlement does with its delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SettleAction {
+    /// Succeeded: ACK and delete.
+    Ok,
+    /// Failed, try again: ACK, delete, schedule `member` at `due_ms`.
+    Retry {
+        /// When the retry is due (Unix ms).
+        due_ms: u64,
+        /// Scheduled-set member (task JSON with lane).
+        member: String,
+    },
+    /// Give up: ACK, delete, add these fields to the dead-letter stream.
+    Dead(Fields),
+    /// Not for this consumer or already gone: ACK (and delete) only.
+    Skip,
+    /// Cancelled by an operator: ACK and delete, counted as cancelled.
+    Cancelled,
+    /// Served by another pool: ACK, delete, and add these fields to `target`.
+    Move {
+        /// Target stream.
+        target: String,
+        /// The entry's fields.
+        fields: Fields,
+    },
+}
+
+/// A reply stream entry to add atomically with the settlement.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ReplyEntry {
+    /// Reply stream key.
+    pub stream: String,
+    /// Encoded fields (see `crate::reply`).
+    pub fields: Vec<(&'static str, String)>,
+}
+
+/// One delivery's settlement.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Settlement {
+    /// Lane (stream) of the entry.
+    pub lane: Lane,
+    /// Entry id.
+    pub entry_id: String,
+    /// What to do.
+    pub action: SettleAction,
+    /// Reply to post, if the task asked for one.
+    pub reply: Option<ReplyEntry>,
+    /// A recovered entry: its start marks are dropped with the settlement.
+    pub recovered: bool,
+}
+
+impl Settlement {
+    /// True when the settlement is a plain ACK (+ delete) with nothing else to write: these
+    /// go in the lane's MULTI/EXEC batch; everything else goes through `settle.lua`.
+    pub(crate) fn plain_ack(&self) -> bool {
+        matches!(
+            self.action,
+            SettleAction::Ok | SettleAction::Skip | SettleAction::Cancelled
+        ) && self.reply.is_none()
+    }
+}
+
+/// Where a batch settles: the queue's keys, the group and whether ACK deletes the entry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SettleScope<'a> {
+    /// Keys of the queue (pool streams when the reader is a pool).
+    pub keys: &'a QueueKeys,
+    /// Consumer group.
+    pub group: &'a str,
+    /// XDEL entries on ACK (false on fan-out queues: trimmed behind the slowest group).
+    pub delete_on_ack: bool,
+}
+
+fn build(scope: SettleScope<'_>, batch: &[Settlement]) -> Pipeline {
+    let keys = scope.keys;
+    let mut p = Pipeline::with_capacity(batch.len() + 8);
+    for lane in [Lane::Bulk, Lane::Express] {
+        let ids: Vec<&str> = batch
+            .iter()
+            .filter(|s| s.lane == lane && s.plain_ack())
+            .map(|s| s.entry_id.as_str())
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let stream = keys.lane_stream(lane);
+        p.cmd("MULTI").ignore();
+        p.cmd("XACK")
+            .arg(stream)
+            .arg(scope.group)
+            .arg(&ids)
+            .ignore();
+        if scope.delete_on_ack {
+            p.cmd("XDEL").arg(stream).arg(&ids).ignore();
+        }
+        p.cmd("EXEC").ignore();
+    }
+    // Running totals for `stats --watch` (not part of any task's state transition).
+    let (mut done, mut retried, mut dead, mut cancelled) = (0u64, 0u64, 0u64, 0u64);
+    for s in batch {
+        match s.action {
+            SettleAction::Ok => done += 1,
+            SettleAction::Retry { .. } => retried += 1,
+            SettleAction::Dead(_) => dead += 1,
+            SettleAction::Cancelled => cancelled += 1,
+            SettleAction::Skip | SettleAction::Move { .. } => {}
+        }
+    }
+    let recovered: Vec<&str> = batch
+        .iter()
+        .filter(|s| s.recovered)
+        .map(|s| s.entry_id.as_str())
+        .collect();
+    if !recovered.is_empty() {
+        p.cmd("HDEL").arg(&keys.starts).arg(&recovered).ignore();
+    }
+    for (f, n) in [
+        ("done", done),
+        ("retried", retried),
+        ("dead", dead),
+        ("cancelled", cancelled),
+    ] {
+        if n > 0 {
+            p.cmd("HINCRBY").arg(&keys.counters).arg(f).arg(n).ignore();
+        }
+    }
+    for s in batch.iter().filter(|s| !s.plain_ack()) {
+        let stream = keys.lane_stream(s.lane);
+        let reply_stream = s
+            .reply
+            .as_ref()
+            .map(|r| r.stream.as_str())
+            .unwrap_or(stream);
+        let (action, due, member): (&[u8], String, &[u8]) = match &s.action {
+            SettleAction::Ok => (b"ok", String::new(), b""),
+            SettleAction::Skip | SettleAction::Cancelled => (b"skip", String::new(), b""),
+            SettleAction::Retry { due_ms, member } => {
+                (b"retry", due_ms.to_string(), member.as_bytes())
+            }
+            SettleAction::Dead(_) => (b"dead", String::new(), b""),
+            SettleAction::Move { .. } => (b"move", String::new(), b""),
+        };
+        let mut args: Vec<&[u8]> = vec![
+            scope.group.as_bytes(),
+            s.entry_id.as_bytes(),
+            if scope.delete_on_ack { b"1" } else { b"0" },
+            action,
+            due.as_bytes(),
+            member,
+        ];
+        let nd;
+        match &s.action {
+            SettleAction::Dead(fields) | SettleAction::Move { fields, .. } => {
+                nd = (fields.len() * 2).to_string();
+                args.push(nd.as_bytes());
+                for (k, v) in fields {
+                    args.push(k);
+                    args.push(v);
+                }
+            }
+            _ => args.push(b"0"),
+        }
+        let nr;
+        match &s.reply {
+            Some(r) => {
+                nr = (r.fields.len() * 2).to_string();
+                args.push(nr.as_bytes());
+                for (k, v) in &r.fields {
+                    args.push(k.as_bytes());
+                    args.push(v.as_bytes());
+                }
+            }
+            None => args.push(b"0"),
+        }
+        let third = match &s.action {
+            SettleAction::Move { target, .. } => target.as_str(),
+            _ => keys.dlq.as_str(),
+        };
+        p.add_command(super::evalsha(
+            ScriptId::Settle,
+            &[stream, &keys.scheduled, third, reply_stream],
+            args,
+        ))
+        .ignore();
+    }
+    p
+}
+
+impl Broker {
+    /// Settles a batch of deliveries in one pipelined round trip (each settlement atomic on
+    /// its own; resending the same batch is harmless).
+    pub(crate) async fn settle(&self, scope: SettleScope<'_>, batch: &[Settlement]) -> Result<()> {
+        self.pipe(&build(scope, batch)).await
+    }
+
+    /// How many entries of `batch` are still pending for the group (none after a settle
+    /// that went through).
+    pub(crate) async fn still_pending(
+        &self,
+        scope: SettleScope<'_>,
+        batch: &[Settlement],
+    ) -> Result<usize> {
+        let mut p = Pipeline::with_capacity(batch.len());
+        for s in batch {
+            p.cmd("XPENDING")
+                .arg(scope.keys.lane_stream(s.lane))
+                .arg(scope.group)
+                .arg(&s.entry_id)
+                .arg(&s.entry_id)
+                .arg(1);
+        }
+        let r: Vec<Value> = p.query_async(&mut self.c()).await?;
+        Ok(r.iter()
+            .filter(|v| matches!(v, Value::Array(a) if !a.is_empty()))
+            .count())
+    }
+}

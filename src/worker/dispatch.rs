@@ -1,0 +1,194 @@
+//! Dispatch: the first step of a delivery in the process. Takes one delivered entry and
+//! either starts its execution on the slot it came with, or settles it at once — skipped
+//! (deleted while pending, meant for another group), cancelled, forwarded to the pool that
+//! serves its type, or dead-lettered (malformed, unknown type) with the reason.
+//!
+//! A recovered entry may be what killed its last worker: from the third delivery on it
+//! runs *isolated* (it waits for every slot of the queue in this process, so nothing else
+//! runs beside it), and each recovered run records its start (`ts:{q}:starts`), because
+//! poison detection counts started executions, not deliveries — tasks merely claimed
+//! alongside a crashing task are not blamed for its crashes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::decide::{self, Delivery};
+use super::runtime::{QueueRuntime, Slot};
+use crate::keys::Lane;
+use crate::metrics as m;
+use crate::rdb::RawEntry;
+use crate::routing::{self, Unserved};
+use crate::task::{now_ms, Fields, Task};
+
+/// From this delivery on, a recovered entry runs alone in its process.
+const ISOLATE_FROM: u32 = 3;
+
+/// Takes one delivered entry on `slot`. `deliveries` is the delivery count (1 for a fresh
+/// read; higher for a recovered entry, which raises the attempt number).
+pub(crate) fn dispatch(
+    rt: &Arc<QueueRuntime>,
+    lane: Lane,
+    entry: RawEntry,
+    deliveries: u32,
+    slot: Slot,
+) {
+    rt.tracked.hold(&entry.id, lane);
+    let Some(fields) = entry.fields else {
+        // Deleted while pending (trimmed): nothing to run; drop the reference.
+        rt.settler.send(decide::skip(lane, &entry.id));
+        return;
+    };
+    let task = match Task::decode_or_return(&entry.id, fields, rt.max_payload) {
+        Ok(t) => t,
+        Err((e, raw)) => {
+            dead_on_arrival(rt, lane, &entry.id, "malformed", &e.to_string(), raw, None);
+            return;
+        }
+    };
+    if task.only_group.as_ref().is_some_and(|g| g != &rt.group) {
+        rt.settler.send(decide::skip(lane, &entry.id));
+        return;
+    }
+    if rt.cancels.contains(&task.id) {
+        tracing::info!(queue = %rt.cfg.name, task_id = %task.id, "skipping a cancelled task");
+        rt.count_cancelled(&task.task_type);
+        let s = decide::settlement(
+            decide::Decision::Cancelled,
+            &task,
+            rt.reader(),
+            delivery(lane, &entry.id, task.attempt, false),
+        );
+        rt.settler.send(s);
+        return;
+    }
+    let Some(handler) = rt.registry.get(&task.task_type).cloned() else {
+        // Not ours: the type may belong to a pool (routes are cached; a type we have not
+        // seen routed is looked up once more before it is called unknown).
+        let rt = rt.clone();
+        rt.tracker.clone().spawn(async move {
+            let cached = rt
+                .routes
+                .lock()
+                .expect("poisoned")
+                .get(&task.task_type)
+                .cloned();
+            let route = match cached {
+                Some(r) => Some(r),
+                None => {
+                    let r = rt
+                        .broker
+                        .route_of(&rt.keys, &task.task_type)
+                        .await
+                        .ok()
+                        .flatten();
+                    if let Some(p) = &r {
+                        rt.routes
+                            .lock()
+                            .expect("poisoned")
+                            .insert(task.task_type.clone(), p.clone());
+                    }
+                    r
+                }
+            };
+            route_or_reject(&rt, lane, &entry.id, task, route);
+            drop(slot);
+        });
+        return;
+    };
+    let attempt = task.attempt + deliveries.saturating_sub(1);
+    let rt = rt.clone();
+    rt.tracker.clone().spawn(async move {
+        let _alone = if deliveries >= ISOLATE_FROM.min(rt.max_deliveries) {
+            drop(slot);
+            // Every slot the process has *now*: the SLA loop may have shrunk the semaphore
+            // below the configured concurrency, and asking for more permits than exist
+            // would wait forever (and starve the queue behind it).
+            let slots = rt.concurrency.load(Ordering::Relaxed).max(1);
+            let all = rt.total.clone().acquire_many_owned(slots as u32).await;
+            tracing::info!(queue = %rt.cfg.name, entry_id = %entry.id, deliveries, "running a suspect task alone");
+            (None, all.ok())
+        } else {
+            (Some(slot), None)
+        };
+        if deliveries >= 2 {
+            if let Err(e) = rt.broker.mark_start(&rt.keys, &entry.id).await {
+                tracing::warn!(queue = %rt.cfg.name, entry_id = %entry.id, error = %e, "could not record the start of a recovered task");
+            }
+        }
+        super::execute::execute(rt, lane, entry.id, task, attempt, handler, deliveries >= 2).await;
+    });
+}
+
+/// The delivery facts of a settlement made now.
+pub(crate) fn delivery(lane: Lane, entry_id: &str, attempt: u32, recovered: bool) -> Delivery<'_> {
+    Delivery {
+        lane,
+        entry_id,
+        attempt,
+        recovered,
+        now_ms: now_ms(),
+    }
+}
+
+/// Hands a task of a type this process does not serve to the pool that does, or
+/// dead-letters it as unknown when no pool serves it.
+fn route_or_reject(
+    rt: &QueueRuntime,
+    lane: Lane,
+    entry_id: &str,
+    task: Task,
+    route: Option<String>,
+) {
+    if rt.cfg.pool.is_some() {
+        // A named pool received a type it does not serve: count it (should stay 0).
+        metrics::counter!(m::CROSS_TYPE_TOTAL, "queue" => rt.cfg.name.clone(), "type" => task.task_type.clone()).increment(1);
+    }
+    match routing::unserved(&rt.keys, rt.cfg.pool.as_deref(), route.as_deref(), lane) {
+        Unserved::Forward(target) => {
+            tracing::debug!(queue = %rt.cfg.name, task_type = %task.task_type, target = %target, "routing a task to the pool that serves its type");
+            rt.settler
+                .send(decide::moved(lane, entry_id, &task, target));
+        }
+        Unserved::Unknown => {
+            let reason = format!(
+                "unknown task type {:?}: no handler is registered for it in queue {:?} (this worker serves: {})",
+                task.task_type,
+                rt.cfg.name,
+                rt.registry.types().join(", ")
+            );
+            let fields = decide::task_fields(&task);
+            dead_on_arrival(
+                rt,
+                lane,
+                entry_id,
+                "unknown_type",
+                &reason,
+                fields,
+                Some(&task),
+            );
+        }
+    }
+}
+
+/// Dead-letters an entry that never ran, with its own fields and the reason.
+fn dead_on_arrival(
+    rt: &QueueRuntime,
+    lane: Lane,
+    entry_id: &str,
+    label: &'static str,
+    reason: &str,
+    fields: Fields,
+    task: Option<&Task>,
+) {
+    metrics::counter!(m::DEAD_LETTERED_TOTAL, "queue" => rt.cfg.name.clone(), "reason" => label)
+        .increment(1);
+    tracing::warn!(queue = %rt.cfg.name, entry_id = %entry_id, task_id = task.map(|t| t.id.as_str()).unwrap_or(""), reason = %reason, "task dead-lettered");
+    let s = decide::dead_on_arrival(
+        fields,
+        task,
+        reason,
+        rt.reader(),
+        delivery(lane, entry_id, 0, false),
+    );
+    rt.settler.send(s);
+}

@@ -1,0 +1,173 @@
+//! The settler: the one place that sends settlements to Redis, in batches (asynq's
+//! processor does one round trip per task; batching is where most of our throughput comes
+//! from).
+//!
+//! Every execution path ends in [`SettleSender::send`]; the settler takes what is queued,
+//! up to `batch` at a time, and settles it with one [`Broker::settle`] round trip. A failed
+//! round trip is retried with exponential backoff and jitter (`backon`); the broker's
+//! settle is idempotent, so resending after a lost reply cannot apply an outcome twice, and
+//! after a retry the batch is verified against `XPENDING`. If Redis stays away past the
+//! retry budget the entries are left pending: recovery re-delivers them, so a lost ACK
+//! costs a duplicate execution, never a lost task. Once a batch is settled (or given up
+//! on) its entries leave the [`Tracked`] map.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::tracked::Tracked;
+use crate::keys::QueueKeys;
+use crate::metrics as m;
+use crate::rdb::{Broker, SettleScope, Settlement};
+
+/// The sending side, held by the queue's runtime.
+#[derive(Clone)]
+pub(crate) struct SettleSender {
+    tx: mpsc::UnboundedSender<Settlement>,
+    tracked: Arc<Tracked>,
+}
+
+impl SettleSender {
+    /// Queues `s` for the next batch. The settler outlives every execution; if it is gone
+    /// the process is exiting and the entry stays pending for recovery.
+    pub(crate) fn send(&self, s: Settlement) {
+        self.tracked.settling(&s.entry_id);
+        let _ = self.tx.send(s);
+    }
+}
+
+/// What the settler needs to know.
+pub(crate) struct Settler {
+    /// The broker.
+    pub broker: Broker,
+    /// Queue keys (pool streams for a pool).
+    pub keys: QueueKeys,
+    /// Group.
+    pub group: String,
+    /// XDEL on ACK.
+    pub delete_on_ack: bool,
+    /// Most settlements per round trip.
+    pub batch: usize,
+    /// Entries of the process; settled ones are released.
+    pub tracked: Arc<Tracked>,
+}
+
+/// A channel to a settler.
+pub(crate) fn channel(
+    tracked: Arc<Tracked>,
+) -> (SettleSender, mpsc::UnboundedReceiver<Settlement>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (SettleSender { tx, tracked }, rx)
+}
+
+impl Settler {
+    fn scope(&self) -> SettleScope<'_> {
+        SettleScope {
+            keys: &self.keys,
+            group: &self.group,
+            delete_on_ack: self.delete_on_ack,
+        }
+    }
+
+    fn release(&self, batch: &[Settlement]) {
+        self.tracked
+            .release(batch.iter().map(|s| s.entry_id.as_str()));
+    }
+
+    /// Sends one batch, retrying with backoff; gives up (leaving entries pending) after
+    /// `max_times` failures.
+    async fn flush(&self, batch: &[Settlement], max_times: usize) -> bool {
+        let q = self.keys.queue.clone();
+        let mut retried = false;
+        let attempt = || self.broker.settle(self.scope(), batch);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_secs(2))
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(max_times);
+        let r = attempt
+            .retry(backoff)
+            .notify(|e, d| {
+                retried = true;
+                crate::health::set_redis_up(false);
+                metrics::counter!(m::ACK_RETRIES_TOTAL, "queue" => q.clone()).increment(1);
+                metrics::counter!(m::ACK_TOTAL, "queue" => q.clone(), "result" => "error").increment(1);
+                tracing::warn!(queue = %q, entries = batch.len(), retry_in_ms = d.as_millis() as u64, error = %e, "ack failed, retrying");
+            })
+            .await;
+        match r {
+            Ok(()) => {
+                crate::health::set_redis_up(true);
+                metrics::counter!(m::ACK_TOTAL, "queue" => q.clone(), "result" => "ok")
+                    .increment(1);
+                if retried {
+                    match self.broker.still_pending(self.scope(), batch).await {
+                        Ok(0) => {
+                            tracing::info!(queue = %q, entries = batch.len(), "ack confirmed against XPENDING after retry")
+                        }
+                        Ok(n) => {
+                            tracing::error!(queue = %q, entries = n, "entries still pending after ack; left for recovery");
+                            metrics::counter!(m::ACK_FAILURES_TOTAL, "queue" => q)
+                                .increment(n as u64);
+                        }
+                        Err(e) => {
+                            tracing::warn!(queue = %q, error = %e, "could not verify ack against XPENDING")
+                        }
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                metrics::counter!(m::ACK_FAILURES_TOTAL, "queue" => q.clone())
+                    .increment(batch.len() as u64);
+                tracing::error!(queue = %q, entries = batch.len(), error = %e, "ack gave up; entries stay pending and will be recovered (possible duplicate execution)");
+                false
+            }
+        }
+    }
+
+    /// Runs until the channel closes or `stop` fires; on `stop` it drains what is queued.
+    pub(crate) async fn run(
+        self,
+        mut rx: mpsc::UnboundedReceiver<Settlement>,
+        stop: CancellationToken,
+    ) {
+        let mut batch: Vec<Settlement> = Vec::with_capacity(self.batch);
+        loop {
+            let first = tokio::select! {
+                biased;
+                s = rx.recv() => s,
+                _ = stop.cancelled() => None,
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < self.batch {
+                match rx.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) => break,
+                }
+            }
+            // While running, keep trying for ~a minute; recovery takes over after that.
+            self.flush(&batch, 12).await;
+            self.release(&batch);
+            batch.clear();
+        }
+        // Drain whatever finished before shutdown, with a short retry budget.
+        while let Ok(s) = rx.try_recv() {
+            batch.push(s);
+            if batch.len() >= self.batch {
+                self.flush(&batch, 4).await;
+                self.release(&batch);
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            self.flush(&batch, 4).await;
+            self.release(&batch);
+        }
+    }
+}
