@@ -1072,7 +1072,8 @@ mod tests {
                         Decision::Done(o) => {
                             // (a) Nothing is written for a trigger of another revision, nor
                             // for an ended saga.
-                            prop_assert!(!matches!(o, Outcome::Applied { .. }));
+                            let applied = matches!(o, Outcome::Applied { .. });
+                            prop_assert!(!applied, "a decision without write says applied");
                             continue;
                         }
                         Decision::Write(w) => {
@@ -1112,8 +1113,10 @@ mod tests {
                                 let want_type = match side { Side::Action => &s.action, Side::Compensation => s.compensation.as_ref().unwrap() };
                                 prop_assert_eq!(&d.task.task_type, want_type);
                                 prop_assert_eq!(&d.queue, &s.queue);
-                                prop_assert_eq!(&d.stream, QueueKeys::new(&s.queue).lane_stream(lane));
-                                prop_assert_eq!(d.task.idempotency_key.as_deref(), Some(format!("{}:{}:{}", rec.id, c.step, side.as_str()).as_str()));
+                                let lane_stream = QueueKeys::new(&s.queue).lane_stream(lane).to_string();
+                                prop_assert_eq!(&d.stream, &lane_stream);
+                                let key = format!("{}:{}:{}", rec.id, c.step, side.as_str());
+                                prop_assert_eq!(d.task.idempotency_key.as_deref(), Some(key.as_str()));
                                 prop_assert_eq!(d.task.reply_to.as_deref(), Some(keys::REPLIES));
                             }
                             // (e) Running a step means its deadline is set (at the new
@@ -1121,7 +1124,8 @@ mod tests {
                             let step_deadlines: Vec<&String> = w.zadd.iter().map(|(_, _, m)| m).collect();
                             match after {
                                 SagaStatus::Running { step } => {
-                                    prop_assert_eq!(step_deadlines, vec![&step_member(&rec.id, step, w.new_rev)]);
+                                    let member = step_member(&rec.id, step, w.new_rev);
+                                    prop_assert_eq!(step_deadlines, vec![&member]);
                                     prop_assert!(!w.dispatches.is_empty());
                                 }
                                 _ => prop_assert!(step_deadlines.is_empty()),

@@ -368,6 +368,7 @@ pub fn demo_saga() -> SagaDef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
