@@ -382,7 +382,11 @@ mod tests {
                             task_id,
                             task_type,
                             queue,
-                            outcome: if ok { Outcome::Succeeded } else { Outcome::Failed },
+                            outcome: if ok {
+                                Outcome::Succeeded
+                            } else {
+                                Outcome::Failed
+                            },
                             attempt,
                             at_ms,
                             result: ok.then_some(res),

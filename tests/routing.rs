@@ -251,14 +251,22 @@ async fn saga_steps_go_straight_to_the_pool_that_serves_their_type() {
     let pool = tokio::spawn(pool.run(stop.clone()));
     let mut conn = redis.conn().await;
     let k = QueueKeys::new(q);
-    poll("the pool registered its routes", Duration::from_secs(10), || {
-        let mut c = conn.clone();
-        let key = k.routes.clone();
-        async move {
-            let n: u64 = redis::cmd("HLEN").arg(&key).query_async(&mut c).await.ok()?;
-            (n == 2).then_some(())
-        }
-    })
+    poll(
+        "the pool registered its routes",
+        Duration::from_secs(10),
+        || {
+            let mut c = conn.clone();
+            let key = k.routes.clone();
+            async move {
+                let n: u64 = redis::cmd("HLEN")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                (n == 2).then_some(())
+            }
+        },
+    )
     .await;
     let def = SagaDef::builder("pooled")
         .step(StepDef::new("a", "p.step").queue(q).compensate("p.undo"))
@@ -275,7 +283,9 @@ async fn saga_steps_go_straight_to_the_pool_that_serves_their_type() {
         ..OrchestratorConfig::default()
     };
     let orch = tokio::spawn(Orchestrator::new(&cfg, defs.clone()).run(stop.clone()));
-    let ok = ops::start(&mut conn, &defs, "pooled", json!({})).await.unwrap();
+    let ok = ops::start(&mut conn, &defs, "pooled", json!({}))
+        .await
+        .unwrap();
     let bad = ops::start(&mut conn, &defs, "pooled", json!({"fail_at": "b"}))
         .await
         .unwrap();
@@ -299,7 +309,10 @@ async fn saga_steps_go_straight_to_the_pool_that_serves_their_type() {
     let runs = runs.lock().unwrap().clone();
     let types: Vec<&str> = runs.iter().map(|(_, t, _)| t.as_str()).collect();
     assert_eq!(
-        (types.iter().filter(|t| **t == "p.step").count(), types.iter().filter(|t| **t == "p.undo").count()),
+        (
+            types.iter().filter(|t| **t == "p.step").count(),
+            types.iter().filter(|t| **t == "p.undo").count()
+        ),
         (4, 1),
         "{runs:?}"
     );

@@ -1036,7 +1036,10 @@ async fn a_standalone_orchestrator_becomes_ready_once_its_group_exists() {
     let url = format!("http://127.0.0.1:{port}/ready");
     let (status, body) = poll("/ready answers 200", WAIT, || {
         let (client, url) = (client.clone(), url.clone());
-        let alive = orch.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none());
+        let alive = orch
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none());
         let log = orch.log_text();
         async move {
             assert!(alive, "the orchestrator exited; log:\n{log}");

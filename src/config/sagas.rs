@@ -184,8 +184,8 @@ impl SagaDefToml {
     /// queue names, retry policies); empty when it is valid.
     pub fn problems(&self) -> Vec<DefinitionProblem> {
         let mut p = Vec::new();
-        let problem = |step: Option<usize>, field: &'static str, reason: String| {
-            DefinitionProblem {
+        let problem =
+            |step: Option<usize>, field: &'static str, reason: String| DefinitionProblem {
                 saga: self.name.clone(),
                 step: step.map(|index| StepRef {
                     index,
@@ -193,10 +193,13 @@ impl SagaDefToml {
                 }),
                 field,
                 reason,
-            }
-        };
+            };
         if self.name.is_empty() || self.name.chars().any(|c| c.is_whitespace()) {
-            p.push(problem(None, "name", "must be non-empty without spaces".into()));
+            p.push(problem(
+                None,
+                "name",
+                "must be non-empty without spaces".into(),
+            ));
         }
         if self.timeout_ms < 1 {
             p.push(problem(None, "timeout_ms", "must be at least 1 ms".into()));

@@ -29,7 +29,9 @@ pub(crate) async fn route(broker: &Broker, routes: &RouteCache, ws: &mut [Write]
     if queues.is_empty() {
         return Ok(());
     }
-    routes.refresh(broker, queues.iter().map(String::as_str)).await?;
+    routes
+        .refresh(broker, queues.iter().map(String::as_str))
+        .await?;
     for w in ws.iter_mut() {
         w.route(|q, t| routes.pool_of(q, t));
     }

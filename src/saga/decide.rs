@@ -956,10 +956,20 @@ mod tests {
         enum Input {
             /// A reply of the step or compensation in flight (`ok`), at the current
             /// revision or `rev_off` revisions behind.
-            Reply { ok: bool, rev_off: u64 },
+            Reply {
+                ok: bool,
+                rev_off: u64,
+            },
             /// A reply of an arbitrary step and side.
-            Stray { step: usize, comp: bool, ok: bool, rev_off: u64 },
-            StepDeadline { rev_off: u64 },
+            Stray {
+                step: usize,
+                comp: bool,
+                ok: bool,
+                rev_off: u64,
+            },
+            StepDeadline {
+                rev_off: u64,
+            },
             SagaDeadline,
             Abort,
         }
@@ -993,30 +1003,50 @@ mod tests {
         }
 
         fn reply(event: Event, rev: u64) -> Trigger {
-            Trigger::Reply { event, rev, attempt: 1 }
+            Trigger::Reply {
+                event,
+                rev,
+                attempt: 1,
+            }
         }
 
         fn trigger(rec: &Record, input: &Input) -> Trigger {
             let st = rec.state.as_ref().unwrap().status();
             let rev = |off: u64| rec.rev.saturating_sub(off);
             let event = |step: usize, comp: bool, ok: bool| match (comp, ok) {
-                (false, true) => Event::StepSucceeded { step, output: json!(step) },
-                (false, false) => Event::StepFailed { step, error: "boom".into() },
+                (false, true) => Event::StepSucceeded {
+                    step,
+                    output: json!(step),
+                },
+                (false, false) => Event::StepFailed {
+                    step,
+                    error: "boom".into(),
+                },
                 (true, true) => Event::CompensationSucceeded { step },
-                (true, false) => Event::CompensationFailed { step, error: "undo boom".into() },
+                (true, false) => Event::CompensationFailed {
+                    step,
+                    error: "undo boom".into(),
+                },
             };
             match *input {
                 Input::Reply { ok, rev_off } => {
                     let comp = matches!(st, SagaStatus::Compensating { .. });
                     reply(event(st.step().unwrap_or(0), comp, ok), rev(rev_off))
                 }
-                Input::Stray { step, comp, ok, rev_off } => reply(event(step, comp, ok), rev(rev_off)),
+                Input::Stray {
+                    step,
+                    comp,
+                    ok,
+                    rev_off,
+                } => reply(event(step, comp, ok), rev(rev_off)),
                 Input::StepDeadline { rev_off } => Trigger::StepDeadline {
                     step: st.step().unwrap_or(0),
                     rev: rev(rev_off),
                 },
                 Input::SagaDeadline => Trigger::SagaDeadline,
-                Input::Abort => Trigger::Abort { reason: "operator".into() },
+                Input::Abort => Trigger::Abort {
+                    reason: "operator".into(),
+                },
             }
         }
 

@@ -279,7 +279,6 @@ pub fn validate_all(defs: &[SagaDef]) -> Result<(), DefinitionError> {
     DefinitionError::from_problems(p)
 }
 
-
 impl SagaDefToml {
     /// Converts to a [`SagaDef`] and validates it.
     pub fn into_def(self) -> Result<SagaDef, DefinitionError> {

@@ -23,8 +23,8 @@ use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::rdb::Broker;
 use crate::handler::{handler_fn, HandlerError, HandlerResult, Registry, TaskContext};
+use crate::rdb::Broker;
 
 /// The action task types, in step order.
 pub const ACTIONS: [&str; 4] = ["demo.reasoning", "demo.codegen", "demo.ml", "demo.backtest"];

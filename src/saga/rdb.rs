@@ -254,8 +254,7 @@ impl Broker {
             .arg("retention_ms")
             .query_async(&mut self.c())
             .await?;
-        let cutoff =
-            now.saturating_sub(retention.unwrap_or(DEFAULT_RETENTION.as_millis() as u64));
+        let cutoff = now.saturating_sub(retention.unwrap_or(DEFAULT_RETENTION.as_millis() as u64));
         let mut p = Pipeline::with_capacity(2 * STATES.len() + 1);
         for s in STATES.iter().filter(|s| is_terminal_name(s)) {
             p.cmd("ZREMRANGEBYSCORE")
@@ -440,13 +439,15 @@ mod tests {
 
     #[test]
     fn script_arguments_follow_the_layout_of_the_script() {
-        let w = super::super::decide::start_write(&demo_saga(), serde_json::json!({}), 5)
-            .unwrap();
+        let w = super::super::decide::start_write(&demo_saga(), serde_json::json!({}), 5).unwrap();
         let (k, a) = script_args(&w);
         assert_eq!(k.len(), 8 + w.dispatches.len());
         assert_eq!(k[8], w.dispatches[0].stream);
         let text = |i: usize| String::from_utf8(a[i].clone()).unwrap();
-        assert_eq!((text(0), text(1), text(2)), ("0".into(), "1".into(), w.id.clone()));
+        assert_eq!(
+            (text(0), text(1), text(2)),
+            ("0".into(), "1".into(), w.id.clone())
+        );
         assert_eq!(text(9), w.fields.len().to_string());
         assert_eq!(text(4), DEFAULT_RETENTION.as_millis().to_string());
     }

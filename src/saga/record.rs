@@ -14,7 +14,6 @@ use serde_json::Value;
 use super::definition::{SagaDef, SagaDefToml};
 use super::fsm::{SagaState, SagaStatus};
 
-
 /// Hash field names of a saga record.
 pub(crate) mod f {
     pub const SAGA: &str = "saga";
@@ -138,8 +137,6 @@ impl Record {
     }
 }
 
-
-
 /// The name of a state as stored and indexed: `running`, `rolled_back`, ...
 pub(crate) fn status_name(s: SagaStatus) -> &'static str {
     match s {
@@ -166,8 +163,6 @@ pub(crate) const STATES: [&str; 6] = [
 pub(crate) fn is_terminal_name(s: &str) -> bool {
     matches!(s, "completed" | "rolled_back" | "failed")
 }
-
-
 
 /// The deadline member of the saga's own time limit.
 pub(crate) fn saga_member(id: &str) -> String {

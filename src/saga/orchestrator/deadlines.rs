@@ -26,7 +26,11 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
     let every = Duration::from_millis(ctx.cfg.deadline_interval_ms);
     while sleep_or_stop(&stop, every).await {
         loop {
-            let due = match ctx.broker.saga_due_deadlines(now_ms(), DEADLINE_BATCH).await {
+            let due = match ctx
+                .broker
+                .saga_due_deadlines(now_ms(), DEADLINE_BATCH)
+                .await
+            {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading saga deadlines failed");

@@ -111,7 +111,12 @@ fn parse_reply(e: RawEntry) -> Result<(String, Trigger), String> {
     let corr_text = reply.correlation.as_deref().ok_or("no correlation field")?;
     let corr = Correlation::parse(corr_text)
         .ok_or_else(|| format!("correlation {corr_text:?} is not ID|STEP|action-or-comp|REV"))?;
-    let error = || reply.error.clone().unwrap_or_else(|| "no error given".into());
+    let error = || {
+        reply
+            .error
+            .clone()
+            .unwrap_or_else(|| "no error given".into())
+    };
     let step = corr.step;
     let event = match (corr.side, reply.outcome) {
         (Side::Action, ReplyOutcome::Succeeded) => {
