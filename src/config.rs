@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 
+pub mod sagas;
+pub use sagas::{OrchestratorConfig, SagaDefToml};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,10 +34,10 @@ pub struct Config {
     pub queues: Vec<QueueConfig>,
     /// HTTP handlers: task types served by POSTing to a URL.
     pub http_handlers: Vec<HttpHandlerConfig>,
-    /// Saga definitions (`[[sagas]]`, see `crate::saga::definition`).
-    pub sagas: Vec<crate::saga::definition::SagaDefToml>,
+    /// Saga definitions (`[[sagas]]`, see [`sagas`]).
+    pub sagas: Vec<SagaDefToml>,
     /// Saga orchestrator settings (`[orchestrator]`).
-    pub orchestrator: crate::saga::OrchestratorConfig,
+    pub orchestrator: OrchestratorConfig,
 }
 
 /// Redis connection settings.
@@ -694,7 +697,7 @@ impl Config {
                 bad(k("timeout_ms"), "must be positive".into());
             }
         }
-        for (key, reason) in crate::saga::config_problems(&self.sagas, &self.orchestrator) {
+        for (key, reason) in sagas::table_problems(&self.sagas, &self.orchestrator) {
             bad(key, reason);
         }
         if p.is_empty() {

@@ -40,6 +40,36 @@ pub enum Error {
     /// Something was not found.
     #[error("{0} not found")]
     NotFound(String),
+    /// A saga kept changing (other orchestrators or operators moved it) while a
+    /// transition was being applied; nothing was written. Retrying is safe.
+    #[error("saga {id} changed {attempts} times while this transition was being applied; nothing was written: retry (an orchestrator retries its replies and deadlines by itself)")]
+    SagaConflict {
+        /// Saga id.
+        id: String,
+        /// Compare-and-set attempts made.
+        attempts: usize,
+    },
+    /// The saga has ended, so it cannot be aborted (or moved at all).
+    #[error("saga {id} has ended ({status}); only a running saga can be aborted (see `taskstream saga show {id}`)")]
+    SagaEnded {
+        /// Saga id.
+        id: String,
+        /// Its final state: `completed`, `rolled_back` or `failed`.
+        status: String,
+    },
+    /// The saga's state machine refused the request (e.g. an abort of a saga whose
+    /// record is damaged); nothing was written.
+    #[error("saga {id}: {reason}")]
+    SagaRejected {
+        /// Saga id.
+        id: String,
+        /// Why, as the state machine put it.
+        reason: String,
+    },
+    /// A saga with this id exists already (ids are fresh UUIDv7s: a clash means a bug,
+    /// or a record written by hand).
+    #[error("saga {0} already exists; start it again for a fresh id")]
+    SagaExists(String),
 }
 
 /// Result alias for the library.

@@ -8,6 +8,7 @@
 //! Module map (one concept per file):
 //! - [`keys`]: key naming (the hash-tagged key layout, a public contract).
 //! - [`task`]: the task envelope and its wire format (a public contract).
+//! - [`reply`]: the reply a task sends to its `reply_to` stream (a public contract).
 //! - [`config`]: the TOML configuration and its validation.
 //! - [`handler`]: the handler trait and registry.
 //! - [`backoff`]: retry schedules (pure).
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod preflight;
 pub mod producer;
 pub mod rdb;
+pub mod reply;
 pub(crate) mod routing;
 pub mod saga;
 pub mod scaling;

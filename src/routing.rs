@@ -40,12 +40,15 @@ pub(crate) fn stream_of(keys: &QueueKeys, pool: Option<&str>, lane: Lane) -> Str
     }
 }
 
+/// Queue → (when read, task type → pool).
+type Copies = HashMap<String, (Instant, HashMap<String, String>)>;
+
 /// Copies of the routes tables of several queues, each refreshed when older than
 /// [`ROUTES_TTL`]. Shared by clones.
 #[derive(Clone, Default)]
 pub(crate) struct RouteCache {
     /// Queue → (when read, task type → pool).
-    inner: Arc<Mutex<HashMap<String, (Instant, HashMap<String, String>)>>>,
+    inner: Arc<Mutex<Copies>>,
 }
 
 impl RouteCache {

@@ -33,10 +33,6 @@ const NOT_YET: &[&str] = &[
     "src/demo.rs",
     "src/dlq.rs",
     "src/preflight.rs",
-    "src/saga/demo_handlers.rs",
-    "src/saga/ops.rs",
-    "src/saga/orchestrator.rs",
-    "src/saga/store.rs",
     "src/signals.rs",
     "src/stats.rs",
 ];

@@ -202,3 +202,149 @@ async fn pools_only_receive_their_types_and_unknown_types_are_dead_lettered() {
         assert_eq!(len, 0, "pool {pool} drained");
     }
 }
+
+/// Issue 9: a saga step of a type that only a named pool serves went to the queue's
+/// default stream and waited for the default pool to forward it (forever, with no default
+/// pool). Here no default-pool worker runs at all: the sagas finish only if every step and
+/// compensation task is written to the pool's own streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_steps_go_straight_to_the_pool_that_serves_their_type() {
+    use serde_json::json;
+    use taskstream::handler::HandlerError;
+    use taskstream::saga::definition::{SagaDef, StepDef};
+    use taskstream::saga::{ops, Orchestrator, OrchestratorConfig};
+
+    let redis = RedisServer::start();
+    let q = "sagaq";
+    let runs: Runs = Default::default();
+    let mut reg = Registry::new();
+    for t in ["p.step", "p.undo"] {
+        let runs = runs.clone();
+        reg.register(
+            t,
+            handler_fn(move |ctx: TaskContext| {
+                runs.lock().unwrap().push((
+                    ctx.id().to_string(),
+                    ctx.task_type().to_string(),
+                    "gpu".to_string(),
+                ));
+                let fail = ctx.task_type() == "p.step"
+                    && ctx
+                        .payload::<serde_json::Value>()
+                        .map(|p| p["input"]["fail_at"] == p["step"])
+                        .unwrap_or(false);
+                async move {
+                    if fail {
+                        Err(HandlerError::permanent("failed on purpose"))
+                    } else {
+                        Ok(json!({"ok": true}))
+                    }
+                }
+            }),
+        );
+    }
+    let stop = CancellationToken::new();
+    let pool = taskstream::worker::Worker::new(
+        pool_config(&redis.url(), q, Some("gpu"), &["p.step", "p.undo"]),
+        reg,
+    );
+    let pool = tokio::spawn(pool.run(stop.clone()));
+    let mut conn = redis.conn().await;
+    let k = QueueKeys::new(q);
+    poll(
+        "the pool registered its routes",
+        Duration::from_secs(10),
+        || {
+            let mut c = conn.clone();
+            let key = k.routes.clone();
+            async move {
+                let n: u64 = redis::cmd("HLEN")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                (n == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    let def = SagaDef::builder("pooled")
+        .step(StepDef::new("a", "p.step").queue(q).compensate("p.undo"))
+        .step(StepDef::new("b", "p.step").queue(q).compensate("p.undo"))
+        .build()
+        .unwrap();
+    let defs = vec![def];
+    let mut cfg = pool_config(&redis.url(), q, None, &[]);
+    cfg.orchestrator = OrchestratorConfig {
+        block_ms: 100,
+        claim_idle_ms: 500,
+        deadline_interval_ms: 20,
+        sample_interval_ms: 200,
+        ..OrchestratorConfig::default()
+    };
+    let orch = tokio::spawn(Orchestrator::new(&cfg, defs.clone()).run(stop.clone()));
+    let ok = ops::start(&mut conn, &defs, "pooled", json!({}))
+        .await
+        .unwrap();
+    let bad = ops::start(&mut conn, &defs, "pooled", json!({"fail_at": "b"}))
+        .await
+        .unwrap();
+    for (id, want) in [(&ok, "completed"), (&bad, "rolled_back")] {
+        let what = format!("saga {id} {want} with no default-pool worker");
+        let v = poll(&what, Duration::from_secs(20), || {
+            let mut c = conn.clone();
+            let id = id.clone();
+            async move {
+                let v = ops::show(&mut c, &id).await.ok()?;
+                matches!(v.status.as_str(), "completed" | "rolled_back" | "failed").then_some(v)
+            }
+        })
+        .await;
+        assert_eq!(v.status, want, "{v:?}");
+    }
+    stop.cancel();
+    pool.await.unwrap().unwrap();
+    orch.await.unwrap().unwrap();
+    // Steps a, b of the first saga; a, b (failed) and the compensation of a of the other.
+    let runs = runs.lock().unwrap().clone();
+    let types: Vec<&str> = runs.iter().map(|(_, t, _)| t.as_str()).collect();
+    assert_eq!(
+        (
+            types.iter().filter(|t| **t == "p.step").count(),
+            types.iter().filter(|t| **t == "p.undo").count()
+        ),
+        (4, 1),
+        "{runs:?}"
+    );
+    // Every task was added to the pool's own lanes; the queue's default lanes never
+    // received one (nothing was forwarded).
+    let added = |stream: String| {
+        let mut c = conn.clone();
+        async move {
+            let v: redis::Value = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&stream)
+                .query_async(&mut c)
+                .await
+                .unwrap_or(redis::Value::Nil);
+            let items: Vec<redis::Value> = match v {
+                redis::Value::Array(a) => a,
+                redis::Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                _ => return 0,
+            };
+            items
+                .chunks(2)
+                .find(|kv| matches!(&kv[0], redis::Value::BulkString(b) if b == b"entries-added"))
+                .and_then(|kv| match kv[1] {
+                    redis::Value::Int(n) => Some(n),
+                    _ => None,
+                })
+                .unwrap_or(0)
+        }
+    };
+    use taskstream::keys::Lane;
+    assert_eq!(added(k.pool_stream("gpu", Lane::Bulk)).await, 4);
+    assert_eq!(added(k.pool_stream("gpu", Lane::Express)).await, 1);
+    assert_eq!(added(k.stream.clone()).await, 0);
+    assert_eq!(added(k.express.clone()).await, 0);
+}

@@ -951,6 +951,12 @@ struct OrchProc {
 
 impl OrchProc {
     fn spawn(url: &str, consumer: &str) -> OrchProc {
+        OrchProc::spawn_listening(url, consumer, "")
+    }
+
+    /// An orchestrator process whose HTTP server (`/ready`, `/metrics`) listens on
+    /// `listen` (`""`: none).
+    fn spawn_listening(url: &str, consumer: &str, listen: &str) -> OrchProc {
         let dir = tempfile::tempdir().unwrap();
         let demo = toml::to_string(&SagaDefToml::from(&demo_saga())).unwrap();
         let demo = demo.replace("[[steps]]", "[[sagas.steps]]");
@@ -959,7 +965,7 @@ impl OrchProc {
 [redis]
 url = "{url}"
 [http]
-listen = ""
+listen = "{listen}"
 [log]
 level = "info"
 [orchestrator]
@@ -1012,6 +1018,66 @@ impl Drop for OrchProc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Issue 10.11: a standalone `taskstream orchestrator` never became ready — `/ready`
+/// stayed 503 "consumer groups not created yet", so a readiness probe never passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_orchestrator_becomes_ready_once_its_group_exists() {
+    let redis = RedisServer::start();
+    let port = common::free_port();
+    let mut orch =
+        OrchProc::spawn_listening(&redis.url(), "orch-ready", &format!("127.0.0.1:{port}"));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/ready");
+    let (status, body) = poll("/ready answers 200", WAIT, || {
+        let (client, url) = (client.clone(), url.clone());
+        let alive = orch
+            .child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+        let log = orch.log_text();
+        async move {
+            assert!(alive, "the orchestrator exited; log:\n{log}");
+            let r = client.get(&url).send().await.ok()?;
+            let status = r.status().as_u16();
+            (status == 200).then_some((status, r.text().await.unwrap_or_default()))
+        }
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Ready means its group exists on the reply stream.
+    let mut c = redis.conn().await;
+    let groups: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(keys::REPLIES)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    fn names(v: &redis::Value, out: &mut Vec<String>) {
+        match v {
+            redis::Value::BulkString(b) => out.push(String::from_utf8_lossy(b).into_owned()),
+            redis::Value::SimpleString(s) => out.push(s.clone()),
+            redis::Value::Array(a) => a.iter().for_each(|v| names(v, out)),
+            redis::Value::Map(m) => m.iter().for_each(|(k, v)| {
+                names(k, out);
+                names(v, out)
+            }),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    names(&groups, &mut found);
+    assert!(
+        found.iter().any(|n| n == keys::GROUP),
+        "group {} missing: {found:?}",
+        keys::GROUP
+    );
+    drop(orch);
 }
 
 async fn pending_of(conn: &mut ConnectionManager, consumer: &str) -> usize {

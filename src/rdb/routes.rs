@@ -22,6 +22,7 @@ impl Broker {
     }
 
     /// The pool that serves `task_type` in the queue of `keys`, if one registered it.
+    #[allow(dead_code)] // no caller yet (everything reads routes through `RouteCache`)
     pub(crate) async fn route_of(
         &self,
         keys: &QueueKeys,

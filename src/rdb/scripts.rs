@@ -33,6 +33,8 @@ pub(crate) enum ScriptId {
     Requeue,
     /// GCRA rate limiter (`rate_limit.lua`).
     RateLimit,
+    /// Record a demo saga compensation once (`demo_record_undo.lua`).
+    DemoRecordUndo,
     /// One saga transition, revision-guarded (`saga_apply.lua`).
     SagaApply,
     /// Remove dead orchestrator consumers (`saga_prune_consumers.lua`).
@@ -86,6 +88,11 @@ pub(crate) const TABLE: &[(ScriptId, &str, &str)] = &[
         ScriptId::RateLimit,
         "rate_limit.lua",
         include_str!("lua/rate_limit.lua"),
+    ),
+    (
+        ScriptId::DemoRecordUndo,
+        "demo_record_undo.lua",
+        include_str!("lua/demo_record_undo.lua"),
     ),
     (
         ScriptId::SagaApply,

@@ -31,27 +31,15 @@
 //! a typo is found and fixed in one round.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 
-/// Definition version when none is given.
-pub const DEFAULT_VERSION: u32 = 1;
-/// Time limit of a whole saga when none is given.
-pub const DEFAULT_SAGA_TIMEOUT: Duration = Duration::from_secs(60);
-/// Queue a step's task goes to when none is given.
-pub const DEFAULT_QUEUE: &str = "default";
-/// Handler time limit of one step attempt when none is given.
-pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts of a step (and of its compensation) when none is given.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-/// First retry delay of a step when none is given.
-pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(200);
-/// Longest retry delay of a step when none is given.
-pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(10);
+pub use crate::config::sagas::{
+    DefinitionError, DefinitionProblem, SagaDefToml, StepDefToml, StepRef, DEFAULT_BACKOFF_BASE,
+    DEFAULT_BACKOFF_CAP, DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DEFAULT_SAGA_TIMEOUT,
+    DEFAULT_STEP_TIMEOUT, DEFAULT_VERSION,
+};
 
 /// A saga: a named, versioned, ordered list of steps with an overall time limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,61 +234,11 @@ impl SagaDef {
         DefinitionError::from_problems(p)
     }
 
+    /// The rules of the `[[sagas]]` tables ([`SagaDefToml::problems`]), applied to this
+    /// definition's wire form: a definition from Rust and one from the file are checked
+    /// alike, and what is checked is what is stored with every saga.
     fn problems(&self) -> Vec<DefinitionProblem> {
-        let mut p = Vec::new();
-        if self.name.is_empty() || self.name.chars().any(|c| c.is_whitespace()) {
-            p.push(self.problem(None, "name", "must be non-empty without spaces".into()));
-        }
-        if self.timeout < Duration::from_millis(1) {
-            p.push(self.problem(None, "timeout_ms", "must be at least 1 ms".into()));
-        }
-        if self.steps.is_empty() {
-            p.push(self.problem(None, "steps", "must have at least one step".into()));
-        }
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for (i, s) in self.steps.iter().enumerate() {
-            let mut bad = |field, reason| p.push(self.problem(Some(i), field, reason));
-            if s.name.is_empty() {
-                bad("name", "must be non-empty".into());
-            } else if let Some(first) = seen.insert(&s.name, i) {
-                bad(
-                    "name",
-                    format!("step name {:?} is already used by step #{first}", s.name),
-                );
-            }
-            if let Err(e) = crate::keys::validate_queue_name(&s.queue) {
-                bad("queue", e);
-            }
-            if let Err(e) = crate::task::validate_type(&s.action) {
-                bad("action", format!("task type {e}"));
-            }
-            if let Some(c) = &s.compensation {
-                if let Err(e) = crate::task::validate_type(c) {
-                    bad("compensation", format!("task type {e}"));
-                }
-            }
-            if s.timeout < Duration::from_millis(1) {
-                bad("timeout_ms", "must be at least 1 ms".into());
-            }
-            let r = &s.retry;
-            if r.max_attempts < 1 {
-                bad("max_attempts", "must be at least 1".into());
-            }
-            if r.backoff_base < Duration::from_millis(1) {
-                bad("backoff_base_ms", "must be at least 1 ms".into());
-            }
-            if r.backoff_cap < r.backoff_base {
-                bad(
-                    "backoff_cap_ms",
-                    format!(
-                        "must be at least backoff_base_ms ({} ms), got {} ms",
-                        r.backoff_base.as_millis(),
-                        r.backoff_cap.as_millis()
-                    ),
-                );
-            }
-        }
-        p
+        SagaDefToml::from(self).problems()
     }
 
     fn problem(
@@ -339,134 +277,6 @@ pub fn validate_all(defs: &[SagaDef]) -> Result<(), DefinitionError> {
         p.extend(d.problems());
     }
     DefinitionError::from_problems(p)
-}
-
-/// Every problem found in one or more saga definitions.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", .problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
-pub struct DefinitionError {
-    /// One entry per problem, never empty.
-    pub problems: Vec<DefinitionProblem>,
-}
-
-impl DefinitionError {
-    fn from_problems(problems: Vec<DefinitionProblem>) -> Result<(), DefinitionError> {
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(DefinitionError { problems })
-        }
-    }
-}
-
-/// One problem of a saga definition: where and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DefinitionProblem {
-    /// Name of the saga.
-    pub saga: String,
-    /// The step, when the problem is in one.
-    pub step: Option<StepRef>,
-    /// The field, by its TOML name (`timeout_ms`, `action`, ...).
-    pub field: &'static str,
-    /// What is wrong and how to fix it.
-    pub reason: String,
-}
-
-impl DefinitionProblem {
-    /// The field's path within the saga's TOML table: `steps[1].timeout_ms` or
-    /// `timeout_ms`. Prefix it with the saga's own path (`sagas[0].`) for a full key.
-    pub fn key(&self) -> String {
-        match &self.step {
-            Some(s) => format!("steps[{}].{}", s.index, self.field),
-            None => self.field.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for DefinitionProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "saga {:?}: ", self.saga)?;
-        if let Some(s) = &self.step {
-            write!(f, "step #{} {:?}: ", s.index, s.name)?;
-        }
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
-
-/// Points at a step of a saga: its position (0-based) and its name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StepRef {
-    /// Position in the saga's step list, from 0.
-    pub index: usize,
-    /// Step name (may be empty or duplicated in an invalid definition).
-    pub name: String,
-}
-
-/// A saga as written in the configuration file's `[[sagas]]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SagaDefToml {
-    /// Unique name.
-    pub name: String,
-    /// Definition version.
-    #[serde(default = "default_version")]
-    pub version: u32,
-    /// Time limit of the whole saga, in ms.
-    #[serde(default = "default_saga_timeout_ms")]
-    pub timeout_ms: u64,
-    /// The steps (`[[sagas.steps]]`), in order.
-    #[serde(default)]
-    pub steps: Vec<StepDefToml>,
-}
-
-/// A step as written in the configuration file's `[[sagas.steps]]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StepDefToml {
-    /// Name, unique within the saga.
-    pub name: String,
-    /// Queue of the step's tasks.
-    #[serde(default = "default_queue")]
-    pub queue: String,
-    /// Task type that performs the step.
-    pub action: String,
-    /// Task type that undoes the step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compensation: Option<String>,
-    /// Handler time limit of one attempt, in ms.
-    #[serde(default = "default_step_timeout_ms")]
-    pub timeout_ms: u64,
-    /// Attempts in all.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// First retry delay, in ms.
-    #[serde(default = "default_backoff_base_ms")]
-    pub backoff_base_ms: u64,
-    /// Longest retry delay, in ms.
-    #[serde(default = "default_backoff_cap_ms")]
-    pub backoff_cap_ms: u64,
-}
-
-fn default_version() -> u32 {
-    DEFAULT_VERSION
-}
-fn default_saga_timeout_ms() -> u64 {
-    DEFAULT_SAGA_TIMEOUT.as_millis() as u64
-}
-fn default_queue() -> String {
-    DEFAULT_QUEUE.into()
-}
-fn default_step_timeout_ms() -> u64 {
-    DEFAULT_STEP_TIMEOUT.as_millis() as u64
-}
-fn default_max_attempts() -> u32 {
-    DEFAULT_MAX_ATTEMPTS
-}
-fn default_backoff_base_ms() -> u64 {
-    DEFAULT_BACKOFF_BASE.as_millis() as u64
-}
-fn default_backoff_cap_ms() -> u64 {
-    DEFAULT_BACKOFF_CAP.as_millis() as u64
 }
 
 impl SagaDefToml {
@@ -557,6 +367,7 @@ pub fn demo_saga() -> SagaDef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -17,15 +17,14 @@
 //! entry and a marker keyed by the task's idempotency key are written in one script, so
 //! a redelivered compensation records nothing twice.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::Script;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::handler::{handler_fn, HandlerError, HandlerResult, Registry, TaskContext};
+use crate::rdb::Broker;
 
 /// The action task types, in step order.
 pub const ACTIONS: [&str; 4] = ["demo.reasoning", "demo.codegen", "demo.ml", "demo.backtest"];
@@ -38,14 +37,7 @@ pub const COMPENSATIONS: [&str; 3] = [
 ];
 
 /// How long the "undone" markers of compensations are kept.
-const MARKER_TTL_SECS: u64 = 86_400;
-
-static RECORD: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then \
-           redis.call('RPUSH', KEYS[2], ARGV[1]) return 1 end return 0",
-    )
-});
+const MARKER_TTL: Duration = Duration::from_secs(86_400);
 
 #[derive(Deserialize)]
 struct StepPayload {
@@ -114,7 +106,7 @@ async fn action(ctx: TaskContext) -> HandlerResult {
     Ok(Value::Object(out))
 }
 
-async fn compensation(ctx: TaskContext, mut conn: ConnectionManager) -> HandlerResult {
+async fn compensation(ctx: TaskContext, broker: Broker) -> HandlerResult {
     let p: CompPayload = ctx.payload()?;
     pause(&ctx, &p.input).await?;
     if text(&p.input, "fail_compensation_at") == Some(p.step.as_str()) {
@@ -127,14 +119,10 @@ async fn compensation(ctx: TaskContext, mut conn: ConnectionManager) -> HandlerR
     if let Some(log_key) = text(&p.input, "log_key") {
         let idem = ctx.task().idempotency_key.as_deref().unwrap_or(ctx.id());
         let marker = format!("ts:demo:undone:{idem}");
-        let r: redis::RedisResult<i64> = RECORD
-            .key(&marker)
-            .key(log_key)
-            .arg(ctx.task_type())
-            .arg(MARKER_TTL_SECS)
-            .invoke_async(&mut conn)
-            .await;
-        r.map_err(|e| HandlerError::retryable(format!("recording the compensation: {e}")))?;
+        broker
+            .demo_record_undo(&marker, log_key, ctx.task_type(), MARKER_TTL)
+            .await
+            .map_err(|e| HandlerError::retryable(format!("recording the compensation: {e}")))?;
     }
     Ok(serde_json::json!({"undone": p.step, "saga_id": p.saga_id}))
 }
@@ -144,11 +132,12 @@ pub fn register(reg: &mut Registry, conn: ConnectionManager) {
     for t in ACTIONS {
         reg.register(t, handler_fn(action));
     }
+    let broker = Broker::new(conn);
     for t in COMPENSATIONS {
-        let conn = conn.clone();
+        let broker = broker.clone();
         reg.register(
             t,
-            handler_fn(move |ctx: TaskContext| compensation(ctx, conn.clone())),
+            handler_fn(move |ctx: TaskContext| compensation(ctx, broker.clone())),
         );
     }
 }

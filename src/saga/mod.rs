@@ -72,31 +72,44 @@
 
 //! # Running sagas durably (phase 2)
 //!
-//! - `store` (crate-private): the Redis record of a saga and the one Lua script,
-//!   `src/rdb/lua/saga_apply.lua`, that applies a transition: compare-and-set on the saga's revision,
-//!   new state, history entry, indexes, deadlines and the dispatched tasks, all in one
-//!   atomic step. A crash can therefore never apply half a transition, nor dispatch a
-//!   step without recording it.
-//! - [`orchestrator`]: the long-running loop that turns task replies and due deadlines
-//!   into [`fsm::Event`]s and applies them through the store. Any number of orchestrators
-//!   can run; they share the replies through one consumer group and serialize on each
-//!   saga's revision.
+//! - `record` (crate-private): the saga's Redis hash as a typed `Record`, its state
+//!   names, deadline members and the `correlation` its tasks carry.
+//! - `decide` (crate-private): the pure decisions — what a reply, a deadline, an abort or
+//!   a start does to a record, as one `Write`: new state, history entry, indexes,
+//!   deadlines and the dispatched task. Unit- and property-tested without Redis.
+//! - `rdb` (crate-private): every Redis operation of sagas, as typed methods of
+//!   [`crate::rdb::Broker`]; a `Write` is applied by one Lua script,
+//!   `src/rdb/lua/saga_apply.lua`: compare-and-set on the saga's revision, then
+//!   everything, in one atomic step. A crash can therefore never apply half a
+//!   transition, nor dispatch a step without recording it.
+//! - `apply` (crate-private): read, decide, route the task to the stream of the pool
+//!   that serves its type, write; on a lost race, decide again.
+//! - [`orchestrator`]: the long-running loops that turn task replies
+//!   ([`crate::reply::Reply`]) and due deadlines into [`fsm::Event`]s and apply them.
+//!   Any number of orchestrators can run; they share the replies through one consumer
+//!   group and serialize on each saga's revision.
 //! - [`ops`]: start, show, list and abort, for the CLI and applications.
 //! - [`demo_handlers`]: the handlers of the built-in `demo` saga.
 //!
-//! The Redis layout and the guarantees are described in `docs/sagas.md`; [`keys`] names
+//! The configuration tables (`[[sagas]]`, `[orchestrator]`) are plain data in
+//! [`crate::config::sagas`]; this module reads them, never the other way round. The
+//! Redis layout and the guarantees are described in `docs/sagas.md`; [`keys`] names
 //! every key.
 
+pub(crate) mod apply;
+pub(crate) mod decide;
 pub mod definition;
 pub mod demo_handlers;
 pub mod fsm;
 pub mod keys;
 pub mod ops;
 pub mod orchestrator;
-pub(crate) mod store;
+pub(crate) mod rdb;
+pub(crate) mod record;
 pub mod view;
 
-pub use orchestrator::{Orchestrator, OrchestratorConfig};
+pub use crate::config::OrchestratorConfig;
+pub use orchestrator::Orchestrator;
 
 use crate::config::Config;
 use definition::{defs_from_toml, demo_saga, DefinitionError, SagaDef, SagaDefToml};
@@ -114,30 +127,8 @@ pub fn configured(cfg: &Config) -> Result<Vec<SagaDef>, DefinitionError> {
 
 /// The problems of the `[[sagas]]` tables and the `[orchestrator]` table of a
 /// configuration file, as `(key, reason)` pairs with full keys (`sagas[1].steps[0].action`,
-/// `orchestrator.block_ms`). Used by [`Config::validate`].
+/// `orchestrator.block_ms`); [`Config::validate`] reports them. The rules are those of
+/// [`crate::config::sagas::table_problems`].
 pub fn config_problems(sagas: &[SagaDefToml], orch: &OrchestratorConfig) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for (i, table) in sagas.iter().enumerate() {
-        if let Some(first) = seen.insert(&table.name, i) {
-            out.push((
-                format!("sagas[{i}].name"),
-                format!(
-                    "saga {:?} is already defined by sagas[{first}]; saga names must be unique",
-                    table.name
-                ),
-            ));
-        }
-        if let Err(e) = table.clone().into_def() {
-            for p in e.problems {
-                let reason = match &p.step {
-                    Some(s) => format!("step {:?}: {}", s.name, p.reason),
-                    None => p.reason.clone(),
-                };
-                out.push((format!("sagas[{i}].{}", p.key()), reason));
-            }
-        }
-    }
-    out.extend(orch.problems());
-    out
+    crate::config::sagas::table_problems(sagas, orch)
 }

@@ -5,24 +5,24 @@
 //! event through the same compare-and-set path the orchestrator uses, so an abort racing
 //! a step's reply is settled by the saga's revision, never applied on top of it.
 
-use std::collections::BTreeMap;
-
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::Instrument;
 
+use super::apply;
+use super::decide::{self, Outcome, Trigger};
 use super::definition::SagaDef;
 use super::fsm::StepStatus;
-use super::keys;
-use super::store::{self, Outcome, Record, Trigger};
-pub use super::view::{render_list, HistoryEntry, SagaSummary, SagaView, StepView};
+use super::record::{self, Record};
+pub use super::view::{render_list, HistoryEntry, SagaCounts, SagaSummary, SagaView, StepView};
 use crate::error::{Error, Result};
+use crate::rdb::Broker;
+use crate::routing::RouteCache;
 use crate::task::now_ms;
 
 /// Every saga state name, in life order (`pending` is never stored: a saga is created
 /// running its first step).
-pub const STATES: [&str; 6] = store::STATES;
+pub const STATES: [&str; 6] = record::STATES;
 
 /// Creations sent per pipeline by [`start_many`].
 const START_CHUNK: usize = 512;
@@ -41,9 +41,16 @@ fn find<'a>(defs: &'a [SagaDef], name: &str) -> Result<&'a SagaDef> {
     })
 }
 
+fn not_found(id: &str) -> Error {
+    Error::NotFound(format!(
+        "saga {id:?} (never started, or finished and expired)"
+    ))
+}
+
 /// Starts saga `name` of `defs` with `input` (any JSON; every step receives it) and
-/// returns its id. The saga is created and its first step enqueued atomically; an
-/// orchestrator drives it from there.
+/// returns its id. The saga is created and its first step enqueued atomically (to the
+/// stream of the pool serving the step's type, if one does); an orchestrator drives it
+/// from there.
 pub async fn start(
     conn: &mut ConnectionManager,
     defs: &[SagaDef],
@@ -51,15 +58,14 @@ pub async fn start(
     input: Value,
 ) -> Result<String> {
     let def = find(defs, name)?;
-    let w = store::start_write(def, input, now_ms())?;
-    if !store::commit(conn, &w).await? {
+    let w = decide::start_write(def, input, now_ms())?;
+    let id = w.id.clone();
+    let broker = Broker::new(conn.clone());
+    if !apply::commit(&broker, &RouteCache::default(), w).await? {
         // Ids are fresh v7 UUIDs: a clash means a bug, not bad luck.
-        return Err(Error::Invalid {
-            what: "saga id",
-            reason: format!("saga {} already exists", w.id),
-        });
+        return Err(Error::SagaExists(id));
     }
-    Ok(w.id)
+    Ok(id)
 }
 
 /// Starts one saga `name` per input, pipelined (for load tests and batch jobs); returns
@@ -71,16 +77,22 @@ pub async fn start_many(
     inputs: Vec<Value>,
 ) -> Result<Vec<String>> {
     let def = find(defs, name)?;
+    let broker = Broker::new(conn.clone());
+    let routes = RouteCache::default();
     let mut ids = Vec::with_capacity(inputs.len());
     let mut inputs = inputs.into_iter().peekable();
     while inputs.peek().is_some() {
         let now = now_ms();
-        let ws = inputs
+        let mut ws = inputs
             .by_ref()
             .take(START_CHUNK)
-            .map(|i| store::start_write(def, i, now))
+            .map(|i| decide::start_write(def, i, now))
             .collect::<Result<Vec<_>>>()?;
-        store::commit_creations(conn, &ws).await?;
+        apply::route(&broker, &routes, &mut ws).await?;
+        let created = broker.saga_create_many(&ws).await?;
+        for (w, _) in ws.iter().zip(created).filter(|(_, c)| *c) {
+            apply::after_commit(w);
+        }
         ids.extend(ws.into_iter().map(|w| w.id));
     }
     Ok(ids)
@@ -126,7 +138,7 @@ fn view_of(rec: Record, history: Vec<HistoryEntry>, ttl_ms: i64) -> SagaView {
             }
         })
         .collect();
-    let current_step = if store::is_terminal_name(&rec.status) {
+    let current_step = if record::is_terminal_name(&rec.status) {
         None
     } else {
         state
@@ -163,22 +175,11 @@ fn view_of(rec: Record, history: Vec<HistoryEntry>, ttl_ms: i64) -> SagaView {
 /// Everything about saga `id`: state, steps with status, attempts and timings, errors,
 /// history. [`SagaView::render`] formats it for a terminal.
 pub async fn show(conn: &mut ConnectionManager, id: &str) -> Result<SagaView> {
-    let mut p = redis::pipe();
-    p.cmd("HGETALL").arg(keys::saga(id));
-    p.cmd("LRANGE").arg(keys::history(id)).arg(0).arg(-1);
-    p.cmd("PTTL").arg(keys::saga(id));
-    let (h, hist, ttl): (std::collections::HashMap<String, String>, Vec<String>, i64) =
-        p.query_async(conn).await?;
-    let rec = Record::from_fields(id, h).ok_or_else(|| {
-        Error::NotFound(format!(
-            "saga {id:?} (never started, or finished and expired)"
-        ))
-    })?;
-    let history = hist
-        .iter()
-        .filter_map(|h| serde_json::from_str(h).ok())
-        .collect();
-    Ok(view_of(rec, history, ttl))
+    let d = Broker::new(conn.clone())
+        .saga_dump(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(view_of(d.record, d.history, d.ttl_ms))
 }
 
 /// Sagas in `state` (a name of [`STATES`], or `active` for those not ended; `None` for
@@ -199,66 +200,14 @@ pub async fn list(
             })
         }
     };
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
-    let mut p = redis::pipe();
-    for s in &states {
-        p.cmd("ZREVRANGE")
-            .arg(keys::state_index(s))
-            .arg(0)
-            .arg(limit - 1)
-            .arg("WITHSCORES");
-    }
-    let pages: Vec<Vec<(String, f64)>> = p.query_async(conn).await?;
-    let mut all: Vec<(String, f64)> = pages.into_iter().flatten().collect();
-    all.sort_by(|a, b| b.1.total_cmp(&a.1));
-    all.truncate(limit);
-    if all.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut p = redis::pipe();
-    for (id, _) in &all {
-        p.cmd("HMGET").arg(keys::saga(id)).arg(&[
-            store::f::SAGA,
-            store::f::STATUS,
-            store::f::STEP_NAME,
-            store::f::CREATED,
-            store::f::UPDATED,
-            store::f::ERROR,
-        ]);
-    }
-    type Row = (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<u64>,
-        Option<u64>,
-        Option<String>,
-    );
-    let rows: Vec<Row> = p.query_async(conn).await?;
-    Ok(all
-        .into_iter()
-        .zip(rows)
-        // An index entry whose record expired: skip it (trimmed later).
-        .filter_map(|((id, _), (saga, status, step, created, updated, error))| {
-            Some(SagaSummary {
-                id,
-                saga: saga?,
-                status: status.unwrap_or_default(),
-                current_step: step.filter(|s| !s.is_empty()),
-                created_at: created.unwrap_or(0),
-                updated_at: updated.unwrap_or(0),
-                error: error.filter(|e| !e.is_empty()),
-            })
-        })
-        .collect())
+    Broker::new(conn.clone()).saga_list(&states, limit).await
 }
 
 /// Aborts saga `id`: a running saga stops and rolls back (its running step, whose
 /// outcome is in doubt, is compensated first). Returns the state it is in afterwards:
 /// `compensating`, `rolled_back`, or `compensating` already (aborting a rollback changes
-/// nothing). An ended saga cannot be aborted.
+/// nothing). An ended saga cannot be aborted ([`Error::SagaEnded`]); an unknown one is
+/// [`Error::NotFound`].
 pub async fn abort(
     conn: &mut ConnectionManager,
     defs: &[SagaDef],
@@ -269,7 +218,8 @@ pub async fn abort(
         reason: reason.to_string(),
     };
     let span = tracing::info_span!("saga", saga_id = %id);
-    let outcome = store::advance(conn, defs, id, &trig)
+    let broker = Broker::new(conn.clone());
+    let outcome = apply::advance(&broker, &RouteCache::default(), defs, id, &trig)
         .instrument(span.clone())
         .await?;
     match outcome {
@@ -278,52 +228,20 @@ pub async fn abort(
             Ok(to.to_string())
         }
         Outcome::Noop => Ok("compensating".to_string()),
-        Outcome::Missing => Err(Error::NotFound(format!(
-            "saga {id:?} (never started, or finished and expired)"
-        ))),
-        Outcome::Stale(why) | Outcome::Rejected(why) => Err(Error::Invalid {
-            what: "abort",
+        Outcome::Missing => Err(not_found(id)),
+        Outcome::Ended(status) => Err(Error::SagaEnded {
+            id: id.to_string(),
+            status,
+        }),
+        Outcome::Stale(why) | Outcome::Rejected(why) => Err(Error::SagaRejected {
+            id: id.to_string(),
             reason: why,
         }),
     }
 }
 
-/// Sagas per state and how many are overdue.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SagaCounts {
-    /// State name → number of sagas (finished ones within the retention).
-    pub by_state: BTreeMap<String, u64>,
-    /// Sagas past their deadline that have not ended (rolling back slowly, or stuck).
-    pub overdue: u64,
-}
-
 /// Counts sagas per state (dropping index entries of finished sagas past the retention)
 /// and overdue ones; the orchestrator samples the gauges with it.
 pub async fn counts(conn: &mut ConnectionManager) -> Result<SagaCounts> {
-    let retention: Option<u64> = redis::cmd("HGET")
-        .arg(keys::SETTINGS)
-        .arg("retention_ms")
-        .query_async(conn)
-        .await?;
-    let now = now_ms();
-    let cutoff =
-        now.saturating_sub(retention.unwrap_or(store::DEFAULT_RETENTION.as_millis() as u64));
-    let mut p = redis::pipe();
-    for s in STATES.iter().filter(|s| store::is_terminal_name(s)) {
-        p.cmd("ZREMRANGEBYSCORE")
-            .arg(keys::state_index(s))
-            .arg("-inf")
-            .arg(format!("({cutoff}"))
-            .ignore();
-    }
-    for s in STATES {
-        p.cmd("ZCARD").arg(keys::state_index(s));
-    }
-    p.cmd("ZCOUNT").arg(keys::ACTIVE).arg("-inf").arg(now);
-    let mut v: Vec<u64> = p.query_async(conn).await?;
-    let overdue = v.pop().unwrap_or(0);
-    Ok(SagaCounts {
-        by_state: STATES.iter().map(|s| s.to_string()).zip(v).collect(),
-        overdue,
-    })
+    Broker::new(conn.clone()).saga_counts(now_ms()).await
 }

@@ -249,6 +249,15 @@ impl SagaView {
     }
 }
 
+/// Sagas per state and how many are overdue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaCounts {
+    /// State name → number of sagas (finished ones within the retention).
+    pub by_state: std::collections::BTreeMap<String, u64>,
+    /// Sagas past their deadline that have not ended (rolling back slowly, or stuck).
+    pub overdue: u64,
+}
+
 /// `saga list` as a table: id, saga, status, step, age, error.
 pub fn render_list(sagas: &[SagaSummary], now_ms: u64) -> String {
     let mut o = String::new();

@@ -1,304 +1,54 @@
-//! The Redis record of a saga, and the one atomic operation that moves it.
+//! The pure decisions of the saga subsystem: what a trigger (a step's reply, a passed
+//! deadline, an abort, a start) does to a saga record.
 //!
 //! # Why compare-and-set
 //!
-//! A transition is decided in Rust by the pure state machine ([`super::fsm`]) from the
-//! record read at revision `rev`, then written by `src/rdb/lua/saga_apply.lua`, which first checks
-//! that the record is still at `rev`. If another orchestrator (or an operator's abort)
-//! moved the saga in between, nothing is written and the caller re-reads and decides
-//! again; usually the event has become stale and is dropped. There is no lock to leak
-//! when a process dies, the decision logic stays in tested Rust, and the script stays a
-//! dumb "check, then write everything" step. Everything the transition causes — the new
-//! state, the history entry, the state indexes, the deadlines and the step or
-//! compensation task (an `XADD` to its queue) — is written by that one script, so a
-//! crash can never record a transition without its dispatch or dispatch without record.
+//! A transition is decided here, in Rust, by the state machine ([`super::fsm`]) from the
+//! record read at revision `rev`, then written by `src/rdb/lua/saga_apply.lua`
+//! ([`super::rdb`]), which first checks that the record is still at `rev`. If another
+//! orchestrator (or an operator's abort) moved the saga in between, nothing is written and
+//! the caller re-reads and decides again ([`super::apply`]); usually the event has become
+//! stale and is dropped. There is no lock to leak when a process dies, the decision logic
+//! stays in tested Rust, and the script stays a dumb "check, then write everything" step.
+//! Everything the transition causes — the new state, the history entry, the state
+//! indexes, the deadlines and the step or compensation task — is in one [`Write`], written
+//! by that one script, so a crash can never record a transition without its dispatch or
+//! dispatch without record.
 //!
-//! # Decisions are pure
+//! # No I/O
 //!
-//! [`decide`] turns a record plus a trigger (a reply, a deadline, an abort) into either
-//! a [`Write`] (the exact arguments of the script) or a final [`Outcome`] (stale,
-//! rejected, nothing to do), without I/O, so it is unit-tested below.
+//! [`decide`] turns a record plus a [`Trigger`] into either a [`Write`] (the exact
+//! content of the script's run) or a final [`Outcome`] (stale, rejected, nothing to do);
+//! [`start_write`] builds the creation of a saga. Neither reads a clock or Redis, so they
+//! are unit- and property-tested below in the style of the state machine's tests. The one
+//! input from outside, which pool serves a step's task type, is applied to a finished
+//! write by [`Write::route`].
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::definition::{SagaDef, SagaDefToml, StepDef};
 use super::fsm::{Command, Event, IllegalTransition, SagaState, SagaStatus, Transition};
 use super::keys;
+use super::record::{
+    f, is_terminal_name, saga_member, status_name, step_member, Correlation, Record, Side,
+    StepMeta, STATES,
+};
 use super::view::HistoryEntry;
 use crate::error::{Error, Result};
-use crate::keys::QueueKeys;
-use crate::metrics as m;
-use crate::task::{now_ms, Task};
+use crate::keys::{Lane, QueueKeys};
+use crate::task::Task;
 
-/// How long finished sagas are kept when no orchestrator published a setting.
-pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 86_400);
-/// Slack added to a step's own time budget before the orchestrator declares it timed out,
-/// when no orchestrator published a setting: covers queueing and reply delivery.
-pub(crate) const DEFAULT_STEP_GRACE: Duration = Duration::from_secs(5);
 /// Longest step budget: a misconfigured retry policy must not push a deadline to 2500 AD.
 const MAX_STEP_BUDGET: Duration = Duration::from_secs(30 * 86_400);
-/// Re-reads after a lost compare-and-set before giving up (the caller retries later).
-const CAS_ATTEMPTS: usize = 16;
-
-/// Hash field names of a saga record.
-pub(crate) mod f {
-    pub const SAGA: &str = "saga";
-    pub const VERSION: &str = "version";
-    pub const DEFINITION: &str = "definition";
-    pub const INPUT: &str = "input";
-    pub const STATE: &str = "state";
-    pub const STATUS: &str = "status";
-    pub const STEP: &str = "step";
-    pub const STEP_NAME: &str = "step_name";
-    pub const REV: &str = "rev";
-    pub const CREATED: &str = "created";
-    pub const UPDATED: &str = "updated";
-    pub const FINISHED: &str = "finished";
-    pub const DEADLINE: &str = "deadline";
-    pub const ERROR: &str = "error";
-    pub const TRACEPARENT: &str = "traceparent";
-    pub const META: &str = "meta";
-}
-
-/// Timing and attempts of one step, kept next to the state machine's view of it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct StepMeta {
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub attempts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub comp_attempts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comp_started_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub comp_ended_at: Option<u64>,
-}
-
-fn is_zero(v: &u32) -> bool {
-    *v == 0
-}
-
-/// A saga record as read from Redis. Damaged fields become errors or defaults, never a
-/// panic: the orchestrator must be able to fail such a saga cleanly.
-#[derive(Debug, Clone)]
-pub(crate) struct Record {
-    pub id: String,
-    pub saga: String,
-    pub version: u32,
-    /// The definition the saga started with (a snapshot, JSON); parsed only when needed
-    /// (see [`Record::snapshot`]), since most transitions use the configured definition.
-    pub definition: Option<String>,
-    pub input: Value,
-    pub state: std::result::Result<SagaState, String>,
-    /// State name (`running`, ...): authoritative for terminal states, since a saga
-    /// failed outside the state machine keeps its last machine state.
-    pub status: String,
-    pub rev: u64,
-    pub created: u64,
-    pub updated: u64,
-    pub finished: Option<u64>,
-    pub deadline: u64,
-    pub error: Option<String>,
-    pub traceparent: Option<String>,
-    pub meta: Vec<StepMeta>,
-}
-
-impl Record {
-    /// Parses the fields of `HGETALL`; `None` when the hash does not exist.
-    pub(crate) fn from_fields(id: &str, mut h: HashMap<String, String>) -> Option<Record> {
-        if h.is_empty() {
-            return None;
-        }
-        let num = |h: &HashMap<String, String>, k: &str| -> Option<u64> {
-            h.get(k).and_then(|v| v.parse().ok())
-        };
-        let state = match h.get(f::STATE) {
-            None => Err("the record has no state".to_string()),
-            Some(t) => {
-                serde_json::from_str(t).map_err(|e| format!("stored state is unreadable: {e}"))
-            }
-        };
-        let input = h
-            .get(f::INPUT)
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or(Value::Null);
-        let meta = h
-            .get(f::META)
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or_default();
-        Some(Record {
-            id: id.to_string(),
-            saga: h.remove(f::SAGA).unwrap_or_default(),
-            version: num(&h, f::VERSION).unwrap_or(0) as u32,
-            definition: h.remove(f::DEFINITION),
-            input,
-            state,
-            status: h.remove(f::STATUS).unwrap_or_default(),
-            rev: num(&h, f::REV).unwrap_or(0),
-            created: num(&h, f::CREATED).unwrap_or(0),
-            updated: num(&h, f::UPDATED).unwrap_or(0),
-            finished: num(&h, f::FINISHED),
-            deadline: num(&h, f::DEADLINE).unwrap_or(0),
-            error: h.remove(f::ERROR).filter(|e| !e.is_empty()),
-            traceparent: h.remove(f::TRACEPARENT).filter(|t| !t.is_empty()),
-            meta,
-        })
-    }
-}
-
-impl Record {
-    /// The definition the saga started with.
-    pub(crate) fn snapshot(&self) -> std::result::Result<SagaDef, String> {
-        let text = self
-            .definition
-            .as_deref()
-            .ok_or("the record has no definition snapshot")?;
-        serde_json::from_str::<SagaDefToml>(text)
-            .map_err(|e| format!("definition snapshot is unreadable: {e}"))?
-            .into_def()
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// Reads saga `id`; `None` when it does not exist (never did, or expired).
-pub(crate) async fn load(conn: &mut ConnectionManager, id: &str) -> Result<Option<Record>> {
-    let h: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(keys::saga(id))
-        .query_async(conn)
-        .await?;
-    Ok(Record::from_fields(id, h))
-}
-
-/// The name of a state as stored and indexed: `running`, `rolled_back`, ...
-pub(crate) fn status_name(s: SagaStatus) -> &'static str {
-    match s {
-        SagaStatus::Pending => "pending",
-        SagaStatus::Running { .. } => "running",
-        SagaStatus::Compensating { .. } => "compensating",
-        SagaStatus::Completed => "completed",
-        SagaStatus::RolledBack => "rolled_back",
-        SagaStatus::Failed => "failed",
-    }
-}
-
-/// Every state name, in life order.
-pub(crate) const STATES: [&str; 6] = [
-    "pending",
-    "running",
-    "compensating",
-    "completed",
-    "rolled_back",
-    "failed",
-];
-
-/// True for the names of the final states.
-pub(crate) fn is_terminal_name(s: &str) -> bool {
-    matches!(s, "completed" | "rolled_back" | "failed")
-}
 
 /// `running:codegen`, `compensating:ml`, `completed`.
 fn label(def: &SagaDef, s: SagaStatus) -> String {
     match s.step().and_then(|i| def.steps.get(i)) {
         Some(step) => format!("{}:{}", status_name(s), step.name),
         None => status_name(s).to_string(),
-    }
-}
-
-/// The deadline member of the saga's own time limit.
-pub(crate) fn saga_member(id: &str) -> String {
-    format!("{id}|saga|-|1")
-}
-
-/// The deadline member of step `step` dispatched at revision `rev`.
-pub(crate) fn step_member(id: &str, step: usize, rev: u64) -> String {
-    format!("{id}|step|{step}|{rev}")
-}
-
-/// A parsed deadline member.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Deadline {
-    Saga { id: String },
-    Step { id: String, step: usize, rev: u64 },
-}
-
-pub(crate) fn parse_member(m: &str) -> Option<Deadline> {
-    let mut it = m.rsplitn(4, '|');
-    let (rev, step, kind, id) = (it.next()?, it.next()?, it.next()?, it.next()?);
-    if id.is_empty() {
-        return None;
-    }
-    match kind {
-        "saga" => Some(Deadline::Saga { id: id.into() }),
-        "step" => Some(Deadline::Step {
-            id: id.into(),
-            step: step.parse().ok()?,
-            rev: rev.parse().ok()?,
-        }),
-        _ => None,
-    }
-}
-
-/// Which side of a step a task performs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    Action,
-    Compensation,
-}
-
-impl Side {
-    fn as_str(self) -> &'static str {
-        match self {
-            Side::Action => "action",
-            Side::Compensation => "comp",
-        }
-    }
-}
-
-/// The `correlation` of a saga task: `ID|STEP|action-or-comp|REV`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Correlation {
-    pub id: String,
-    pub step: usize,
-    pub side: Side,
-    pub rev: u64,
-}
-
-impl Correlation {
-    pub(crate) fn encode(&self) -> String {
-        format!(
-            "{}|{}|{}|{}",
-            self.id,
-            self.step,
-            self.side.as_str(),
-            self.rev
-        )
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<Correlation> {
-        let mut it = s.rsplitn(4, '|');
-        let (rev, side, step, id) = (it.next()?, it.next()?, it.next()?, it.next()?);
-        if id.is_empty() {
-            return None;
-        }
-        Some(Correlation {
-            id: id.into(),
-            step: step.parse().ok()?,
-            side: match side {
-                "action" => Side::Action,
-                "comp" => Side::Compensation,
-                _ => return None,
-            },
-            rev: rev.parse().ok()?,
-        })
     }
 }
 
@@ -354,6 +104,8 @@ pub(crate) enum Outcome {
     },
     /// Accepted, but there was nothing to change (abort while rolling back).
     Noop,
+    /// The saga has ended (its status is given): every event is late, dropped.
+    Ended(String),
     /// A duplicate or late event: dropped.
     Stale(String),
     /// An event that cannot happen (a bug or a forged reply): dropped, logged.
@@ -365,8 +117,14 @@ pub(crate) enum Outcome {
 /// One task to enqueue with a transition.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Dispatch {
+    /// The queue of the step.
     pub queue: String,
+    /// Its lane: bulk for actions, express for compensations.
+    pub lane: Lane,
+    /// The stream it is added to: the queue's lane stream, or a pool's after
+    /// [`Write::route`].
     pub stream: String,
+    /// The task.
     pub task: Task,
 }
 
@@ -403,60 +161,28 @@ pub(crate) struct Write {
 }
 
 impl Write {
-    fn finished(&self) -> bool {
+    /// True when the write ends the saga.
+    pub(crate) fn finished(&self) -> bool {
         is_terminal_name(self.to)
     }
 
-    /// Keys and arguments of the script.
-    pub(crate) fn script_args(&self) -> (Vec<String>, Vec<Vec<u8>>) {
-        let mut k = vec![
-            keys::saga(&self.id),
-            keys::history(&self.id),
-            keys::DEADLINES.to_string(),
-            keys::ACTIVE.to_string(),
-            keys::state_index(self.from),
-            keys::state_index(self.to),
-            keys::SETTINGS.to_string(),
-            crate::keys::queues_registry(),
-        ];
-        k.extend(self.dispatches.iter().map(|d| d.stream.clone()));
-        let mut a: Vec<Vec<u8>> = Vec::with_capacity(32 + 2 * self.fields.len());
-        let mut s = |v: String| a.push(v.into_bytes());
-        s(self.expect_rev.to_string());
-        s(self.new_rev.to_string());
-        s(self.id.clone());
-        s(self.now.to_string());
-        s(DEFAULT_RETENTION.as_millis().to_string());
-        s(DEFAULT_STEP_GRACE.as_millis().to_string());
-        s(if self.finished() { "1" } else { "0" }.into());
-        s(self.active_score.map(|v| v.to_string()).unwrap_or_default());
-        s(serde_json::to_string(&self.history).unwrap_or_default());
-        s(self.fields.len().to_string());
-        for (name, v) in &self.fields {
-            s(name.to_string());
-            s(v.clone());
-        }
-        s(self.zrem.len().to_string());
-        for m in &self.zrem {
-            s(m.clone());
-        }
-        s(self.zadd.len().to_string());
-        for (score, grace, m) in &self.zadd {
-            s(score.to_string());
-            s(if *grace { "1" } else { "0" }.into());
-            s(m.clone());
-        }
-        s(self.dispatches.len().to_string());
-        for d in &self.dispatches {
-            let fields = d.task.encode();
-            s(d.queue.clone());
-            s(fields.len().to_string());
-            for (name, v) in fields {
-                s(name.to_string());
-                s(v);
+    /// Sends each dispatched task to the stream of the pool that serves its type, per
+    /// `pool_of(queue, task_type)` (a copy of the queue's routes), instead of the queue's
+    /// own lane stream: a step of a type only a pool serves would otherwise wait for the
+    /// default pool to forward it, or forever if no default pool runs.
+    pub(crate) fn route(&mut self, pool_of: impl Fn(&str, &str) -> Option<String>) {
+        for d in &mut self.dispatches {
+            let mut routes = std::collections::HashMap::new();
+            if let Some(pool) = pool_of(&d.queue, &d.task.task_type) {
+                routes.insert(d.task.task_type.clone(), pool);
             }
+            d.stream = crate::routing::target_stream(
+                &QueueKeys::new(&d.queue),
+                &routes,
+                &d.task.task_type,
+                d.lane,
+            );
         }
-        (k, a)
     }
 }
 
@@ -518,11 +244,7 @@ fn resolve<'a>(rec: &Record, defs: &'a [SagaDef]) -> std::result::Result<Cow<'a,
 /// Decides what `trig` does to `rec`: the write to attempt, or why there is none.
 pub(crate) fn decide(rec: &Record, defs: &[SagaDef], trig: &Trigger, now: u64) -> Decision {
     if is_terminal_name(&rec.status) {
-        return Decision::Done(Outcome::Stale(format!(
-            "saga has ended ({}); {} ignored",
-            rec.status,
-            trig.event().kind()
-        )));
+        return Decision::Done(Outcome::Ended(rec.status.clone()));
     }
     if rec.rev == 0 {
         return Decision::Done(Outcome::Rejected(
@@ -800,7 +522,7 @@ fn task_for(
     now: u64,
 ) -> Dispatch {
     let s = &def.steps[step];
-    let (task_type, payload, lane_stream) = match side {
+    let (task_type, payload, lane) = match side {
         Side::Action => {
             let mut outputs = Map::new();
             for (i, earlier) in def.steps.iter().enumerate().take(step) {
@@ -814,7 +536,7 @@ fn task_for(
                 "input": rec.input,
                 "outputs": outputs,
             });
-            (s.action.clone(), payload, QueueKeys::new(&s.queue).stream)
+            (s.action.clone(), payload, Lane::Bulk)
         }
         Side::Compensation => {
             let payload = json!({
@@ -828,7 +550,7 @@ fn task_for(
             (
                 s.compensation.clone().unwrap_or_default(),
                 payload,
-                QueueKeys::new(&s.queue).express,
+                Lane::Express,
             )
         }
     };
@@ -841,7 +563,8 @@ fn task_for(
     };
     Dispatch {
         queue: s.queue.clone(),
-        stream: lane_stream,
+        lane,
+        stream: QueueKeys::new(&s.queue).lane_stream(lane).to_string(),
         task: Task {
             max_attempts: Some(s.retry.max_attempts),
             enqueued_at: now,
@@ -911,150 +634,6 @@ pub(crate) fn start_write(def: &SagaDef, input: Value, now: u64) -> Result<Write
     ]);
     Ok(w)
 }
-
-/// Runs the script for `w`: true when written, false when the revision did not match.
-pub(crate) async fn commit(conn: &mut ConnectionManager, w: &Write) -> Result<bool> {
-    let (k, a) = w.script_args();
-    let mut inv = crate::rdb::scripts::script(crate::rdb::ScriptId::SagaApply).prepare_invoke();
-    for key in &k {
-        inv.key(key);
-    }
-    for arg in &a {
-        inv.arg(arg.as_slice());
-    }
-    let (ok, _rev): (i64, String) = inv.invoke_async(conn).await?;
-    if ok == 1 {
-        after_commit(w);
-    }
-    Ok(ok == 1)
-}
-
-/// Runs the scripts of several creations in one pipeline (loading the script and
-/// resending the rest if Redis had lost it; a creation is never applied twice, since it
-/// requires the saga not to exist).
-pub(crate) async fn commit_creations(conn: &mut ConnectionManager, ws: &[Write]) -> Result<()> {
-    let mut todo: Vec<usize> = (0..ws.len()).collect();
-    for round in 0..2 {
-        let mut p = redis::pipe();
-        p.ignore_errors();
-        for &i in &todo {
-            let (k, a) = ws[i].script_args();
-            let keys: Vec<&str> = k.iter().map(String::as_str).collect();
-            p.add_command(crate::rdb::evalsha(
-                crate::rdb::ScriptId::SagaApply,
-                &keys,
-                a,
-            ));
-        }
-        let results: Vec<redis::RedisResult<(i64, String)>> = p.query_async(conn).await?;
-        let mut again = Vec::new();
-        let mut first_err = None;
-        for (&i, r) in todo.iter().zip(results) {
-            match r {
-                Ok((1, _)) => after_commit(&ws[i]),
-                // Created by the first round, whose reply was an error for another entry.
-                Ok(_) => {}
-                Err(e) if crate::rdb::is_noscript(&e) && round == 0 => again.push(i),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(e.into());
-        }
-        if again.is_empty() {
-            return Ok(());
-        }
-        crate::rdb::scripts::script(crate::rdb::ScriptId::SagaApply)
-            .prepare_invoke()
-            .load_async(conn)
-            .await?;
-        todo = again;
-    }
-    Ok(())
-}
-
-fn after_commit(w: &Write) {
-    let n = &w.note;
-    metrics::counter!(m::SAGA_TRANSITIONS_TOTAL, "saga" => n.saga.clone(), "from" => w.from, "to" => w.to)
-        .increment(1);
-    tracing::debug!(
-        saga_id = %w.id,
-        saga = %n.saga,
-        rev = w.new_rev,
-        event = %w.history.event,
-        from = %w.history.from,
-        to = %w.history.to,
-        dispatched = w.dispatches.len(),
-        "saga transition"
-    );
-    let Some(fin) = n.finished else { return };
-    let secs = w.now.saturating_sub(n.created) as f64 / 1000.0;
-    metrics::histogram!(m::SAGA_DURATION_SECONDS, "saga" => n.saga.clone(), "state" => fin)
-        .record(secs);
-    let error = n.error.as_deref().unwrap_or("");
-    match fin {
-        "completed" => {
-            tracing::info!(saga_id = %w.id, saga = %n.saga, duration_ms = w.now.saturating_sub(n.created), "saga completed")
-        }
-        "rolled_back" => tracing::info!(
-            saga_id = %w.id,
-            saga = %n.saga,
-            duration_ms = w.now.saturating_sub(n.created),
-            error,
-            "saga rolled back: every completed step was compensated"
-        ),
-        _ => {
-            if let Some(step) = &n.compensation_failed {
-                metrics::counter!(m::COMPENSATION_FAILURES_TOTAL, "saga" => n.saga.clone(), "step" => step.clone())
-                    .increment(1);
-            }
-            tracing::error!(
-                saga_id = %w.id,
-                saga = %n.saga,
-                step = n.compensation_failed.as_deref().unwrap_or(""),
-                forced = n.forced,
-                error,
-                "saga FAILED and needs an operator: effects of its completed steps remain (see `taskstream saga show {}`)",
-                w.id
-            );
-        }
-    }
-}
-
-/// Applies `trig` to saga `id`: reads, decides, writes with compare-and-set, and on a
-/// lost race re-reads and decides again.
-pub(crate) async fn advance(
-    conn: &mut ConnectionManager,
-    defs: &[SagaDef],
-    id: &str,
-    trig: &Trigger,
-) -> Result<Outcome> {
-    for _ in 0..CAS_ATTEMPTS {
-        let Some(rec) = load(conn, id).await? else {
-            return Ok(Outcome::Missing);
-        };
-        let w = match decide(&rec, defs, trig, now_ms()) {
-            Decision::Done(o) => return Ok(o),
-            Decision::Write(w) => w,
-        };
-        if commit(conn, &w).await? {
-            return Ok(Outcome::Applied {
-                from: w.from,
-                to: w.to,
-            });
-        }
-        tracing::debug!(saga_id = %id, rev = rec.rev, "saga moved meanwhile; deciding again");
-    }
-    Err(Error::Invalid {
-        what: "saga transition",
-        reason: format!(
-            "saga {id} changed {CAS_ATTEMPTS} times while this transition was being applied; it will be retried"
-        ),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1295,7 +874,7 @@ mod tests {
         let mut ended = after(&[Event::Start]);
         ended.status = "completed".into();
         let o = decide(&ended, &[d], &ok(0), 1);
-        assert!(matches!(o, Decision::Done(Outcome::Stale(_))), "{o:?}");
+        assert!(matches!(o, Decision::Done(Outcome::Ended(_))), "{o:?}");
     }
 
     #[test]
@@ -1339,43 +918,283 @@ mod tests {
     }
 
     #[test]
-    fn correlations_and_members_roundtrip() {
-        let c = Correlation {
-            id: "0190-ab".into(),
-            step: 3,
-            side: Side::Compensation,
-            rev: 12,
-        };
-        assert_eq!(Correlation::parse(&c.encode()), Some(c));
-        assert_eq!(Correlation::parse("x|1|other|2"), None);
-        assert_eq!(Correlation::parse("|1|action|2"), None);
-        assert_eq!(
-            parse_member(&step_member("a-b", 2, 7)),
-            Some(Deadline::Step {
-                id: "a-b".into(),
-                step: 2,
-                rev: 7
-            })
-        );
-        assert_eq!(
-            parse_member(&saga_member("a-b")),
-            Some(Deadline::Saga { id: "a-b".into() })
-        );
-        assert_eq!(parse_member("garbage"), None);
-    }
-
-    #[test]
-    fn damaged_records_parse_without_panic() {
-        let mut h = HashMap::new();
+    fn a_damaged_record_is_rejected_not_decided() {
+        let mut h = std::collections::HashMap::new();
         h.insert("state".to_string(), "{not json".to_string());
         h.insert("rev".to_string(), "x".to_string());
         let r = Record::from_fields("S", h).unwrap();
-        assert!(r.state.is_err() && r.snapshot().is_err());
-        assert_eq!(r.rev, 0);
         assert!(matches!(
             decide(&r, &[demo_saga()], &Trigger::SagaDeadline, 1),
             Decision::Done(Outcome::Rejected(_))
         ));
-        assert!(Record::from_fields("S", HashMap::new()).is_none());
+    }
+
+    #[test]
+    fn routing_sends_a_pooled_type_to_its_pool_and_others_to_the_queue() {
+        let d = demo_saga();
+        let mut w = start_write(&d, json!({}), 1).unwrap();
+        assert_eq!(w.dispatches[0].stream, "ts:{default}:stream");
+        w.route(|q, t| (q == "default" && t == "demo.reasoning").then(|| "gpu".to_string()));
+        assert_eq!(w.dispatches[0].stream, "ts:{default}:pool:gpu");
+        // The script's keys follow the routed stream.
+        w.route(|_, _| None);
+        assert_eq!(w.dispatches[0].stream, "ts:{default}:stream");
+        // A compensation goes to the express lane of its pool.
+        let rec = after(&[Event::Start]);
+        let mut w = write(decide(&rec, &[d], &Trigger::SagaDeadline, 70_000));
+        w.route(|_, _| Some("gpu".into()));
+        assert_eq!(w.dispatches[0].lane, Lane::Express);
+        assert_eq!(w.dispatches[0].stream, "ts:{default}:pool:gpu:express");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A trigger of a random run, aimed at the step in flight or not.
+        #[derive(Debug, Clone)]
+        enum Input {
+            /// A reply of the step or compensation in flight (`ok`), at the current
+            /// revision or `rev_off` revisions behind.
+            Reply {
+                ok: bool,
+                rev_off: u64,
+            },
+            /// A reply of an arbitrary step and side.
+            Stray {
+                step: usize,
+                comp: bool,
+                ok: bool,
+                rev_off: u64,
+            },
+            StepDeadline {
+                rev_off: u64,
+            },
+            SagaDeadline,
+            Abort,
+        }
+
+        fn arb_input() -> impl Strategy<Value = Input> {
+            let off = prop_oneof![3 => Just(0u64), 1 => 1u64..4];
+            prop_oneof![
+                6 => (any::<bool>(), off.clone()).prop_map(|(ok, rev_off)| Input::Reply { ok, rev_off }),
+                2 => (0usize..8, any::<bool>(), any::<bool>(), off.clone())
+                    .prop_map(|(step, comp, ok, rev_off)| Input::Stray { step, comp, ok, rev_off }),
+                1 => off.prop_map(|rev_off| Input::StepDeadline { rev_off }),
+                1 => Just(Input::SagaDeadline),
+                1 => Just(Input::Abort),
+            ]
+        }
+
+        fn arb_def() -> impl Strategy<Value = SagaDef> {
+            proptest::collection::vec((any::<bool>(), 1u32..4), 1..=6).prop_map(|steps| {
+                let mut b = SagaDef::builder("p");
+                for (i, (c, attempts)) in steps.into_iter().enumerate() {
+                    let mut s = StepDef::new(format!("s{i}"), format!("t.s{i}"))
+                        .max_attempts(attempts)
+                        .queue(if i % 2 == 0 { "default" } else { "other" });
+                    if c {
+                        s = s.compensate(format!("t.undo{i}"));
+                    }
+                    b = b.step(s);
+                }
+                b.build().unwrap()
+            })
+        }
+
+        fn reply(event: Event, rev: u64) -> Trigger {
+            Trigger::Reply {
+                event,
+                rev,
+                attempt: 1,
+            }
+        }
+
+        fn trigger(rec: &Record, input: &Input) -> Trigger {
+            let st = rec.state.as_ref().unwrap().status();
+            let rev = |off: u64| rec.rev.saturating_sub(off);
+            let event = |step: usize, comp: bool, ok: bool| match (comp, ok) {
+                (false, true) => Event::StepSucceeded {
+                    step,
+                    output: json!(step),
+                },
+                (false, false) => Event::StepFailed {
+                    step,
+                    error: "boom".into(),
+                },
+                (true, true) => Event::CompensationSucceeded { step },
+                (true, false) => Event::CompensationFailed {
+                    step,
+                    error: "undo boom".into(),
+                },
+            };
+            match *input {
+                Input::Reply { ok, rev_off } => {
+                    let comp = matches!(st, SagaStatus::Compensating { .. });
+                    reply(event(st.step().unwrap_or(0), comp, ok), rev(rev_off))
+                }
+                Input::Stray {
+                    step,
+                    comp,
+                    ok,
+                    rev_off,
+                } => reply(event(step, comp, ok), rev(rev_off)),
+                Input::StepDeadline { rev_off } => Trigger::StepDeadline {
+                    step: st.step().unwrap_or(0),
+                    rev: rev(rev_off),
+                },
+                Input::SagaDeadline => Trigger::SagaDeadline,
+                Input::Abort => Trigger::Abort {
+                    reason: "operator".into(),
+                },
+            }
+        }
+
+        /// What the script does to the record: its new fields.
+        fn store(rec: &Record, w: &Write) -> Record {
+            let mut r = rec.clone();
+            for (k, v) in &w.fields {
+                match *k {
+                    f::STATE => r.state = Ok(serde_json::from_str(v).unwrap()),
+                    f::STATUS => r.status = v.clone(),
+                    f::REV => r.rev = v.parse().unwrap(),
+                    f::META => r.meta = serde_json::from_str(v).unwrap(),
+                    _ => {}
+                }
+            }
+            r
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            #[test]
+            fn decisions_keep_the_invariants(
+                def in arb_def(),
+                inputs in proptest::collection::vec(arb_input(), 0..40),
+            ) {
+                let defs = std::slice::from_ref(&def);
+                let start = start_write(&def, json!({"k": 1}), 1_000).unwrap();
+                let mut rec = Record {
+                    id: start.id.clone(),
+                    saga: def.name.clone(),
+                    version: def.version,
+                    definition: None,
+                    input: json!({"k": 1}),
+                    state: Ok(SagaState::new(&def)),
+                    status: "pending".into(),
+                    rev: 0,
+                    created: 1_000,
+                    updated: 1_000,
+                    finished: None,
+                    deadline: 61_000,
+                    error: None,
+                    traceparent: None,
+                    meta: Vec::new(),
+                };
+                rec = store(&rec, &start);
+                let mut now = 1_000;
+                for input in inputs {
+                    now += 7;
+                    let trig = trigger(&rec, &input);
+                    let before = rec.state.clone().unwrap().status();
+                    match decide(&rec, defs, &trig, now) {
+                        Decision::Done(o) => {
+                            // (a) Nothing is written for a trigger of another revision, nor
+                            // for an ended saga.
+                            let applied = matches!(o, Outcome::Applied { .. });
+                            prop_assert!(!applied, "a decision without write says applied");
+                            continue;
+                        }
+                        Decision::Write(w) => {
+                            let w = *w;
+                            prop_assert!(!w.note.forced, "forced failure: {:?}", w.fields);
+                            // (b) Nothing is written for a reply or step deadline of another
+                            // revision, nor to an ended saga.
+                            match &trig {
+                                Trigger::Reply { rev, .. } | Trigger::StepDeadline { rev, .. } => {
+                                    prop_assert_eq!(*rev, rec.rev)
+                                }
+                                _ => {}
+                            }
+                            prop_assert!(!before.is_terminal());
+                            // (c) Compare-and-set on the revision read, one revision on.
+                            prop_assert_eq!((w.expect_rev, w.new_rev), (rec.rev, rec.rev + 1));
+                            prop_assert_eq!(w.history.rev, w.new_rev);
+                            prop_assert_eq!(w.from, status_name(before));
+                            let next = store(&rec, &w);
+                            let after = next.state.clone().unwrap().status();
+                            prop_assert_eq!(w.to, status_name(after));
+                            // (d) At most one task, and it is the one now in flight, with a
+                            // correlation and idempotency key naming it at the new revision.
+                            prop_assert!(w.dispatches.len() <= 1);
+                            for d in &w.dispatches {
+                                let c = Correlation::parse(d.task.correlation.as_deref().unwrap()).unwrap();
+                                prop_assert_eq!(&c.id, &rec.id);
+                                prop_assert_eq!(c.rev, w.new_rev);
+                                let (side, lane) = match after {
+                                    SagaStatus::Running { step } => { prop_assert_eq!(c.step, step); (Side::Action, Lane::Bulk) }
+                                    SagaStatus::Compensating { step } => { prop_assert_eq!(c.step, step); (Side::Compensation, Lane::Express) }
+                                    other => { prop_assert!(false, "dispatch while {:?}", other); unreachable!() }
+                                };
+                                prop_assert_eq!(c.side, side);
+                                prop_assert_eq!(d.lane, lane);
+                                let s = &def.steps[c.step];
+                                let want_type = match side { Side::Action => &s.action, Side::Compensation => s.compensation.as_ref().unwrap() };
+                                prop_assert_eq!(&d.task.task_type, want_type);
+                                prop_assert_eq!(&d.queue, &s.queue);
+                                let lane_stream = QueueKeys::new(&s.queue).lane_stream(lane).to_string();
+                                prop_assert_eq!(&d.stream, &lane_stream);
+                                let key = format!("{}:{}:{}", rec.id, c.step, side.as_str());
+                                prop_assert_eq!(d.task.idempotency_key.as_deref(), Some(key.as_str()));
+                                prop_assert_eq!(d.task.reply_to.as_deref(), Some(keys::REPLIES));
+                            }
+                            // (e) Running a step means its deadline is set (at the new
+                            // revision); the previous step's deadline always goes.
+                            let step_deadlines: Vec<&String> = w.zadd.iter().map(|(_, _, m)| m).collect();
+                            match after {
+                                SagaStatus::Running { step } => {
+                                    let member = step_member(&rec.id, step, w.new_rev);
+                                    prop_assert_eq!(step_deadlines, vec![&member]);
+                                    prop_assert!(!w.dispatches.is_empty());
+                                }
+                                _ => prop_assert!(step_deadlines.is_empty()),
+                            }
+                            if let SagaStatus::Running { step } = before {
+                                prop_assert!(w.zrem.contains(&step_member(&rec.id, step, rec.rev)));
+                            }
+                            // (f) Ending removes the saga deadline and sets `finished`.
+                            prop_assert_eq!(w.finished(), after.is_terminal());
+                            if after.is_terminal() {
+                                prop_assert!(w.zrem.contains(&saga_member(&rec.id)));
+                                prop_assert!(w.fields.iter().any(|(k, _)| *k == f::FINISHED));
+                                prop_assert!(w.dispatches.is_empty());
+                            }
+                            rec = next;
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn step_budget_covers_every_attempt_and_is_bounded(
+                timeout_ms in 1u64..100_000,
+                attempts in 1u32..50,
+                base_ms in 1u64..10_000,
+                extra_ms in 0u64..100_000,
+            ) {
+                let s = StepDef::new("a", "t")
+                    .timeout(Duration::from_millis(timeout_ms))
+                    .max_attempts(attempts)
+                    .backoff(Duration::from_millis(base_ms), Duration::from_millis(base_ms + extra_ms));
+                let b = step_budget(&s);
+                prop_assert!(b <= MAX_STEP_BUDGET);
+                let floor = Duration::from_millis(timeout_ms) * attempts
+                    + Duration::from_millis(base_ms) * (attempts - 1);
+                prop_assert!(b >= floor.min(MAX_STEP_BUDGET));
+                let cap = Duration::from_millis(timeout_ms + base_ms + extra_ms) * attempts;
+                prop_assert!(b <= cap);
+            }
+        }
     }
 }
