@@ -20,6 +20,12 @@ mod conn;
 mod parse;
 pub(crate) mod scripts;
 
+mod builtin;
+mod demo;
+mod inspect;
+mod preflight;
+mod signals;
+
 use redis::aio::ConnectionManager;
 use std::time::Duration;
 
