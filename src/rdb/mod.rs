@@ -21,6 +21,7 @@ mod parse;
 pub(crate) mod scripts;
 
 mod builtin;
+#[cfg(feature = "cli")]
 mod demo;
 mod inspect;
 mod preflight;
