@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -69,6 +68,7 @@ pub(crate) fn registry(
 
 #[cfg(feature = "http-handler")]
 fn register_http_handlers(cfg: &Config, reg: &mut Registry) -> anyhow::Result<()> {
+    use anyhow::Context;
     let client = crate::http_handler::client();
     for h in &cfg.http_handlers {
         // The worker enforces each task's own time limit; the request limit defaults to
@@ -99,6 +99,7 @@ fn register_http_handlers(cfg: &Config, _reg: &mut Registry) -> anyhow::Result<(
 /// Starts `/metrics`, `/health` and `/ready` on `http.listen` (nothing when it is "").
 #[cfg(feature = "http")]
 pub(crate) async fn start_http(cfg: &Config, stop: &CancellationToken) -> anyhow::Result<()> {
+    use anyhow::Context;
     if cfg.http.listen.is_empty() {
         return Ok(());
     }
