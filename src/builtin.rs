@@ -20,6 +20,7 @@ use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
 use crate::handler::{handler_fn, HandlerError, Registry, TaskContext};
+use crate::rdb::Broker;
 
 #[derive(Deserialize, Default)]
 struct RecordPayload {
@@ -52,6 +53,7 @@ async fn sleep_cancellable(ctx: &TaskContext, ms: u64) -> Result<(), HandlerErro
 
 /// Registers the `builtin.*` handlers; `builtin.record` writes through `conn`.
 pub fn register(reg: &mut Registry, conn: ConnectionManager) {
+    let broker = Broker::new(conn);
     reg.register(
         "builtin.noop",
         handler_fn(|_ctx: TaskContext| async { Ok(serde_json::Value::Null) }),
@@ -81,7 +83,7 @@ pub fn register(reg: &mut Registry, conn: ConnectionManager) {
     reg.register(
         "builtin.record",
         handler_fn(move |ctx: TaskContext| {
-            let mut conn = conn.clone();
+            let broker = broker.clone();
             async move {
                 let p: RecordPayload = ctx.payload()?;
                 if p.key.is_empty() {
@@ -89,24 +91,14 @@ pub fn register(reg: &mut Registry, conn: ConnectionManager) {
                         "builtin.record needs a non-empty \"key\"",
                     ));
                 }
-                let mut pipe = redis::Pipeline::new();
-                pipe.cmd("HINCRBY")
-                    .arg(&p.key)
-                    .arg(ctx.id())
-                    .arg(1)
-                    .ignore();
-                if let Some(l) = &p.log {
-                    pipe.cmd("RPUSH")
-                        .arg(l)
-                        .arg(format!(
-                            "{} {} {}",
-                            ctx.id(),
-                            ctx.attempt(),
-                            crate::task::now_ms()
-                        ))
-                        .ignore();
-                }
-                pipe.query_async::<()>(&mut conn)
+                let log = p.log.as_deref().map(|l| {
+                    (
+                        l,
+                        format!("{} {} {}", ctx.id(), ctx.attempt(), crate::task::now_ms()),
+                    )
+                });
+                broker
+                    .record_execution(&p.key, ctx.id(), log)
                     .await
                     .map_err(|e| HandlerError::retryable(format!("record: {e}")))?;
                 sleep_cancellable(&ctx, p.ms).await?;

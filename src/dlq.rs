@@ -3,14 +3,15 @@
 //! A dead letter keeps the task's original fields plus `dlq_reason`, `dlq_error`,
 //! `dlq_attempts`, `dlq_at`, `dlq_entry_id`, `dlq_lane`, `dlq_group` and `dlq_consumer`.
 //! Requeue moves it back to its lane's stream with `attempt = 1`, in one atomic script.
+//!
+//! These functions take a bare connection for the callers that have one; the operator API
+//! is [`crate::inspect::Inspector`].
 
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::keys::QueueKeys;
-use crate::rdb;
-use crate::task::now_ms;
+use crate::rdb::Broker;
 
 /// One dead letter, for display.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -37,87 +38,43 @@ pub async fn list(
     queue: &str,
     count: usize,
 ) -> Result<Vec<DeadLetter>> {
-    let k = QueueKeys::new(queue);
-    let v: redis::Value = redis::cmd("XRANGE")
-        .arg(&k.dlq)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(count)
-        .query_async(conn)
-        .await?;
-    Ok(rdb::parse_entries(v)
-        .into_iter()
-        .map(|e| DeadLetter {
-            dlq_id: e.id,
-            fields: e
-                .fields
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| {
-                    (
-                        String::from_utf8_lossy(&k).into_owned(),
-                        String::from_utf8_lossy(&v).into_owned(),
-                    )
-                })
-                .collect(),
-        })
-        .collect())
+    Ok(Broker::new(conn.clone())
+        .dead_letters(queue, "-", "+", count)
+        .await?
+        .0)
 }
 
 /// Requeues one dead letter. Returns 1 when requeued, 0 when gone, -1 when it holds no task.
 pub async fn requeue(conn: &mut ConnectionManager, queue: &str, dlq_id: &str) -> Result<i64> {
-    let k = QueueKeys::new(queue);
-    let mut p = redis::Pipeline::new();
-    p.add_command(rdb::evalsha(
-        rdb::ScriptId::Requeue,
-        &[&k.dlq, &k.stream, &k.express],
-        vec![
-            dlq_id.as_bytes().to_vec(),
-            now_ms().to_string().into_bytes(),
-        ],
-    ));
-    let (r,): (i64,) = rdb::query_pipe(conn, &p).await?;
-    Ok(r)
+    Broker::new(conn.clone())
+        .requeue_dead_letter(queue, dlq_id)
+        .await
 }
 
 /// Requeues every dead letter present when called (in pages). Letters that die again while
 /// this runs are left alone, so it always ends. Returns (requeued, skipped).
 pub async fn requeue_all(conn: &mut ConnectionManager, queue: &str) -> Result<(u64, u64)> {
+    requeue_all_on(&Broker::new(conn.clone()), queue).await
+}
+
+/// [`requeue_all`] on a broker.
+pub(crate) async fn requeue_all_on(b: &Broker, queue: &str) -> Result<(u64, u64)> {
     let (mut ok, mut skipped) = (0, 0);
-    let k = QueueKeys::new(queue);
-    let last: redis::Value = redis::cmd("XREVRANGE")
-        .arg(&k.dlq)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(conn)
-        .await?;
-    let Some(end) = rdb::parse_entries(last).pop().map(|e| e.id) else {
+    let Some(end) = b.newest_dead_letter_id(queue).await? else {
         return Ok((0, 0));
     };
     let mut start = "-".to_string();
     loop {
-        let v: redis::Value = redis::cmd("XRANGE")
-            .arg(&k.dlq)
-            .arg(&start)
-            .arg(&end)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(conn)
-            .await?;
-        let page = rdb::parse_entries(v);
-        if page.is_empty() {
+        let (page, _) = b.dead_letters(queue, &start, &end, 500).await?;
+        let Some(last) = page.last().map(|d| d.dlq_id.clone()) else {
             break;
-        }
-        for e in &page {
-            match requeue(conn, queue, &e.id).await? {
+        };
+        for d in &page {
+            match b.requeue_dead_letter(queue, &d.dlq_id).await? {
                 1 => ok += 1,
                 _ => skipped += 1,
             }
         }
-        let last = &page.last().expect("non-empty").id;
         start = format!("({last}");
     }
     Ok((ok, skipped))
@@ -125,14 +82,5 @@ pub async fn requeue_all(conn: &mut ConnectionManager, queue: &str) -> Result<(u
 
 /// Deletes the dead-letter stream. Returns how many entries it held.
 pub async fn purge(conn: &mut ConnectionManager, queue: &str) -> Result<u64> {
-    let k = QueueKeys::new(queue);
-    let mut p = redis::Pipeline::new();
-    p.atomic()
-        .cmd("XLEN")
-        .arg(&k.dlq)
-        .cmd("DEL")
-        .arg(&k.dlq)
-        .ignore();
-    let (n,): (u64,) = p.query_async(conn).await?;
-    Ok(n)
+    Broker::new(conn.clone()).purge_dead_letters(queue).await
 }

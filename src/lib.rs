@@ -17,6 +17,8 @@
 
 pub mod backoff;
 pub mod builtin;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cli;
 pub mod collector;
 pub mod config;
@@ -24,8 +26,11 @@ pub mod dlq;
 pub mod error;
 pub mod handler;
 pub mod health;
+#[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "http-handler")]
 pub mod http_handler;
+pub mod inspect;
 pub mod keys;
 pub mod local_redis;
 pub mod metrics;
@@ -36,6 +41,7 @@ pub mod reply;
 pub(crate) mod routing;
 pub mod saga;
 pub mod scaling;
+pub mod signal;
 pub mod signals;
 pub mod stats;
 pub mod task;

@@ -14,6 +14,7 @@ use redis::aio::ConnectionManager;
 
 use crate::config::PreflightMode;
 use crate::error::{Error, Result};
+use crate::rdb::Broker;
 
 /// Outcome of the checks.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -80,31 +81,27 @@ pub fn evaluate(
     r
 }
 
-async fn config_get(conn: &mut ConnectionManager, key: &str) -> Option<String> {
-    let v: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg(key)
-        .query_async(conn)
-        .await;
-    v.ok().and_then(|v| v.get(1).cloned())
+/// What the checks need to know about the server.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerFacts {
+    /// `redis_version` from `INFO server`.
+    pub version: String,
+    /// `connected_slaves` from `INFO replication`.
+    pub replicas: Option<u32>,
+    /// `maxmemory-policy`, or `None` when `CONFIG GET` was refused.
+    pub maxmemory_policy: Option<String>,
+    /// `appendonly`, or `None` when `CONFIG GET` was refused.
+    pub appendonly: Option<String>,
 }
 
 /// Reads the facts from the server and evaluates them.
 pub async fn check(conn: &mut ConnectionManager) -> Result<Report> {
-    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await?;
-    let repl: String = redis::cmd("INFO")
-        .arg("replication")
-        .query_async(conn)
-        .await?;
-    let version = info_field(&info, "redis_version").unwrap_or("").to_string();
-    let replicas = info_field(&repl, "connected_slaves").and_then(|s| s.parse().ok());
-    let policy = config_get(conn, "maxmemory-policy").await;
-    let aof = config_get(conn, "appendonly").await;
+    let f = Broker::new(conn.clone()).server_facts().await?;
     Ok(evaluate(
-        &version,
-        policy.as_deref(),
-        aof.as_deref(),
-        replicas,
+        &f.version,
+        f.maxmemory_policy.as_deref(),
+        f.appendonly.as_deref(),
+        f.replicas,
     ))
 }
 

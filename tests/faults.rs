@@ -3,6 +3,7 @@
 //! Each scenario asserts that every enqueue the producer saw succeed was executed (or
 //! dead-lettered with a reason), that nothing is left in the stream or pending, and that
 //! duplicates happen only to tasks that were in flight on a killed process.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! HTTP handler protocol tests against a local axum server (no Redis needed).
+#![cfg(all(feature = "http", feature = "http-handler"))]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

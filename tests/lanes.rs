@@ -1,4 +1,5 @@
 //! Express lane, rate limits, cancel and pause/resume against real Redis.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! collector's gauges match Redis), `/health` and `/ready` while Redis goes away and comes
 //! back, a producer's `traceparent` arriving at an HTTP handler, `taskstream stats --watch`
 //! and `--json`, and JSON logs that never show task payloads.
+#![cfg(all(feature = "cli", feature = "http", feature = "http-handler"))]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The core pipeline against real Redis: enqueue → process → ACK, retries, dead letters,
 //! delays, idempotency, fan-out, graceful shutdown, raw wire-format producers.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The real `taskstream` binary as child processes: several workers sharing a queue,
 //! Redis down at start, bad configuration, preflight, and the CLI's data commands.
+#![cfg(feature = "cli")]
 
 mod common;
 
@@ -218,7 +219,8 @@ async fn cli_enqueue_stats_and_dlq_speak_json() {
     );
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let task_id = v["task_id"].as_str().unwrap().to_string();
+    // `enqueue --json` prints an array, one object per task, whatever `--count` is.
+    let task_id = v[0]["task_id"].as_str().unwrap().to_string();
     let (code, out, _) = run_cli(
         &[
             "--redis-url",
@@ -236,7 +238,7 @@ async fn cli_enqueue_stats_and_dlq_speak_json() {
     );
     assert_eq!(code, 0);
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["scheduled"],
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["scheduled"],
         true
     );
     let (code, out, _) = run_cli(&["--redis-url", &url, "stats", "--json"], &[]);

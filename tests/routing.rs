@@ -1,4 +1,5 @@
 //! Type routing: worker pools serve only their declared types, across 10,000 mixed tasks.
+#![cfg(feature = "cli")]
 
 mod common;
 

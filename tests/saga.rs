@@ -1,6 +1,7 @@
 //! Saga orchestrator end to end: a private Redis, the library worker in-process with test
 //! handlers, one or more orchestrators (in-process, or `taskstream orchestrator`
 //! processes for the crash test). Waits are polls with deadlines, never fixed sleeps.
+#![cfg(feature = "cli")]
 
 mod common;
 

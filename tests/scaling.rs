@@ -1,5 +1,6 @@
 //! The SLA loop of a real worker process: it adapts concurrency to the latency objective
 //! and exports the replicas the queue needs (read from its /metrics).
+#![cfg(all(feature = "cli", feature = "http"))]
 
 mod common;
 

@@ -26,6 +26,13 @@ mod routes;
 pub(crate) mod scripts;
 mod settle;
 
+mod builtin;
+#[cfg(feature = "cli")]
+mod demo;
+mod inspect;
+mod preflight;
+mod signals;
+
 use redis::aio::ConnectionManager;
 use std::time::Duration;
 

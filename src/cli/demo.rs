@@ -14,22 +14,31 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use tokio_util::sync::CancellationToken;
 
-use taskstream::cli::DemoArgs;
-use taskstream::config::{Config, QueueConfig};
-use taskstream::handler::{handler_fn, HandlerError, Registry, TaskContext};
-use taskstream::keys::QueueKeys;
-use taskstream::local_redis::{answers, LocalRedis};
-use taskstream::producer::{NewTask, Producer};
-use taskstream::task::now_ms;
+use crate::config::{Config, QueueConfig};
+use crate::handler::{handler_fn, HandlerError, Registry, TaskContext};
+use crate::local_redis::{answers, LocalRedis};
+use crate::producer::{NewTask, Producer};
+use crate::rdb::Broker;
+use crate::task::now_ms;
+
+use super::output::{escape_controls, flush, out, outln};
+
+/// `demo` options.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Bulk tasks to enqueue.
+    #[arg(long, default_value_t = 3000)]
+    tasks: usize,
+}
 
 const QUEUE: &str = "demo";
 
 async fn find_redis(cfg: &Config) -> anyhow::Result<(String, Option<LocalRedis>)> {
     let url = cfg.redis.url.clone();
     if tokio::task::spawn_blocking(move || answers(&url)).await? {
-        println!(
+        outln!(
             "• using the Redis at {}",
-            taskstream::config::redact_url(&cfg.redis.url)
+            crate::config::redact_url(&cfg.redis.url)
         );
         return Ok((cfg.redis.url.clone(), None));
     }
@@ -38,12 +47,12 @@ async fn find_redis(cfg: &Config) -> anyhow::Result<(String, Option<LocalRedis>)
         .map_err(|e| {
             anyhow::anyhow!(
                 "no Redis answers at {} and {e}; or point the demo at a Redis with TASKSTREAM_REDIS_URL=redis://host:port",
-                taskstream::config::redact_url(&cfg.redis.url)
+                crate::config::redact_url(&cfg.redis.url)
             )
         })?;
-    println!(
+    outln!(
         "• no Redis at {}: started a private redis-server on port {}",
-        taskstream::config::redact_url(&cfg.redis.url),
+        crate::config::redact_url(&cfg.redis.url),
         server.port
     );
     Ok((server.url.clone(), Some(server)))
@@ -68,14 +77,14 @@ fn record_wait(waits: &Arc<Mutex<Waits>>, ctx: &TaskContext) {
     let wait = now_ms().saturating_sub(ctx.enqueued_at()) as f64;
     let mut w = waits.lock().expect("poisoned");
     match ctx.lane() {
-        taskstream::keys::Lane::Bulk => w.bulk.push(wait),
-        taskstream::keys::Lane::Express => w.express.push(wait),
+        crate::keys::Lane::Bulk => w.bulk.push(wait),
+        crate::keys::Lane::Express => w.express.push(wait),
     }
 }
 
 fn demo_registry(waits: Arc<Mutex<Waits>>, conn: redis::aio::ConnectionManager) -> Registry {
     let mut reg = Registry::new();
-    taskstream::saga::demo_handlers::register(&mut reg, conn);
+    crate::saga::demo_handlers::register(&mut reg, conn);
     let w = waits.clone();
     reg.register(
         "demo.resize_image",
@@ -144,8 +153,8 @@ fn demo_registry(waits: Arc<Mutex<Waits>>, conn: redis::aio::ConnectionManager) 
     reg
 }
 
-pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
-    println!("taskstream demo\n");
+pub(crate) async fn run(mut cfg: Config, a: Args) -> anyhow::Result<()> {
+    outln!("taskstream demo\n");
     let (url, private) = find_redis(&cfg).await?;
     cfg.redis.url = url;
     cfg.http.listen = String::new();
@@ -160,23 +169,15 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
         ..Default::default()
     }];
     let never = CancellationToken::new();
-    let mut conn = taskstream::rdb::connect(&cfg.redis, &never).await?;
+    let mut conn = crate::rdb::connect(&cfg.redis, &never).await?;
+    let broker = Broker::new(conn.clone());
     // Start from a clean demo queue.
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("ts:{{{QUEUE}}}:*"))
-        .query_async(&mut conn)
-        .await?;
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(&keys)
-            .query_async::<()>(&mut conn)
-            .await?;
-    }
+    broker.wipe_queue(QUEUE).await?;
     let waits = Arc::new(Mutex::new(Waits::default()));
     let reg = demo_registry(waits.clone(), conn.clone());
     let shutdown = CancellationToken::new();
-    let worker = taskstream::worker::Worker::new(cfg.clone(), reg);
-    println!(
+    let worker = crate::worker::Worker::new(cfg.clone(), reg);
+    outln!(
         "• worker {} serving queue {QUEUE:?} (64 slots, 8 reserved for express)",
         worker.consumer_name()
     );
@@ -205,7 +206,7 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
     for chunk in tasks.chunks(500) {
         enqueued += producer.enqueue_batch(chunk.to_vec()).await?.len();
     }
-    println!(
+    outln!(
         "• enqueued {enqueued} bulk tasks (image resizes, e-mails; every 10th e-mail fails once)"
     );
     let n_express = 20;
@@ -217,7 +218,7 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
             )
             .await?;
     }
-    println!("• enqueued {n_express} express card charges behind that backlog");
+    outln!("• enqueued {n_express} express card charges behind that backlog");
     for i in 0..3 {
         let due = now_ms() + 1_500;
         producer
@@ -231,7 +232,7 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
             )
             .await?;
     }
-    println!("• scheduled 3 reminders 1.5 s from now");
+    outln!("• scheduled 3 reminders 1.5 s from now");
     for i in 0..3 {
         producer
             .enqueue(NewTask::new(
@@ -261,80 +262,65 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
             .idempotency_key("order-A-1"),
         )
         .await?;
-    println!("• enqueued order A-1 twice with one idempotency key: second answer is a duplicate of {} ({})", first.task_id, again.duplicate);
-    let k = QueueKeys::new(QUEUE);
-    redis::cmd("XADD")
-        .arg(&k.stream)
-        .arg("*")
-        .arg("v")
-        .arg("1")
-        .arg("payload")
-        .arg("{}")
-        .query_async::<String>(&mut conn)
+    outln!("• enqueued order A-1 twice with one idempotency key: second answer is a duplicate of {} ({})", first.task_id, again.duplicate);
+    broker
+        .xadd_raw(QUEUE, &[("v", "1"), ("payload", "{}")])
         .await?;
-    redis::cmd("XADD")
-        .arg(&k.stream)
-        .arg("*")
-        .arg("v")
-        .arg("1")
-        .arg("type")
-        .arg("video.transcode")
-        .arg("payload")
-        .arg("{\"id\":7}")
-        .query_async::<String>(&mut conn)
+    broker
+        .xadd_raw(
+            QUEUE,
+            &[
+                ("v", "1"),
+                ("type", "video.transcode"),
+                ("payload", "{\"id\":7}"),
+            ],
+        )
         .await?;
-    println!("• a producer in another language wrote a malformed entry and an unknown task type with raw XADD");
-    println!("• 3 CRM syncs will fail for good\n");
+    outln!("• a producer in another language wrote a malformed entry and an unknown task type with raw XADD");
+    outln!("• 3 CRM syncs will fail for good\n");
     let total = (enqueued + n_express + 3 + 3 + 1 + 2) as u64;
 
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (done, retried, dead): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
-            .arg(&k.counters)
-            .arg("done")
-            .arg("retried")
-            .arg("dead")
-            .query_async(&mut conn)
-            .await?;
-        let (done, retried, dead) = (done.unwrap_or(0), retried.unwrap_or(0), dead.unwrap_or(0));
-        let backlog: u64 = redis::cmd("XLEN")
-            .arg(&k.stream)
-            .query_async(&mut conn)
-            .await?;
+        let c = broker.counters(&[QUEUE.to_string()]).await?;
+        let (done, retried, dead) = c
+            .first()
+            .map(|c| (c.done, c.retried, c.dead))
+            .unwrap_or_default();
+        let backlog = broker.queue_stats(QUEUE, 1_500).await?.bulk_length;
         let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
-        print!("\r  progress: {:>6}/{total} done, {retried:>4} retried, {dead:>2} dead-lettered, backlog {backlog:>6}, {rate:>7.0} tasks/s   ", done + dead);
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        out!("\r  progress: {:>6}/{total} done, {retried:>4} retried, {dead:>2} dead-lettered, backlog {backlog:>6}, {rate:>7.0} tasks/s   ", done + dead);
+        flush()?;
         if done + dead >= total {
             break;
         }
         if Instant::now() > deadline {
-            println!();
+            outln!();
             bail!("the demo did not finish within 120 s; `taskstream stats --queue {QUEUE}` shows where it stands");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = started.elapsed();
-    println!("\n");
+    outln!("\n");
 
     // Sagas: the 4-step reasoning → codegen → ml → backtest workflow, once completing and
     // once failing at `ml`, rolled back in reverse order.
-    println!("sagas (reasoning → codegen → ml → backtest, compensated in reverse on failure):");
-    let mut def = taskstream::saga::definition::demo_saga();
+    outln!("sagas (reasoning → codegen → ml → backtest, compensated in reverse on failure):");
+    let mut def = crate::saga::definition::demo_saga();
     for step in &mut def.steps {
         step.queue = QUEUE.into();
     }
     let defs = vec![def];
-    let orch = taskstream::saga::Orchestrator::new(&cfg, defs.clone());
+    let orch = crate::saga::Orchestrator::new(&cfg, defs.clone());
     let oh = tokio::spawn(orch.run(shutdown.clone()));
-    let ok = taskstream::saga::ops::start(
+    let ok = crate::saga::ops::start(
         &mut conn,
         &defs,
         "demo",
         serde_json::json!({"strategy": "momentum", "queue": QUEUE}),
     )
     .await?;
-    let bad = taskstream::saga::ops::start(
+    let bad = crate::saga::ops::start(
         &mut conn,
         &defs,
         "demo",
@@ -344,9 +330,9 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     for id in [&ok, &bad] {
         loop {
-            let v = taskstream::saga::ops::show(&mut conn, id).await?;
+            let v = crate::saga::ops::show(&mut conn, id).await?;
             if v.finished_at.is_some() {
-                println!("\n{}", v.render());
+                outln!("\n{}", escape_controls(&v.render(), true));
                 break;
             }
             if Instant::now() > deadline {
@@ -359,40 +345,43 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
     wh.await??;
     oh.await??;
 
-    let dl = taskstream::dlq::list(&mut conn, QUEUE, 100).await?;
+    let dl = crate::inspect::Inspector::new(broker.clone())
+        .dead_letters(QUEUE, 100)
+        .await?
+        .letters;
     let mut w = std::mem::take(&mut *waits.lock().expect("poisoned"));
-    println!(
+    outln!(
         "summary: {total} tasks in {:.2} s of wall time (the 1.5 s reminder delay included)",
         elapsed.as_secs_f64()
     );
-    println!(
+    outln!(
         "  express wait  p50 {:>7.1} ms  p99 {:>7.1} ms  ({} tasks, enqueued behind the backlog)",
         pct(&mut w.express, 0.5),
         pct(&mut w.express, 0.99),
         w.express.len()
     );
-    println!(
+    outln!(
         "  bulk wait     p50 {:>7.1} ms  p99 {:>7.1} ms  ({} runs)",
         pct(&mut w.bulk, 0.5),
         pct(&mut w.bulk, 0.99),
         w.bulk.len()
     );
     if let Some(late) = w.reminder_late_ms.iter().max() {
-        println!(
+        outln!(
             "  delayed reminders ran {} ms after their due time at most (never before)",
             late
         );
     }
-    println!("  dead letters ({}):", dl.len());
+    outln!("  dead letters ({}):", dl.len());
     for d in &dl {
-        println!(
+        outln!(
             "    {:<20} {:<18} {}",
             d.dlq_id,
-            d.get("type").unwrap_or("-"),
-            d.get("dlq_reason").unwrap_or("-")
+            escape_controls(d.get("type").unwrap_or("-"), false),
+            escape_controls(d.get("dlq_reason").unwrap_or("-"), false)
         );
     }
-    println!(
+    outln!(
         "\nInspect with: taskstream stats --redis-url {} ; taskstream dlq list --queue {QUEUE}",
         if private.is_some() {
             "<private redis, stopped now>"

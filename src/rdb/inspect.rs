@@ -1,0 +1,313 @@
+//! What operators read and repair: queue statistics, the queue registry, live workers,
+//! completion counters and the dead-letter stream. `stats`, the collector's gauges, the
+//! inspector (and through it the CLI) all read through these methods, so every view of a
+//! queue is computed the same way.
+
+use redis::{Pipeline, Value};
+
+use super::{parse, Broker};
+use crate::dlq::DeadLetter;
+use crate::error::Result;
+use crate::keys::{queues_registry, QueueKeys};
+use crate::stats::{GroupStats, QueueCounters, QueueStats};
+use crate::task::{entry_id_ms, now_ms};
+
+fn field<'a>(flat: &'a [Value], name: &str) -> Option<&'a Value> {
+    flat.chunks(2).find_map(|kv| match kv {
+        [Value::BulkString(k), v] if k == name.as_bytes() => Some(v),
+        [Value::SimpleString(k), v] if k == name => Some(v),
+        _ => None,
+    })
+}
+
+fn as_u64(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::Int(i) => Some(*i as u64),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Parses an `XINFO GROUPS` reply (RESP2 flat arrays or RESP3 maps).
+pub(crate) fn parse_groups(v: Value, lane: &str) -> Vec<GroupStats> {
+    let Value::Array(groups) = v else {
+        return Vec::new();
+    };
+    groups
+        .into_iter()
+        .filter_map(|g| {
+            let flat = match g {
+                Value::Array(a) => a,
+                Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                _ => return None,
+            };
+            Some(GroupStats {
+                name: as_string(field(&flat, "name"))?,
+                lane: lane.to_string(),
+                consumers: as_u64(field(&flat, "consumers")).unwrap_or(0),
+                pending: as_u64(field(&flat, "pending")).unwrap_or(0),
+                lag: as_u64(field(&flat, "lag")),
+            })
+        })
+        .collect()
+}
+
+fn dead_letter(e: parse::RawEntry) -> DeadLetter {
+    DeadLetter {
+        dlq_id: e.id,
+        fields: e
+            .fields
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect(),
+    }
+}
+
+impl Broker {
+    /// The queue names in the registry (`ts:queues`), unsorted.
+    pub(crate) async fn registered_queues(&self) -> Result<Vec<String>> {
+        Ok(redis::cmd("SMEMBERS")
+            .arg(queues_registry())
+            .query_async(&mut self.c())
+            .await?)
+    }
+
+    /// The groups of one lane stream (`XINFO GROUPS`); none when the stream is missing.
+    async fn lane_groups(&self, stream: &str, lane: &str) -> Vec<GroupStats> {
+        let r: redis::RedisResult<Value> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut self.c())
+            .await;
+        r.map(|v| parse_groups(v, lane)).unwrap_or_default()
+    }
+
+    /// Reads the statistics of `queue` (one pipelined round trip plus `XINFO GROUPS` of
+    /// each lane). Workers count as live when they beat within `lapse_ms`.
+    pub(crate) async fn queue_stats(&self, queue: &str, lapse_ms: u64) -> Result<QueueStats> {
+        let k = QueueKeys::new(queue);
+        let now = now_ms();
+        let mut p = Pipeline::new();
+        p.cmd("XLEN").arg(&k.stream);
+        p.cmd("XLEN").arg(&k.express);
+        p.cmd("ZCARD").arg(&k.scheduled);
+        p.cmd("XLEN").arg(&k.dlq);
+        p.cmd("XRANGE")
+            .arg(&k.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        p.cmd("XRANGE")
+            .arg(&k.express)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        p.cmd("ZCOUNT")
+            .arg(&k.heartbeats)
+            .arg(now.saturating_sub(lapse_ms))
+            .arg("+inf");
+        p.cmd("EXISTS").arg(&k.paused);
+        let (bl, el, sc, dl, ob, oe, live, paused): (u64, u64, u64, u64, Value, Value, u64, u64) =
+            self.pipe(&p).await?;
+        let age = |v: Value| -> f64 {
+            parse::entries(v)
+                .first()
+                .and_then(|e| entry_id_ms(&e.id))
+                .map(|ms| now.saturating_sub(ms) as f64 / 1000.0)
+                .unwrap_or(0.0)
+        };
+        let mut groups = self.lane_groups(&k.stream, "bulk").await;
+        groups.extend(self.lane_groups(&k.express, "express").await);
+        Ok(QueueStats {
+            queue: queue.to_string(),
+            bulk_length: bl,
+            express_length: el,
+            scheduled: sc,
+            dead_letters: dl,
+            oldest_bulk_age_seconds: age(ob),
+            oldest_express_age_seconds: age(oe),
+            live_workers: live,
+            paused: paused > 0,
+            groups,
+        })
+    }
+
+    /// Worker processes of `queue` that beat within `lapse_ms`: those of every consumer
+    /// group of its bulk stream (the default group's set is counted even without a
+    /// stream) and those of every pool its routes name (`ts:{q}:heartbeats:pool:<p>`).
+    pub(crate) async fn live_workers(&self, queue: &str, lapse_ms: u64) -> Result<u64> {
+        let k = QueueKeys::new(queue);
+        let mut sets: Vec<String> = self
+            .lane_groups(&k.stream, "bulk")
+            .await
+            .into_iter()
+            .map(|g| k.heartbeats_for(&g.name))
+            .collect();
+        if !sets.contains(&k.heartbeats) {
+            sets.push(k.heartbeats.clone());
+        }
+        let mut pools: Vec<String> = redis::cmd("HVALS")
+            .arg(&k.routes)
+            .query_async(&mut self.c())
+            .await?;
+        pools.sort();
+        pools.dedup();
+        sets.extend(
+            pools
+                .iter()
+                .map(|p| QueueKeys::pooled(queue, Some(p)).heartbeats),
+        );
+        let since = now_ms().saturating_sub(lapse_ms);
+        let mut p = Pipeline::new();
+        for s in &sets {
+            p.cmd("ZCOUNT").arg(s).arg(since).arg("+inf");
+        }
+        let counts: Vec<u64> = self.pipe(&p).await?;
+        Ok(counts.into_iter().sum())
+    }
+
+    /// The completion counters of each queue (`ts:{q}:counters`, kept by the ackers).
+    pub(crate) async fn counters(&self, queues: &[String]) -> Result<Vec<QueueCounters>> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = Pipeline::new();
+        for q in queues {
+            p.cmd("HMGET")
+                .arg(QueueKeys::new(q).counters)
+                .arg("done")
+                .arg("retried")
+                .arg("dead");
+        }
+        let v: Vec<(Option<u64>, Option<u64>, Option<u64>)> = self.pipe(&p).await?;
+        Ok(queues
+            .iter()
+            .zip(v)
+            .map(|(q, (d, r, x))| QueueCounters {
+                queue: q.clone(),
+                done: d.unwrap_or(0),
+                retried: r.unwrap_or(0),
+                dead: x.unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Up to `count` dead letters of `queue` with ids in `[start, end]` (`-`/`+` for the
+    /// ends, `(id` for exclusive), oldest first, and the stream's total length.
+    pub(crate) async fn dead_letters(
+        &self,
+        queue: &str,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<(Vec<DeadLetter>, u64)> {
+        let k = QueueKeys::new(queue);
+        let mut p = Pipeline::new();
+        p.cmd("XRANGE")
+            .arg(&k.dlq)
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(count);
+        p.cmd("XLEN").arg(&k.dlq);
+        let (v, total): (Value, u64) = self.pipe(&p).await?;
+        Ok((
+            parse::entries(v).into_iter().map(dead_letter).collect(),
+            total,
+        ))
+    }
+
+    /// The id of the newest dead letter of `queue`, if any.
+    pub(crate) async fn newest_dead_letter_id(&self, queue: &str) -> Result<Option<String>> {
+        let v: Value = redis::cmd("XREVRANGE")
+            .arg(QueueKeys::new(queue).dlq)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(parse::entries(v).pop().map(|e| e.id))
+    }
+
+    /// Moves dead letter `dlq_id` back to its lane with attempt 1 (`requeue.lua`).
+    /// Returns 1 when requeued, 0 when gone, -1 when it holds no task.
+    pub(crate) async fn requeue_dead_letter(&self, queue: &str, dlq_id: &str) -> Result<i64> {
+        let k = QueueKeys::new(queue);
+        let mut p = Pipeline::new();
+        p.add_command(super::evalsha(
+            super::ScriptId::Requeue,
+            &[&k.dlq, &k.stream, &k.express],
+            vec![
+                dlq_id.as_bytes().to_vec(),
+                now_ms().to_string().into_bytes(),
+            ],
+        ));
+        let (r,): (i64,) = self.pipe(&p).await?;
+        Ok(r)
+    }
+
+    /// Deletes the dead-letter stream of `queue` in one transaction; returns how many
+    /// entries it held.
+    pub(crate) async fn purge_dead_letters(&self, queue: &str) -> Result<u64> {
+        let k = QueueKeys::new(queue);
+        let mut p = Pipeline::new();
+        p.atomic()
+            .cmd("XLEN")
+            .arg(&k.dlq)
+            .cmd("DEL")
+            .arg(&k.dlq)
+            .ignore();
+        let (n,): (u64,) = self.pipe(&p).await?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_xinfo_groups() {
+        let bs = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let v = Value::Array(vec![Value::Array(vec![
+            bs("name"),
+            bs("taskstream"),
+            bs("consumers"),
+            Value::Int(2),
+            bs("pending"),
+            Value::Int(5),
+            bs("last-delivered-id"),
+            bs("1-0"),
+            bs("lag"),
+            Value::Int(7),
+        ])]);
+        let g = parse_groups(v, "bulk");
+        assert_eq!(
+            g,
+            vec![GroupStats {
+                name: "taskstream".into(),
+                lane: "bulk".into(),
+                consumers: 2,
+                pending: 5,
+                lag: Some(7)
+            }]
+        );
+    }
+}
