@@ -22,6 +22,7 @@ use crate::config::RetryPolicy;
 use crate::handler::HandlerError;
 use crate::keys::Lane;
 use crate::rdb::{ReplyEntry, SettleAction, Settlement};
+use crate::reply::{Outcome as ReplyOutcome, Reply};
 use crate::task::{Fields, Task};
 
 /// Longest `last_error` a retry carries.
@@ -302,36 +303,27 @@ fn dead_letter_fields(
 /// The reply entry of `task` (when it asked for one): `Ok(result JSON)` or `Err(error)`.
 fn reply(task: &Task, queue: &str, result: Result<&str, &str>, now_ms: u64) -> Option<ReplyEntry> {
     let stream = task.reply_to.clone()?;
-    let mut f: Vec<(&'static str, String)> = vec![
-        ("task_id", task.id.clone()),
-        ("type", task.task_type.clone()),
-        ("queue", queue.to_string()),
-        (
-            "outcome",
-            if result.is_ok() {
-                "succeeded"
-            } else {
-                "failed"
-            }
-            .to_string(),
-        ),
-        ("attempt", task.attempt.to_string()),
-        ("at", now_ms.to_string()),
-    ];
-    match result {
-        Ok(v) => f.push(("result", v.to_string())),
-        Err(e) => f.push(("error", e.to_string())),
-    }
-    if let Some(s) = &task.saga_id {
-        f.push(("saga_id", s.clone()));
-    }
-    if let Some(c) = &task.correlation {
-        f.push(("correlation", c.clone()));
-    }
-    if let Some(t) = &task.traceparent {
-        f.push(("traceparent", t.clone()));
-    }
-    Some(ReplyEntry { stream, fields: f })
+    let (outcome, result, error) = match result {
+        Ok(v) => (ReplyOutcome::Succeeded, Some(v.to_string()), None),
+        Err(e) => (ReplyOutcome::Failed, None, Some(e.to_string())),
+    };
+    let r = Reply {
+        task_id: task.id.clone(),
+        task_type: task.task_type.clone(),
+        queue: queue.to_string(),
+        outcome,
+        attempt: task.attempt,
+        at_ms: now_ms,
+        result,
+        error,
+        saga_id: task.saga_id.clone(),
+        correlation: task.correlation.clone(),
+        traceparent: task.traceparent.clone(),
+    };
+    Some(ReplyEntry {
+        stream,
+        fields: r.encode(),
+    })
 }
 
 /// `s` cut to at most `max` bytes on a character boundary, with an ellipsis when cut.

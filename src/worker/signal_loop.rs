@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::runtime::QueueRuntime;
+use crate::signal::Signal;
 
 /// Reads signals once from `last`; returns the new last id. `first` records this replica's
 /// initial pause state in `ts:{q}:pause_acks` (later polls record only changes).
@@ -28,20 +29,19 @@ pub(crate) async fn poll_once(rt: &QueueRuntime, last: &str, first: bool) -> cra
     let mut last = last.to_string();
     for e in entries {
         last = e.id.clone();
-        let Some(fields) = e.fields else { continue };
-        let get = |k: &[u8]| {
-            fields
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        };
-        if get(b"kind").as_deref() == Some("cancel") {
-            if let Some(id) = get(b"task_id") {
+        // Pause and resume entries are an audit trail (who paused when); the state itself
+        // is the `paused` key read above, so a replica that starts later still sees it.
+        match Signal::decode(e.fields.as_deref().unwrap_or_default()) {
+            Ok(Signal::Cancel { task_id }) => {
                 // Record first, then fire: the handler may return at once, and its outcome
                 // must already read as cancelled.
-                rt.cancels.insert(&id);
-                let running = rt.tracked.cancel_task(&id);
-                tracing::info!(queue = %rt.cfg.name, task_id = %id, running, "cancel signal");
+                rt.cancels.insert(&task_id);
+                let running = rt.tracked.cancel_task(&task_id);
+                tracing::info!(queue = %rt.cfg.name, task_id = %task_id, running, "cancel signal");
+            }
+            Ok(Signal::Pause | Signal::Resume) => {}
+            Err(err) => {
+                tracing::warn!(queue = %rt.cfg.name, entry_id = %e.id, error = %err, "ignoring a signal this worker cannot read");
             }
         }
     }

@@ -35,7 +35,6 @@ fn apply(rt: &QueueRuntime, target: usize) {
 
 /// Runs until `stop` fires.
 pub(crate) async fn run(rt: Arc<QueueRuntime>, stop: CancellationToken) {
-    let mut conn = rt.broker.c();
     let objective = rt.cfg.sla_p95_wait_ms.map(|ms| ms as f64 / 1000.0);
     let max = rt.cfg.concurrency;
     let min = rt
@@ -106,7 +105,7 @@ pub(crate) async fn run(rt: Arc<QueueRuntime>, stop: CancellationToken) {
             _ => 0.0,
         };
         last_added = Some((now, added));
-        let lag = match crate::stats::queue_stats(&mut conn, &rt.cfg.name, 1_500).await {
+        let lag = match rt.broker.queue_stats(&rt.cfg.name, 1_500).await {
             Ok(s) => s.lag() as f64,
             Err(_) => continue,
         };

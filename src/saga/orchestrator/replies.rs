@@ -4,10 +4,9 @@
 //! stale. A reply that hit a Redis error stays pending and is claimed again later
 //! ([`super::claims`]).
 //!
-//! The blocking read runs on an exclusive connection of a [`ReaderPool`] (a blocking
-//! `XREADGROUP` on the shared multiplexed connection would stall every other command),
-//! and sits in one small function, [`read_replies`], so it can be swapped for a shared
-//! group reader without touching the rest. Replies are decoded by [`Reply::decode`], the
+//! The blocking read goes through the same [`GroupReader`] the worker's lane readers use
+//! (an exclusive connection, discarded after a failed read, the group recreated when it
+//! is missing, backoff). Replies are decoded by [`Reply::decode`], the
 //! type the worker encodes them with, never by field-name literals here.
 
 use std::collections::HashMap;
@@ -18,9 +17,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{log_outcome, sleep_or_stop, Ctx};
-use crate::metrics as m;
-use crate::rdb::{self, RawEntry, ReaderPool};
+use super::{log_outcome, Ctx};
+use crate::rdb::{GroupReader, RawEntry, ReaderPool};
 use crate::reply::{Outcome as ReplyOutcome, Reply};
 use crate::saga::apply;
 use crate::saga::decide::Trigger;
@@ -33,75 +31,24 @@ use crate::saga::record::{Correlation, Side};
 /// under this consumer.
 pub(super) async fn run(ctx: Arc<Ctx>, pool: ReaderPool, stop: CancellationToken) {
     let block = Duration::from_millis(ctx.cfg.block_ms);
-    let mut rc: Option<deadpool_redis::Connection> = None;
-    let mut failures: u32 = 0;
+    let mut reader = GroupReader::new(
+        pool,
+        keys::REPLIES,
+        keys::GROUP,
+        ctx.consumer.clone(),
+        "saga replies",
+        "saga_replies",
+    );
     while !stop.is_cancelled() {
-        if rc.is_none() {
-            match pool.get().await {
-                Ok(c) => rc = Some(c),
-                Err(e) => {
-                    failures += 1;
-                    crate::health::set_redis_up(false);
-                    let d = rdb::reconnect_delay(failures);
-                    tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "orchestrator cannot connect to redis, retrying");
-                    if !sleep_or_stop(&stop, d).await {
-                        break;
-                    }
-                    continue;
-                }
-            }
-        }
-        let c = rc.as_mut().expect("connected above");
-        match read_replies(c, &ctx, block).await {
-            Ok(entries) => {
-                crate::health::set_redis_up(true);
-                if failures > 0 {
-                    tracing::info!("orchestrator reconnected to redis");
-                    failures = 0;
-                }
-                if !entries.is_empty() {
-                    apply_replies(&ctx, entries).await;
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                // The connection may hold a half-read reply: never reuse it.
-                if let Some(c) = rc.take() {
-                    let _ = deadpool_redis::Connection::take(c);
-                }
-                if e.code() == Some("NOGROUP") {
-                    tracing::warn!("orchestrator consumer group missing (reply stream deleted?), recreating it");
-                    let _ = ctx.broker.saga_ensure_reply_group().await;
-                    continue;
-                }
-                crate::health::set_redis_up(false);
-                metrics::counter!(m::REDIS_ERRORS_TOTAL, "op" => "saga_replies").increment(1);
-                let d = rdb::reconnect_delay(failures);
-                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "reading saga replies failed, reconnecting");
-                if !sleep_or_stop(&stop, d).await {
-                    break;
-                }
+        if let Some(entries) = reader
+            .read_new(ctx.cfg.read_count, Some(block), &stop)
+            .await
+        {
+            if !entries.is_empty() {
+                apply_replies(&ctx, entries).await;
             }
         }
     }
-}
-
-/// The one read of the reply stream: `XREADGROUP` of new replies for this consumer,
-/// blocking up to `block`.
-async fn read_replies(
-    c: &mut deadpool_redis::Connection,
-    ctx: &Ctx,
-    block: Duration,
-) -> redis::RedisResult<Vec<RawEntry>> {
-    rdb::read_group(
-        &mut **c,
-        keys::GROUP,
-        &ctx.consumer,
-        keys::REPLIES,
-        ctx.cfg.read_count,
-        Some(block),
-    )
-    .await
 }
 
 /// Maps a reply entry to its saga and trigger.
