@@ -160,7 +160,12 @@ pub(crate) async fn run(mut cfg: Config, a: DemoArgs) -> anyhow::Result<()> {
         ..Default::default()
     }];
     let never = CancellationToken::new();
-    let mut conn = taskstream::rdb::connect(&cfg.redis, &never).await?;
+    let mut conn = taskstream::rdb::connect(
+        &cfg.redis,
+        &never,
+        taskstream::rdb::ClientName::process(taskstream::rdb::Role::Demo),
+    )
+    .await?;
     // Start from a clean demo queue.
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("ts:{{{QUEUE}}}:*"))

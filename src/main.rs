@@ -124,7 +124,7 @@ async fn start_http(cfg: &Config, stop: &CancellationToken) -> anyhow::Result<()
     }
     let addr: SocketAddr = cfg.http.listen.parse().context("http.listen")?;
     let handle = taskstream::metrics::install();
-    taskstream::http::serve(addr, handle, stop.clone())
+    taskstream::http::serve_with(addr, handle, stop.clone(), &cfg.http)
         .await
         .with_context(|| {
             format!("cannot listen on {addr} (http.listen); set another address or \"\" to disable")
@@ -141,7 +141,12 @@ async fn cmd_worker(mut cfg: Config, run_for: Option<Duration>) -> anyhow::Resul
     }
     let shutdown = shutdown_token(run_for);
     start_http(&cfg, &shutdown).await?;
-    let conn = rdb::connect(&cfg.redis, &shutdown).await?;
+    let conn = rdb::connect(
+        &cfg.redis,
+        &shutdown,
+        rdb::ClientName::process(rdb::Role::Cmd),
+    )
+    .await?;
     let reg = registry(&cfg, conn.clone())?;
     if reg.is_empty() {
         tracing::warn!("no handlers registered: every task will be dead-lettered as unknown type (set worker.builtin_handlers or http_handlers)");
@@ -186,7 +191,12 @@ async fn cmd_orchestrator(cfg: Config, run_for: Option<Duration>) -> anyhow::Res
 
 async fn cmd_saga(cfg: Config, action: SagaAction) -> anyhow::Result<()> {
     use taskstream::saga::ops;
-    let mut conn = rdb::connect(&cfg.redis, &CancellationToken::new()).await?;
+    let mut conn = rdb::connect(
+        &cfg.redis,
+        &CancellationToken::new(),
+        rdb::ClientName::process(rdb::Role::Cli),
+    )
+    .await?;
     let defs = taskstream::saga::configured(&cfg)?;
     match action {
         SagaAction::Start { name, input, json } => {
@@ -274,14 +284,17 @@ async fn cmd_enqueue(cfg: Config, a: EnqueueArgs) -> anyhow::Result<()> {
 
 async fn cmd_stats(cfg: Config, a: StatsArgs) -> anyhow::Result<()> {
     let never = CancellationToken::new();
-    let mut conn = tokio::time::timeout(Duration::from_secs(10), rdb::connect(&cfg.redis, &never))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "redis at {} does not answer",
-                taskstream::config::redact_url(&cfg.redis.url)
-            )
-        })??;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        rdb::connect(&cfg.redis, &never, rdb::ClientName::process(rdb::Role::Cli)),
+    )
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "redis at {} does not answer",
+            taskstream::config::redact_url(&cfg.redis.url)
+        )
+    })??;
     let configured: Vec<String> = cfg.queues.iter().map(|q| q.name.clone()).collect();
     let mut prev: Option<(std::time::Instant, Vec<(String, u64)>)> = None;
     loop {
@@ -338,7 +351,8 @@ async fn cmd_stats(cfg: Config, a: StatsArgs) -> anyhow::Result<()> {
 
 async fn cmd_dlq(cfg: Config, action: DlqAction) -> anyhow::Result<()> {
     let never = CancellationToken::new();
-    let mut conn = rdb::connect(&cfg.redis, &never).await?;
+    let mut conn =
+        rdb::connect(&cfg.redis, &never, rdb::ClientName::process(rdb::Role::Cli)).await?;
     match action {
         DlqAction::List { queue, count, json } => {
             let items = taskstream::dlq::list(&mut conn, &queue, count).await?;
@@ -483,12 +497,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Task {
             action: TaskAction::Cancel { id, queue },
         } => {
-            let mut conn = rdb::connect(&cfg.redis, &CancellationToken::new()).await?;
+            let mut conn = rdb::connect(
+                &cfg.redis,
+                &CancellationToken::new(),
+                rdb::ClientName::process(rdb::Role::Cli),
+            )
+            .await?;
             taskstream::signals::cancel_task(&mut conn, &queue, &id).await?;
             println!("cancel signal sent for task {id} in queue {queue:?}");
         }
         Command::Queue { action } => {
-            let mut conn = rdb::connect(&cfg.redis, &CancellationToken::new()).await?;
+            let mut conn = rdb::connect(
+                &cfg.redis,
+                &CancellationToken::new(),
+                rdb::ClientName::process(rdb::Role::Cli),
+            )
+            .await?;
             match action {
                 QueueAction::Pause { queue } => {
                     taskstream::signals::pause(&mut conn, &queue).await?;

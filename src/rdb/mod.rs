@@ -25,7 +25,10 @@ use std::time::Duration;
 
 use redis::{Pipeline, RedisError, Value};
 
-pub use conn::{answers_ping, client, connect, reader_pool, reconnect_delay, ReaderPool};
+pub use conn::{
+    answers_ping, client, connect, reader_pool, reconnect_delay, tls_certificates, ClientName,
+    ReaderPool, Role, NAME_REFRESH,
+};
 pub use parse::{RawEntry, StreamBatch};
 pub(crate) use scripts::{evalsha, ScriptId};
 
@@ -56,8 +59,9 @@ impl Broker {
     pub async fn connect(
         cfg: &crate::config::RedisConfig,
         cancel: &tokio_util::sync::CancellationToken,
+        name: ClientName,
     ) -> Result<Self> {
-        Ok(Broker::new(connect(cfg, cancel).await?))
+        Ok(Broker::new(connect(cfg, cancel, name).await?))
     }
 
     /// A handle on the command connection, for the methods of this module.

@@ -163,7 +163,13 @@ impl Orchestrator {
     /// already read are applied and acknowledged before it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let ctx = self.ctx;
-        let mut conn = match rdb::connect(&self.redis, &shutdown).await {
+        let mut conn = match rdb::connect(
+            &self.redis,
+            &shutdown,
+            rdb::ClientName::new(&ctx.consumer, rdb::Role::Orchestrator),
+        )
+        .await
+        {
             Ok(c) => c,
             Err(_) if shutdown.is_cancelled() => return Ok(()),
             Err(e) => return Err(e),
@@ -182,7 +188,12 @@ impl Orchestrator {
                 }
             }
         }
-        let pool = rdb::reader_pool(&self.redis, Duration::from_millis(ctx.cfg.block_ms), 1)?;
+        let pool = rdb::reader_pool(
+            &self.redis,
+            Duration::from_millis(ctx.cfg.block_ms),
+            1,
+            rdb::ClientName::new(&ctx.consumer, rdb::Role::Reader),
+        )?;
         tracing::info!(
             consumer = %ctx.consumer,
             sagas = ?ctx.defs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),

@@ -110,7 +110,13 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let cfg = self.cfg;
         let w = &cfg.worker;
-        let mut conn = match rdb::connect(&cfg.redis, &shutdown).await {
+        let mut conn = match rdb::connect(
+            &cfg.redis,
+            &shutdown,
+            rdb::ClientName::new(&self.consumer, rdb::Role::Cmd),
+        )
+        .await
+        {
             Ok(c) => c,
             Err(_) if shutdown.is_cancelled() => return Ok(()),
             Err(e) => return Err(e),
@@ -148,7 +154,12 @@ impl Worker {
         );
 
         let block = Duration::from_millis(w.block_ms);
-        let pool = rdb::reader_pool(&cfg.redis, block, cfg.queues.len() * 2 + 2)?;
+        let pool = rdb::reader_pool(
+            &cfg.redis,
+            block,
+            cfg.queues.len() * 2 + 2,
+            rdb::ClientName::new(&self.consumer, rdb::Role::Reader),
+        )?;
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         let stop_reading = shutdown.child_token();
