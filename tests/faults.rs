@@ -203,8 +203,16 @@ async fn long_tasks_on_a_live_worker_are_never_claimed_away() {
         !a.log_text().contains("claimed long-idle entries")
             && !b.log_text().contains("claimed long-idle entries")
     );
-    assert_eq!(a.terminate(Duration::from_secs(20)), Some(0), "graceful exit");
-    assert_eq!(b.terminate(Duration::from_secs(20)), Some(0), "graceful exit");
+    assert_eq!(
+        a.terminate(Duration::from_secs(20)),
+        Some(0),
+        "graceful exit"
+    );
+    assert_eq!(
+        b.terminate(Duration::from_secs(20)),
+        Some(0),
+        "graceful exit"
+    );
 }
 
 #[tokio::test]
@@ -461,7 +469,11 @@ async fn a_task_that_keeps_killing_workers_becomes_poison() {
     );
     for x in [&mut w, &mut helper] {
         if x.alive() {
-            assert_eq!(x.terminate(Duration::from_secs(20)), Some(0), "graceful exit");
+            assert_eq!(
+                x.terminate(Duration::from_secs(20)),
+                Some(0),
+                "graceful exit"
+            );
         }
     }
 }
@@ -539,8 +551,9 @@ async fn a_dead_consumer_is_recovered_even_when_survivors_are_busy_at_first() {
     // Brought back by the dead-consumer recovery, not by the 60 s idle net.
     let log = survivor.log_text();
     assert!(
-        log.lines().any(|l| l.contains("recovered orphaned tasks of a dead consumer")
-            && l.contains("victim-1")),
+        log.lines().any(
+            |l| l.contains("recovered orphaned tasks of a dead consumer") && l.contains("victim-1")
+        ),
         "the survivor recovered the victim's task as a dead consumer's; log:\n{log}"
     );
     assert!(

@@ -387,7 +387,10 @@ async fn cancellation_aborts_the_request_promptly() {
     let (m, after) = expect_retryable(r);
     assert!(m.ends_with("cancelled"), "{m}");
     assert_eq!(after, None);
-    eprintln!("cancelled call returned {:?} after the cancel", started.elapsed());
+    eprintln!(
+        "cancelled call returned {:?} after the cancel",
+        started.elapsed()
+    );
     // And the request itself was abandoned: the server saw its connection go.
     tokio::time::timeout(Duration::from_secs(30), dropped)
         .await

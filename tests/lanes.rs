@@ -245,8 +245,16 @@ async fn rate_limit_holds_across_two_worker_processes() {
         .query(&mut conn)
         .unwrap();
     assert_eq!(dlq, 0);
-    assert_eq!(a.terminate(Duration::from_secs(20)), Some(0), "graceful exit");
-    assert_eq!(b.terminate(Duration::from_secs(20)), Some(0), "graceful exit");
+    assert_eq!(
+        a.terminate(Duration::from_secs(20)),
+        Some(0),
+        "graceful exit"
+    );
+    assert_eq!(
+        b.terminate(Duration::from_secs(20)),
+        Some(0),
+        "graceful exit"
+    );
 }
 
 #[tokio::test]

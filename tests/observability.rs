@@ -324,7 +324,10 @@ async fn metrics_scraped_from_a_worker_match_the_work_done() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await; // poll
     }
-    assert_eq!(last, N as f64, "the scraped counter climbed to every success");
+    assert_eq!(
+        last, N as f64,
+        "the scraped counter climbed to every success"
+    );
 
     // The collector samples every 200 ms: wait for a sample taken after the run.
     let keys = QueueKeys::new(Q);
@@ -752,7 +755,10 @@ async fn traceparent_travels_from_producer_to_http_handler() {
         "00-0af7651916cd43dd8448eb211c8031-b7ad6b7169203331-01",
         "00-0af7651916cd43dd8448eb211c80319g-b7ad6b7169203331-01",
     ] {
-        assert!(!is_w3c_traceparent(bad), "accepted a bad traceparent {bad:?}");
+        assert!(
+            !is_w3c_traceparent(bad),
+            "accepted a bad traceparent {bad:?}"
+        );
     }
 }
 

@@ -44,9 +44,10 @@ async fn ten_thousand_tasks_over_three_workers_each_processed_once() {
     let mut workers: Vec<WorkerProc> = addrs
         .iter()
         .map(|a| {
-            WorkerProc::spawn(
-                &toml.replace("[http]\nlisten = \"\"", &format!("[http]\nlisten = \"{a}\"")),
-            )
+            WorkerProc::spawn(&toml.replace(
+                "[http]\nlisten = \"\"",
+                &format!("[http]\nlisten = \"{a}\""),
+            ))
         })
         .collect();
     for a in &addrs {

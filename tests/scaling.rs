@@ -119,16 +119,24 @@ async fn a_worker_adapts_concurrency_to_its_objective_and_exports_desired_replic
     let (code, _, err) = run_cli(&["--redis-url", &url, "queue", "pause", q], &[]);
     assert_eq!(code, 0, "{err}");
     let mut conn = redis.sync_conn();
-    poll("the worker applied the pause", Duration::from_secs(15), || {
-        let acks: Vec<String> = redis::cmd("HVALS")
-            .arg(taskstream::keys::QueueKeys::new(q).pause_acks)
-            .query(&mut conn)
-            .unwrap_or_default();
-        async move { (acks == ["paused"]).then_some(()) }
-    })
+    poll(
+        "the worker applied the pause",
+        Duration::from_secs(15),
+        || {
+            let acks: Vec<String> = redis::cmd("HVALS")
+                .arg(taskstream::keys::QueueKeys::new(q).pause_acks)
+                .query(&mut conn)
+                .unwrap_or_default();
+            async move { (acks == ["paused"]).then_some(()) }
+        },
+    )
     .await;
-    let held = sample(&scrape(port).await, "taskstream_desired_replicas", "queue=\"sla\"")
-        .expect("desired replicas exported");
+    let held = sample(
+        &scrape(port).await,
+        "taskstream_desired_replicas",
+        "queue=\"sla\"",
+    )
+    .expect("desired replicas exported");
     // A much larger backlog arrives while paused: unpaused, it would raise the answer
     // (~20,000 waiting 1 s tasks need about 13 replicas of 32 slots to drain in 60 s).
     let (code, _, err) = run_cli(
@@ -151,7 +159,11 @@ async fn a_worker_adapts_concurrency_to_its_objective_and_exports_desired_replic
     // Desired replicas are recomputed every 5 s: watch two rounds' worth.
     let watch_until = std::time::Instant::now() + Duration::from_secs(11);
     while std::time::Instant::now() < watch_until {
-        let d = sample(&scrape(port).await, "taskstream_desired_replicas", "queue=\"sla\"");
+        let d = sample(
+            &scrape(port).await,
+            "taskstream_desired_replicas",
+            "queue=\"sla\"",
+        );
         assert_eq!(d, Some(held), "desired replicas held while paused");
         tokio::time::sleep(Duration::from_millis(250)).await; // poll
     }
@@ -162,8 +174,12 @@ async fn a_worker_adapts_concurrency_to_its_objective_and_exports_desired_replic
         "desired replicas grow for the backlog once resumed",
         Duration::from_secs(30),
         || async {
-            sample(&scrape(port).await, "taskstream_desired_replicas", "queue=\"sla\"")
-                .filter(|d| *d > held)
+            sample(
+                &scrape(port).await,
+                "taskstream_desired_replicas",
+                "queue=\"sla\"",
+            )
+            .filter(|d| *d > held)
         },
     )
     .await;

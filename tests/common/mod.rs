@@ -53,6 +53,16 @@ where
     }
 }
 
+/// The server binary the tests start: `redis-server`, or the one named by
+/// `TASKSTREAM_TEST_SERVER` (e.g. `valkey-server`; `.ci/run` runs the pipeline, fault and
+/// saga tests against Valkey this way).
+pub fn server_bin() -> String {
+    std::env::var("TASKSTREAM_TEST_SERVER")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "redis-server".into())
+}
+
 /// A private redis-server.
 pub struct RedisServer {
     /// Its port.
@@ -95,7 +105,11 @@ impl RedisServer {
                 return s;
             }
         }
-        panic!("could not start redis-server (is it installed? apt-get install redis-server)");
+        panic!(
+            "could not start {} (is it installed? apt-get install {})",
+            server_bin(),
+            server_bin()
+        );
     }
 
     /// Starts one on a port chosen now but not yet started (for "Redis down at start").
@@ -107,7 +121,7 @@ impl RedisServer {
 
     fn spawn(&mut self) -> bool {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
-        let child = Command::new("redis-server")
+        let child = Command::new(server_bin())
             .arg("--port")
             .arg(self.port.to_string())
             .arg("--bind")
@@ -120,7 +134,13 @@ impl RedisServer {
             .stdout(log)
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} must be installed (apt-get install {}): {e}",
+                    server_bin(),
+                    server_bin()
+                )
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
