@@ -398,10 +398,7 @@ async fn half_sent_requests_are_closed_and_idle_connections_cannot_starve_ready(
     half.write_all(HALF).unwrap();
     let silent = TcpStream::connect(&addr).unwrap();
     let opened = Instant::now();
-    for (what, s) in [
-        ("half-sent request", &half),
-        ("silent connection", &silent),
-    ] {
+    for (what, s) in [("half-sent request", &half), ("silent connection", &silent)] {
         poll(
             &format!("the server closes a {what}"),
             Duration::from_secs(30),
@@ -526,14 +523,18 @@ async fn connections_are_named_by_consumer_and_role_and_keep_their_names() {
         .unwrap();
     assert!(killed >= 5, "killed {killed} connections");
     // The producer reconnects on its next command (the first may see the broken pipe).
-    poll("the producer enqueues again", Duration::from_secs(20), || {
-        let p = p.clone();
-        async move {
-            p.enqueue(NewTask::new(q, "builtin.noop", &2).unwrap())
-                .await
-                .ok()
-        }
-    })
+    poll(
+        "the producer enqueues again",
+        Duration::from_secs(20),
+        || {
+            let p = p.clone();
+            async move {
+                p.enqueue(NewTask::new(q, "builtin.noop", &2).unwrap())
+                    .await
+                    .ok()
+            }
+        },
+    )
     .await;
     poll(
         "every role's connection named again after CLIENT KILL",
