@@ -6,6 +6,12 @@
 //! - `throughput`: N no-op tasks end to end (producer, workers and Redis on this machine),
 //!   p50/p99 enqueue→start latency, and the server-side bound of a task's lifecycle
 //!   (`../shared/bench/lifecycle-bound.lua`, timed inside Redis) with the ratio of the two.
+//!   A copy of that script is embedded (`load-tests/lifecycle-bound.lua`): the default used
+//!   to be a path compiled in from the build machine, which did not exist anywhere else
+//!   (issue 19); `--bound-script` still runs another file.
+//!
+//! On a Redis given with `--redis-url`, every key a run created (`ts:*`, `bench:*`) is
+//! deleted when it ends, so a benchmark leaves nothing behind.
 //! - `memory`: worker RSS after 100k and after 1M tasks processed.
 //! - `recovery`: SIGKILL a `taskstream worker` holding a task, 20 times; delay from the kill
 //!   to re-delivery on the surviving worker (p50/p99).
@@ -49,9 +55,10 @@ enum Mode {
         /// Worker concurrency.
         #[arg(long, default_value_t = 512)]
         concurrency: usize,
-        /// Path of lifecycle-bound.lua.
-        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/bench/lifecycle-bound.lua"))]
-        bound_script: PathBuf,
+        /// Another lifecycle bound script to run (default: the embedded copy of
+        /// ../shared/bench/lifecycle-bound.lua).
+        #[arg(long)]
+        bound_script: Option<PathBuf>,
     },
     /// Worker memory after 100k and 1M tasks.
     Memory {
@@ -139,10 +146,66 @@ fn base_config(url: &str, queue: &str, concurrency: usize) -> Config {
     c
 }
 
+/// The lifecycle bound script, embedded (a copy of ../shared/bench/lifecycle-bound.lua).
+const BOUND_SCRIPT: &str = include_str!("lifecycle-bound.lua");
+
+/// Key patterns a benchmark run may create.
+const RUN_KEYS: [&str; 2] = ["ts:*", "bench:*"];
+
+/// Every key matching [`RUN_KEYS`] now.
+async fn run_keys(url: &str) -> Result<std::collections::HashSet<Vec<u8>>> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let mut keys = std::collections::HashSet::new();
+    for pattern in RUN_KEYS {
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(keys)
+}
+
+/// Deletes the keys matching [`RUN_KEYS`] that were not there `before` the run.
+async fn remove_run_keys(url: &str, before: &std::collections::HashSet<Vec<u8>>) -> Result<usize> {
+    let created: Vec<Vec<u8>> = run_keys(url)
+        .await?
+        .into_iter()
+        .filter(|k| !before.contains(k))
+        .collect();
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    for chunk in created.chunks(500) {
+        let _: () = redis::cmd("UNLINK")
+            .arg(chunk)
+            .query_async(&mut conn)
+            .await?;
+    }
+    Ok(created.len())
+}
+
 /// Times lifecycle-bound.lua for `n` tasks inside Redis (one EVAL: no network per task).
-async fn lua_bound(url: &str, script: &PathBuf, n: usize) -> Result<f64> {
-    let src =
-        std::fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
+async fn lua_bound(url: &str, script: Option<&PathBuf>, n: usize) -> Result<f64> {
+    let src = match script {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => BOUND_SCRIPT.to_string(),
+    };
     let client = redis::Client::open(url)?;
     let mut conn = client
         .get_multiplexed_async_connection_with_config(
@@ -258,7 +321,12 @@ async fn end_to_end(
     Ok((n as f64 / secs, l, r))
 }
 
-async fn throughput(url: &str, tasks: usize, concurrency: usize, script: &PathBuf) -> Result<()> {
+async fn throughput(
+    url: &str,
+    tasks: usize,
+    concurrency: usize,
+    script: Option<&PathBuf>,
+) -> Result<()> {
     println!("throughput: {tasks} no-op tasks, concurrency {concurrency}, producer + worker + Redis on this machine ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     let bound1 = lua_bound(url, script, tasks).await?;
     let (tps, mut lat, _) = end_to_end(url, tasks, concurrency, "bench").await?;
@@ -613,12 +681,13 @@ async fn main() -> Result<()> {
             (g.url.clone(), Some(g))
         }
     };
-    match cli.mode {
+    let before = run_keys(&url).await?;
+    let r = match cli.mode {
         Mode::Throughput {
             tasks,
             concurrency,
             bound_script,
-        } => throughput(&url, tasks, concurrency, &bound_script).await,
+        } => throughput(&url, tasks, concurrency, bound_script.as_ref()).await,
         Mode::Memory { tasks } => memory(&url, tasks).await,
         Mode::Recovery { kills } => recovery(&url, kills).await,
         Mode::Express { backlog, express } => express_bench(&url, backlog, express).await,
@@ -627,5 +696,11 @@ async fn main() -> Result<()> {
             rate,
             fail_every,
         } => saga_bench(&url, sagas, rate, fail_every).await,
+    };
+    // Also after a failed run: whatever it wrote goes.
+    match remove_run_keys(&url, &before).await {
+        Ok(n) => println!("  removed the {n} keys this run created"),
+        Err(e) => eprintln!("could not remove the keys this run created: {e}"),
     }
+    r
 }

@@ -52,6 +52,13 @@ pub struct RedisConfig {
     pub connect_timeout_ms: u64,
     /// What to do when the server fails a preflight check: "warn" or "refuse".
     pub preflight: PreflightMode,
+    /// PEM file of the CA(s) that sign the server's certificate (`rediss://` only); when
+    /// set, only these are trusted instead of the bundled web roots.
+    pub tls_ca_file: Option<String>,
+    /// PEM file of the client certificate chain for mutual TLS (with `tls_key_file`).
+    pub tls_cert_file: Option<String>,
+    /// PEM file of the client certificate's private key (with `tls_cert_file`).
+    pub tls_key_file: Option<String>,
 }
 
 impl Default for RedisConfig {
@@ -61,6 +68,9 @@ impl Default for RedisConfig {
             response_timeout_ms: 2_000,
             connect_timeout_ms: 2_000,
             preflight: PreflightMode::Warn,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -156,12 +166,19 @@ impl Default for ProducerConfig {
 pub struct HttpConfig {
     /// Listen address; empty disables the server.
     pub listen: String,
+    /// A connection that has not sent a complete request head within this many ms is
+    /// closed (slow or half-sent requests, idle connections), in ms.
+    pub header_read_timeout_ms: u64,
+    /// Most connections open at once; one more closes the oldest.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:9464".into(),
+            header_read_timeout_ms: 5_000,
+            max_connections: 64,
         }
     }
 }
@@ -204,6 +221,8 @@ pub struct QueueConfig {
     /// Most tasks of this queue running at once in this process.
     pub concurrency: usize,
     /// Slots reserved for express tasks (part of `concurrency`, never used by bulk work).
+    /// Left out of a file, it is derived from `concurrency` ([`default_express_concurrency`]),
+    /// so `concurrency = 8` or less is valid on its own (issue 15).
     pub express_concurrency: usize,
     /// Attempts in all before a failing task is dead-lettered.
     pub max_attempts: u32,
@@ -252,6 +271,24 @@ impl Default for QueueConfig {
         }
     }
 }
+
+/// The express reservation a queue gets when its file does not set one: an eighth of
+/// `concurrency` (8 of the default 64), at least 1, and 0 for a single-slot queue (whose
+/// one slot serves either lane).
+pub fn default_express_concurrency(concurrency: usize) -> usize {
+    if concurrency <= 1 {
+        0
+    } else {
+        (concurrency / 8).max(1)
+    }
+}
+
+/// Most slots one queue may have in one process (`concurrency`, `min_concurrency`).
+pub const MAX_CONCURRENCY: usize = 100_000;
+
+/// Longest time any `*_ms` setting may name: 7 days. Longer values overflow timers or
+/// make no operational sense (issue 9: `u64::MAX` passed the check).
+pub const MAX_MS: u64 = 7 * 24 * 3_600 * 1_000;
 
 /// Overrides for one task type.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -394,6 +431,7 @@ impl Config {
         cfg.apply_env(|k| std::env::var(k).ok())
             .map_err(|problems| ConfigError { problems })?;
         cfg.validate(&file)?;
+        cfg.check_files(&file)?;
         Ok(cfg)
     }
 
@@ -403,11 +441,55 @@ impl Config {
         cfg.apply_env(|k| std::env::var(k).ok())
             .map_err(|problems| ConfigError { problems })?;
         cfg.validate("environment")?;
+        cfg.check_files("environment")?;
         Ok(cfg)
     }
 
-    /// Parses TOML text; `file` names it in errors.
+    /// The checks that read files (the TLS certificates): the worker would refuse an
+    /// unreadable one, so `config check` does too.
+    fn check_files(&self, file: &str) -> Result<(), ConfigError> {
+        crate::rdb::tls_certificates(&self.redis)
+            .map(|_| ())
+            .map_err(|e| {
+                let text = e.to_string();
+                let key = ["tls_ca_file", "tls_cert_file", "tls_key_file"]
+                    .into_iter()
+                    .find(|k| text.starts_with(&format!("redis.{k} ")))
+                    .map(|k| format!("redis.{k}"))
+                    .unwrap_or_else(|| "redis.tls_cert_file".into());
+                ConfigError {
+                    problems: vec![Problem {
+                        file: file.into(),
+                        key,
+                        reason: text,
+                    }],
+                }
+            })
+    }
+
+    /// Parses TOML text; `file` names it in errors. A queue without
+    /// `express_concurrency` gets [`default_express_concurrency`] of its `concurrency`.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let mut cfg = Config::parse_raw(file, text)?;
+        let table: toml::Table = toml::from_str(text).unwrap_or_default();
+        let given: Vec<bool> = table
+            .get("queues")
+            .and_then(toml::Value::as_array)
+            .map(|qs| {
+                qs.iter()
+                    .map(|q| q.get("express_concurrency").is_some())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (i, q) in cfg.queues.iter_mut().enumerate() {
+            if !given.get(i).copied().unwrap_or(false) {
+                q.express_concurrency = default_express_concurrency(q.concurrency);
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn parse_raw(file: &str, text: &str) -> Result<Config, ConfigError> {
         toml::from_str::<Config>(text).map_err(|e| {
             let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             let key = key_at(text, e.span().map(|s| s.start));
@@ -437,6 +519,15 @@ impl Config {
         }
         if let Some(v) = get("TASKSTREAM_LOG_LEVEL") {
             self.log.level = v;
+        }
+        if let Some(v) = get("TASKSTREAM_REDIS_TLS_CA_FILE") {
+            self.redis.tls_ca_file = Some(v);
+        }
+        if let Some(v) = get("TASKSTREAM_REDIS_TLS_CERT_FILE") {
+            self.redis.tls_cert_file = Some(v);
+        }
+        if let Some(v) = get("TASKSTREAM_REDIS_TLS_KEY_FILE") {
+            self.redis.tls_key_file = Some(v);
         }
         if let Some(v) = get("TASKSTREAM_CONSUMER_NAME") {
             self.worker.consumer_name = Some(v);
@@ -499,6 +590,40 @@ impl Config {
                 ),
             );
         }
+        let r = &self.redis;
+        let tls_set =
+            r.tls_ca_file.is_some() || r.tls_cert_file.is_some() || r.tls_key_file.is_some();
+        if tls_set && !r.url.starts_with("rediss://") {
+            bad(
+                "redis.url".into(),
+                "must be rediss:// when redis.tls_ca_file, tls_cert_file or tls_key_file is set"
+                    .into(),
+            );
+        }
+        if r.tls_cert_file.is_some() != r.tls_key_file.is_some() {
+            let missing = if r.tls_cert_file.is_some() {
+                "redis.tls_key_file"
+            } else {
+                "redis.tls_cert_file"
+            };
+            bad(
+                missing.into(),
+                "redis.tls_cert_file and redis.tls_key_file must be set together (mutual TLS)"
+                    .into(),
+            );
+        }
+        for (key, v) in [
+            ("redis.tls_ca_file", &r.tls_ca_file),
+            ("redis.tls_cert_file", &r.tls_cert_file),
+            ("redis.tls_key_file", &r.tls_key_file),
+        ] {
+            if v.as_deref() == Some("") {
+                bad(
+                    key.into(),
+                    "must be a file path (leave it out for none)".into(),
+                );
+            }
+        }
         for (key, v) in [
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
@@ -520,12 +645,65 @@ impl Config {
                 "worker.collect_interval_ms",
                 self.worker.collect_interval_ms,
             ),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
         ] {
             if v == 0 {
                 bad(key.into(), "must be positive".into());
             }
         }
         let w = &self.worker;
+        let mut too_long = |key: String, v: u64| {
+            if v > MAX_MS {
+                bad(key, format!("must be at most {MAX_MS} (7 days), got {v}"));
+            }
+        };
+        for (key, v) in [
+            ("redis.response_timeout_ms", self.redis.response_timeout_ms),
+            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
+            ("worker.block_ms", w.block_ms),
+            (
+                "http.header_read_timeout_ms",
+                self.http.header_read_timeout_ms,
+            ),
+            ("worker.shutdown_grace_ms", w.shutdown_grace_ms),
+            ("worker.heartbeat_interval_ms", w.heartbeat_interval_ms),
+            ("worker.heartbeat_lapse_ms", w.heartbeat_lapse_ms),
+            ("worker.recovery_interval_ms", w.recovery_interval_ms),
+            ("worker.min_idle_ms", w.min_idle_ms),
+            ("worker.forward_interval_ms", w.forward_interval_ms),
+            ("worker.collect_interval_ms", w.collect_interval_ms),
+        ] {
+            too_long(key.into(), v);
+        }
+        for (i, q) in self.queues.iter().enumerate() {
+            let k = |f: &str| format!("queues[{i}].{f}");
+            too_long(k("timeout_ms"), q.timeout_ms);
+            too_long(k("backoff_base_ms"), q.backoff_base_ms);
+            too_long(k("backoff_cap_ms"), q.backoff_cap_ms);
+            if let Some(v) = q.sla_p95_wait_ms {
+                too_long(k("sla_p95_wait_ms"), v);
+            }
+            for (t, o) in &q.types {
+                let tk = |f: &str| format!("queues[{i}].types.{t}.{f}");
+                for (f, v) in [
+                    ("timeout_ms", o.timeout_ms),
+                    ("backoff_base_ms", o.backoff_base_ms),
+                    ("backoff_cap_ms", o.backoff_cap_ms),
+                ] {
+                    if let Some(v) = v {
+                        too_long(tk(f), v);
+                    }
+                }
+            }
+        }
+        for (i, h) in self.http_handlers.iter().enumerate() {
+            if let Some(v) = h.timeout_ms {
+                too_long(format!("http_handlers[{i}].timeout_ms"), v);
+            }
+        }
         if w.heartbeat_lapse_ms < 2 * w.heartbeat_interval_ms {
             bad(
                 "worker.heartbeat_lapse_ms".into(),
@@ -571,6 +749,12 @@ impl Config {
                 ),
             );
         }
+        if self.http.max_connections == 0 || self.http.max_connections > MAX_CONCURRENCY {
+            bad(
+                "http.max_connections".into(),
+                format!("must be between 1 and {MAX_CONCURRENCY}"),
+            );
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad(
                 "log.level".into(),
@@ -587,6 +771,14 @@ impl Config {
             }
             if q.concurrency == 0 {
                 bad(k("concurrency"), "must be at least 1".into());
+            } else if q.concurrency > MAX_CONCURRENCY {
+                bad(
+                    k("concurrency"),
+                    format!(
+                        "must be at most {MAX_CONCURRENCY}, got {}; run more replicas instead",
+                        q.concurrency
+                    ),
+                );
             }
             if q.express_concurrency >= q.concurrency && q.concurrency > 0 {
                 bad(
@@ -692,6 +884,11 @@ impl Config {
                     k("url"),
                     format!("must be an http:// or https:// URL, got {:?}", h.url),
                 );
+            } else if let Err(e) = crate::http_handler::parse_url(&h.url) {
+                bad(k("url"), e);
+            }
+            if let Err((name, reason)) = crate::http_handler::parse_headers(&h.headers) {
+                bad(format!("http_handlers[{i}].headers.{name:?}"), reason);
             }
             if h.timeout_ms == Some(0) {
                 bad(k("timeout_ms"), "must be positive".into());
@@ -741,8 +938,9 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Best-effort dotted key for an error at `offset`: the nearest table header above plus
-/// the key on the line.
+/// Best-effort key for an error at `offset`, in the same style as validation's keys:
+/// the nearest table header above, with the index of each array of tables
+/// (`queues[0].concurrency`, `queues[1].types.send.timeout_ms`), plus the key on the line.
 fn key_at(text: &str, offset: Option<usize>) -> String {
     let Some(offset) = offset else {
         return "-".into();
@@ -754,13 +952,30 @@ fn key_at(text: &str, offset: Option<usize>) -> String {
         .map(|i| line_start + i)
         .unwrap_or(text.len());
     let line = text[line_start..line_end].trim();
+    // Walk the headers in order, counting the entries of every array of tables (an
+    // entry of `[[a.b]]` belongs to the current entry of `[[a]]`, so counts restart).
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut table = String::new();
-    for l in before[..line_start].lines().rev() {
+    let headers_upto = if line.starts_with('[') {
+        &text[..line_end]
+    } else {
+        &before[..line_start]
+    };
+    for l in headers_upto.lines() {
         let l = l.trim();
-        if l.starts_with('[') {
-            table = l.trim_matches(|c| c == '[' || c == ']').to_string();
-            break;
+        let (path, is_array) = if let Some(p) = l.strip_prefix("[[") {
+            (p.split("]]").next().unwrap_or("").trim(), true)
+        } else if let Some(p) = l.strip_prefix('[') {
+            (p.split(']').next().unwrap_or("").trim(), false)
+        } else {
+            continue;
+        };
+        if is_array {
+            *counts.entry(path.to_string()).or_insert(0) += 1;
+            let nested = format!("{path}.");
+            counts.retain(|k, _| !k.starts_with(&nested));
         }
+        table = indexed_path(path, &counts);
     }
     let key = if line.starts_with('[') {
         String::new()
@@ -773,6 +988,25 @@ fn key_at(text: &str, offset: Option<usize>) -> String {
         (false, true) => table,
         (false, false) => format!("{table}.{key}"),
     }
+}
+
+/// `a.b.c` with `[n]` after every prefix that is an array of tables seen `n + 1` times.
+fn indexed_path(path: &str, counts: &BTreeMap<String, usize>) -> String {
+    let mut out = String::new();
+    let mut prefix = String::new();
+    for part in path.split('.') {
+        let part = part.trim();
+        if !prefix.is_empty() {
+            prefix.push('.');
+            out.push('.');
+        }
+        prefix.push_str(part);
+        out.push_str(part);
+        if let Some(n) = counts.get(&prefix) {
+            out.push_str(&format!("[{}]", n.saturating_sub(1)));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -804,7 +1038,176 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("queues.concurrency"), "{err}");
+        // The same key style as validation's problems (issue 9).
+        assert!(err.contains("queues[0].concurrency"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_index_arrays_of_tables() {
+        let text = "[[queues]]\nname = \"a\"\n[[queues]]\nname = \"b\"\n[queues.types.send]\ntimeout_ms = \"x\"\n";
+        let err = Config::parse("c.toml", text).unwrap_err().to_string();
+        assert!(err.contains("queues[1].types.send.timeout_ms"), "{err}");
+        let text = "[[http_handlers]]\ntype = \"a\"\nurl = \"http://h/\"\n[[http_handlers]]\ntype = \"b\"\nurl = 5\n";
+        let err = Config::parse("c.toml", text).unwrap_err().to_string();
+        assert!(err.contains("http_handlers[1].url"), "{err}");
+        let text = "[worker]\nblock_ms = \"x\"\n";
+        let err = Config::parse("c.toml", text).unwrap_err().to_string();
+        assert!(err.contains(": worker.block_ms: "), "{err}");
+    }
+
+    fn problems(text: &str) -> Vec<(String, String)> {
+        let cfg = Config::parse("f.toml", text).unwrap();
+        match cfg.validate("f.toml") {
+            Ok(()) => Vec::new(),
+            Err(e) => e.problems.into_iter().map(|p| (p.key, p.reason)).collect(),
+        }
+    }
+
+    #[test]
+    fn http_handler_headers_the_worker_refuses_are_refused_by_the_check() {
+        let handler = |headers: &str| {
+            format!("[[http_handlers]]\ntype = \"t\"\nurl = \"http://h:1/x\"\n[http_handlers.headers]\n{headers}\n")
+        };
+        for (headers, want) in [
+            (
+                "\"X-Tenant\" = \"a\\r\\nX-Evil: 1\"",
+                "not a valid header value",
+            ),
+            ("\"X-Bad\\r\\nName\" = \"v\"", "is not valid"),
+            (
+                "\"X-Taskstream-Attempt\" = \"9\"",
+                "set by the http handler protocol",
+            ),
+            (
+                "\"Content-Type\" = \"text/plain\"",
+                "set by the http handler protocol",
+            ),
+            ("traceparent = \"00-x\"", "set by the http handler protocol"),
+            ("\"X-A\" = \"1\"\n\"x-a\" = \"2\"", "listed twice"),
+        ] {
+            let p = problems(&handler(headers));
+            assert_eq!(p.len(), 1, "{headers}: {p:?}");
+            assert!(p[0].0.starts_with("http_handlers[0].headers."), "{p:?}");
+            assert!(p[0].1.contains(want), "{headers}: {p:?}");
+            // The worker refuses the same configuration.
+            let cfg = Config::parse("f.toml", &handler(headers)).unwrap();
+            assert!(crate::http_handler::HttpHandler::new(
+                &cfg.http_handlers[0],
+                Duration::from_secs(1),
+                reqwest::Client::new()
+            )
+            .is_err());
+        }
+        assert_eq!(problems(&handler("Authorization = \"Bearer x\"")), []);
+        // Secrets in values never reach the message.
+        let p = problems(&handler("\"X-Tenant\" = \"s3cret\\n\""));
+        assert!(!format!("{p:?}").contains("s3cret"), "{p:?}");
+        let p = problems("[[http_handlers]]\ntype = \"t\"\nurl = \"http://\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "http_handlers[0].url");
+    }
+
+    #[test]
+    fn timeouts_and_concurrency_have_upper_bounds() {
+        let p = problems(&format!(
+            "[redis]\nresponse_timeout_ms = {}\n[worker]\nshutdown_grace_ms = {}\n[[queues]]\nname = \"q\"\nconcurrency = 4294967295\ntimeout_ms = {}\n[queues.types.t]\ntimeout_ms = {}\n[[http_handlers]]\ntype = \"t\"\nurl = \"http://h/\"\ntimeout_ms = {}\n",
+            i64::MAX, // the largest integer TOML holds
+            i64::MAX,
+            i64::MAX,
+            MAX_MS + 1,
+            u32::MAX
+        ));
+        let keys: Vec<&str> = p.iter().map(|x| x.0.as_str()).collect();
+        for want in [
+            "redis.response_timeout_ms",
+            "worker.shutdown_grace_ms",
+            "queues[0].concurrency",
+            "queues[0].timeout_ms",
+            "queues[0].types.t.timeout_ms",
+            "http_handlers[0].timeout_ms",
+        ] {
+            assert!(keys.contains(&want), "missing {want} in {p:?}");
+        }
+        // The limits themselves are accepted.
+        let ok = format!(
+            "[[queues]]\nname = \"q\"\nconcurrency = {MAX_CONCURRENCY}\ntimeout_ms = {MAX_MS}\n"
+        );
+        assert_eq!(problems(&ok), []);
+    }
+
+    #[test]
+    fn tls_files_need_rediss_and_come_in_pairs() {
+        let p = problems("[redis]\nurl = \"redis://h:1\"\ntls_ca_file = \"/ca.pem\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "redis.url");
+        let p = problems("[redis]\nurl = \"rediss://h:1\"\ntls_cert_file = \"/c.pem\"\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "redis.tls_key_file");
+        assert_eq!(
+            problems("[redis]\nurl = \"rediss://h:1\"\ntls_ca_file = \"/ca.pem\"\ntls_cert_file = \"/c.pem\"\ntls_key_file = \"/k.pem\"\n"),
+            []
+        );
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| match k {
+            "TASKSTREAM_REDIS_TLS_CA_FILE" => Some("/a".into()),
+            "TASKSTREAM_REDIS_TLS_CERT_FILE" => Some("/b".into()),
+            "TASKSTREAM_REDIS_TLS_KEY_FILE" => Some("/c".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            (
+                cfg.redis.tls_ca_file.as_deref(),
+                cfg.redis.tls_cert_file.as_deref(),
+                cfg.redis.tls_key_file.as_deref()
+            ),
+            (Some("/a"), Some("/b"), Some("/c"))
+        );
+        // Reading them is load's job: a missing file names the key and the path.
+        let e = cfg.check_files("f").unwrap_err().to_string();
+        assert!(e.starts_with("f: redis.tls_ca_file: "), "{e}");
+        assert!(e.contains("\"/a\" cannot be read"), "{e}");
+    }
+
+    #[test]
+    fn express_concurrency_defaults_from_concurrency() {
+        for (c, want) in [
+            (1, 0),
+            (2, 1),
+            (8, 1),
+            (9, 1),
+            (16, 2),
+            (64, 8),
+            (1000, 125),
+        ] {
+            assert_eq!(default_express_concurrency(c), want, "concurrency {c}");
+            assert!(want < c, "bulk keeps a slot at concurrency {c}");
+            let cfg = Config::parse(
+                "f",
+                &format!("[[queues]]\nname = \"q\"\nconcurrency = {c}\n"),
+            )
+            .unwrap();
+            assert_eq!(cfg.queues[0].express_concurrency, want);
+            cfg.validate("f").unwrap();
+        }
+        // Left out everywhere: the built-in default stays 8 of 64.
+        let cfg = Config::parse("f", "[[queues]]\nname = \"q\"\n").unwrap();
+        assert_eq!(
+            (cfg.queues[0].concurrency, cfg.queues[0].express_concurrency),
+            (64, 8)
+        );
+        // An explicit value is kept, and checked.
+        let cfg = Config::parse(
+            "f",
+            "[[queues]]\nname = \"a\"\nconcurrency = 4\n[[queues]]\nname = \"b\"\nconcurrency = 4\nexpress_concurrency = 3\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.queues[0].express_concurrency, 1);
+        assert_eq!(cfg.queues[1].express_concurrency, 3);
+        assert_eq!(
+            problems("[[queues]]\nname = \"q\"\nconcurrency = 4\nexpress_concurrency = 4\n")[0].0,
+            "queues[0].express_concurrency"
+        );
     }
 
     #[test]

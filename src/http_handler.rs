@@ -154,6 +154,58 @@ fn invalid(task_type: &str, reason: impl fmt::Display) -> crate::Error {
     }
 }
 
+/// Parses a handler URL: absolute, `http://` or `https://`, with a host. Pure; shared
+/// by [`HttpHandler::new`] and `config check` (`Config::validate`), so the check refuses
+/// exactly what the worker refuses (issue 9).
+pub fn parse_url(url: &str) -> Result<Url, String> {
+    let url = Url::parse(url).map_err(|e| format!("url is not a valid URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "url must be http:// or https://, got {}://",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("url has no host".into());
+    }
+    Ok(url)
+}
+
+/// Builds the configured extra headers. Pure; shared by [`HttpHandler::new`] and
+/// `config check`. An error is (header name as configured, reason), never the value.
+pub fn parse_headers(
+    configured: &std::collections::BTreeMap<String, String>,
+) -> Result<HeaderMap, (String, String)> {
+    let mut headers = HeaderMap::new();
+    for (name, value) in configured {
+        let fail = |reason: String| (name.clone(), reason);
+        let hn = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| fail(format!("header name {name:?} is not valid")))?;
+        let reserved = hn == CONTENT_TYPE
+            || hn == reqwest::header::CONTENT_LENGTH
+            || hn.as_str() == HEADER_TRACEPARENT
+            || hn.as_str().starts_with(RESERVED_PREFIX);
+        if reserved {
+            return Err(fail(format!(
+                "header {name:?} is set by the http handler protocol and cannot be configured"
+            )));
+        }
+        if headers.contains_key(&hn) {
+            return Err(fail(format!(
+                "header {name:?} is listed twice (header names ignore case)"
+            )));
+        }
+        let mut hv = HeaderValue::from_str(value).map_err(|_| {
+            fail(format!(
+                "the value of header {name:?} is not a valid header value (value not shown)"
+            ))
+        })?;
+        hv.set_sensitive(true);
+        headers.insert(hn, hv);
+    }
+    Ok(headers)
+}
+
 impl HttpHandler {
     /// Builds the handler of `cfg.task_type`.
     ///
@@ -171,17 +223,7 @@ impl HttpHandler {
         client: reqwest::Client,
     ) -> Result<HttpHandler, crate::Error> {
         let t = cfg.task_type.as_str();
-        let url =
-            Url::parse(&cfg.url).map_err(|e| invalid(t, format!("url is not a valid URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(invalid(
-                t,
-                format!("url must be http:// or https://, got {}://", url.scheme()),
-            ));
-        }
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(invalid(t, "url has no host"));
-        }
+        let url = parse_url(&cfg.url).map_err(|e| invalid(t, e))?;
         let timeout = cfg
             .timeout_ms
             .map(Duration::from_millis)
@@ -190,35 +232,7 @@ impl HttpHandler {
             return Err(invalid(t, "timeout must be positive"));
         }
 
-        let mut headers = HeaderMap::new();
-        for (name, value) in &cfg.headers {
-            let hn = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| invalid(t, format!("header name {name:?} is not valid")))?;
-            let reserved = hn == CONTENT_TYPE
-                || hn == reqwest::header::CONTENT_LENGTH
-                || hn.as_str() == HEADER_TRACEPARENT
-                || hn.as_str().starts_with(RESERVED_PREFIX);
-            if reserved {
-                return Err(invalid(
-                    t,
-                    format!("header {name:?} is set by the http handler protocol and cannot be configured"),
-                ));
-            }
-            if headers.contains_key(&hn) {
-                return Err(invalid(
-                    t,
-                    format!("header {name:?} is listed twice (header names ignore case)"),
-                ));
-            }
-            let mut hv = HeaderValue::from_str(value).map_err(|_| {
-                invalid(
-                    t,
-                    format!("the value of header {name:?} is not a valid header value (value not shown)"),
-                )
-            })?;
-            hv.set_sensitive(true);
-            headers.insert(hn, hv);
-        }
+        let headers = parse_headers(&cfg.headers).map_err(|(_, reason)| invalid(t, reason))?;
 
         let display_url = display_url(&url);
         if url.scheme() == "https" && NO_SYSTEM_ROOTS.load(Ordering::Relaxed) {

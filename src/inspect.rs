@@ -94,7 +94,14 @@ impl Inspector {
         cfg: &RedisConfig,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<Self> {
-        Ok(Inspector::new(Broker::connect(cfg, cancel).await?))
+        Ok(Inspector::new(
+            Broker::connect(
+                cfg,
+                cancel,
+                crate::rdb::ClientName::process(crate::rdb::Role::Cli),
+            )
+            .await?,
+        ))
     }
 
     /// Judges workers live when they beat within `ms` (the workers' `heartbeat_lapse_ms`).

@@ -178,7 +178,12 @@ impl Producer {
     /// Connects to Redis (retrying with backoff until it answers).
     pub async fn connect(cfg: &crate::config::Config) -> Result<Self> {
         let never = tokio_util::sync::CancellationToken::new();
-        let conn = rdb::connect(&cfg.redis, &never).await?;
+        let conn = rdb::connect(
+            &cfg.redis,
+            &never,
+            rdb::ClientName::process(rdb::Role::Producer),
+        )
+        .await?;
         Ok(Self::new(conn, cfg.producer.clone()))
     }
 

@@ -204,8 +204,16 @@ async fn long_tasks_on_a_live_worker_are_never_claimed_away() {
         !a.log_text().contains("claimed long-idle entries")
             && !b.log_text().contains("claimed long-idle entries")
     );
-    a.terminate(Duration::from_secs(20));
-    b.terminate(Duration::from_secs(20));
+    assert_eq!(
+        a.terminate(Duration::from_secs(20)),
+        Some(0),
+        "graceful exit"
+    );
+    assert_eq!(
+        b.terminate(Duration::from_secs(20)),
+        Some(0),
+        "graceful exit"
+    );
 }
 
 #[tokio::test]
@@ -273,26 +281,39 @@ async fn dropped_connections_every_second_lose_nothing() {
     let ids = enqueue_all(&p, q, "exec", 30_000, 10).await;
     let mut conn = redis.sync_conn();
     let mut kills = 0;
+    let mut rounds_that_hit = 0;
+    let mut dropped = 0;
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
         let t = Instant::now();
-        let _: u64 = redis::cmd("CLIENT")
+        // SKIPME is on by default: our own connection survives; the reply counts the
+        // workers' connections actually dropped.
+        let n: u64 = redis::cmd("CLIENT")
             .arg("KILL")
             .arg("TYPE")
             .arg("normal")
             .query(&mut conn)
-            .unwrap_or(0);
+            .expect("CLIENT KILL TYPE normal");
         kills += 1;
-        conn = redis.sync_conn(); // our own connection was killed too
+        dropped += n;
+        if n > 0 {
+            rounds_that_hit += 1;
+        }
         while t.elapsed() < Duration::from_secs(1) {
             std::thread::sleep(Duration::from_millis(50)); // poll: pacing the fault injector
         }
     }
-    assert!(kills >= 9);
+    assert!(kills >= 9, "{kills} rounds of CLIENT KILL");
+    // The fault really happened, again and again: the workers reconnected between rounds
+    // and lost those connections too.
+    assert!(
+        rounds_that_hit >= kills / 2,
+        "only {rounds_that_hit} of {kills} CLIENT KILL rounds found a worker connection to drop"
+    );
     let ex = wait_all_done(&redis, q, "exec", &ids, Duration::from_secs(120)).await;
     assert_eq!(ex.len(), ids.len());
     let dups = ex.values().filter(|n| **n > 1).count();
-    eprintln!("dropped connections: {kills} rounds of CLIENT KILL, {dups} duplicate executions");
+    eprintln!("dropped connections: {kills} rounds of CLIENT KILL ({rounds_that_hit} hit, {dropped} connections), {dups} duplicate executions");
     let mut conn = redis.sync_conn();
     assert_no_dead_letters(&mut conn, q);
     for w in &mut workers {
@@ -449,7 +470,11 @@ async fn a_task_that_keeps_killing_workers_becomes_poison() {
     );
     for x in [&mut w, &mut helper] {
         if x.alive() {
-            x.terminate(Duration::from_secs(20));
+            assert_eq!(
+                x.terminate(Duration::from_secs(20)),
+                Some(0),
+                "graceful exit"
+            );
         }
     }
 }
@@ -494,7 +519,7 @@ async fn a_dead_consumer_is_recovered_even_when_survivors_are_busy_at_first() {
         },
     )
     .await;
-    let _survivor = WorkerProc::spawn_named(&toml, "survivor");
+    let survivor = WorkerProc::spawn_named(&toml, "survivor");
     // Keep the survivor's only bulk slot busy for 3 s.
     p.enqueue(
         NewTask::new(
@@ -524,5 +549,16 @@ async fn a_dead_consumer_is_recovered_even_when_survivors_are_busy_at_first() {
     .await;
     let took = killed.elapsed();
     eprintln!("re-delivered {took:?} after the kill (the idle net would take 60 s)");
-    assert!(took < Duration::from_secs(20));
+    // Brought back by the dead-consumer recovery, not by the 60 s idle net.
+    let log = survivor.log_text();
+    assert!(
+        log.lines().any(
+            |l| l.contains("recovered orphaned tasks of a dead consumer") && l.contains("victim-1")
+        ),
+        "the survivor recovered the victim's task as a dead consumer's; log:\n{log}"
+    );
+    assert!(
+        !log.contains("claimed long-idle entries"),
+        "the idle net did not fire; log:\n{log}"
+    );
 }

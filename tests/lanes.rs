@@ -48,13 +48,16 @@ async fn express_tasks_start_before_any_further_bulk_task_behind_a_100k_backlog(
     let _g = common::heavy().await;
     let redis = RedisServer::start();
     let q = "lanes";
-    // 8 slots, 2 reserved for express: 6 bulk slots, all kept busy by 1 s bulk tasks.
+    // 8 slots, 2 reserved for express: 6 bulk slots, all kept busy by bulk tasks that run
+    // until the test releases them (no time window: a bulk slot frees only when we say so,
+    // so any bulk start while express work waits means bulk took a reserved slot).
     let cfg = config(&redis.url(), q, 8, 2);
     let seq = Arc::new(AtomicU64::new(0));
     let starts: Arc<Mutex<Vec<(u64, Lane, String)>>> = Default::default();
+    let release = CancellationToken::new();
     let mut reg = Registry::new();
-    for (t, ms) in [("bulk.slow", 1_000u64), ("urgent", 5)] {
-        let (seq, starts) = (seq.clone(), starts.clone());
+    for (t, ms) in [("bulk.slow", None), ("urgent", Some(5u64))] {
+        let (seq, starts, release) = (seq.clone(), starts.clone(), release.clone());
         reg.register(
             t,
             handler_fn(move |ctx: TaskContext| {
@@ -63,9 +66,16 @@ async fn express_tasks_start_before_any_further_bulk_task_behind_a_100k_backlog(
                     .lock()
                     .unwrap()
                     .push((n, ctx.lane(), ctx.id().to_string()));
+                let release = release.clone();
                 async move {
+                    let done = async {
+                        match ms {
+                            Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                            None => release.cancelled().await,
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                        _ = done => {}
                         _ = ctx.cancellation().cancelled() => {}
                     }
                     Ok(serde_json::Value::Null)
@@ -109,8 +119,8 @@ async fn express_tasks_start_before_any_further_bulk_task_behind_a_100k_backlog(
     )
     .await;
     let express_latency = enqueued_at.elapsed();
-    stop.cancel();
-    j.await.unwrap().unwrap();
+    release.cancel();
+    common::stop_within("the worker", &stop, j).await.unwrap();
     let last_express = all_express_started
         .iter()
         .filter(|x| x.1 == Lane::Express)
@@ -149,10 +159,23 @@ async fn rate_limit_holds_across_two_worker_processes() {
         "",
         "[queues.types.\"builtin.record\"]\nrate_per_sec = 20\nburst = 5\n",
     );
-    let mut a = WorkerProc::spawn(&toml);
-    let mut b = WorkerProc::spawn(&toml);
+    let mut a = WorkerProc::spawn_named(&toml, "rate-a");
+    let mut b = WorkerProc::spawn_named(&toml, "rate-b");
     let mut cfg = Config::default();
     cfg.redis.url = redis.url();
+    let mut conn = redis.sync_conn();
+    // Both replicas beat (so both read) before any work arrives.
+    poll("both replicas are up", Duration::from_secs(30), || {
+        let beats: Vec<String> = redis::cmd("ZRANGE")
+            .arg(QueueKeys::new(q).heartbeats)
+            .arg(0)
+            .arg(-1)
+            .query(&mut conn)
+            .unwrap_or_default();
+        let up = beats.contains(&a.consumer()) && beats.contains(&b.consumer());
+        async move { up.then_some(()) }
+    })
+    .await;
     let p = Producer::connect(&cfg).await.unwrap();
     let n = 100;
     let batch: Vec<_> = (0..n)
@@ -166,11 +189,25 @@ async fn rate_limit_holds_across_two_worker_processes() {
         })
         .collect();
     p.enqueue_batch(batch).await.unwrap();
-    let mut conn = redis.sync_conn();
+    // Throttled tasks wait in their slots, so each replica's share shows as its pending
+    // entries while the run goes on.
+    let mut holders = std::collections::BTreeSet::new();
     let log: Vec<String> = poll(
         "all rate-limited tasks ran",
         Duration::from_secs(30),
         || {
+            let summary: Vec<redis::Value> = redis::cmd("XPENDING")
+                .arg(QueueKeys::new(q).stream)
+                .arg("taskstream")
+                .query(&mut conn)
+                .expect("XPENDING summary");
+            if let Some(redis::Value::Array(per_consumer)) = summary.get(3) {
+                for c in per_consumer {
+                    let (name, _n): (String, String) =
+                        redis::from_redis_value_ref(c).expect("XPENDING consumer row");
+                    holders.insert(name);
+                }
+            }
             let v: Vec<String> = redis::cmd("LRANGE")
                 .arg("starts")
                 .arg(0)
@@ -200,13 +237,25 @@ async fn rate_limit_holds_across_two_worker_processes() {
         "100 tasks at 20/s cannot finish in {span} ms"
     );
     // Both replicas took part, and throttled tasks waited instead of failing.
+    assert!(
+        holders.contains(&a.consumer()) && holders.contains(&b.consumer()),
+        "both replicas held work: {holders:?}"
+    );
     let dlq: u64 = redis::cmd("XLEN")
         .arg("ts:{rated}:dlq")
         .query(&mut conn)
         .unwrap();
     assert_eq!(dlq, 0);
-    a.terminate(Duration::from_secs(20));
-    b.terminate(Duration::from_secs(20));
+    assert_eq!(
+        a.terminate(Duration::from_secs(20)),
+        Some(0),
+        "graceful exit"
+    );
+    assert_eq!(
+        b.terminate(Duration::from_secs(20)),
+        Some(0),
+        "graceful exit"
+    );
 }
 
 #[tokio::test]
@@ -280,8 +329,7 @@ async fn cancel_skips_queued_tasks_and_stops_running_ones() {
         }
     })
     .await;
-    stop.cancel();
-    j.await.unwrap().unwrap();
+    common::stop_within("the worker", &stop, j).await.unwrap();
     assert!(
         !ran.lock().unwrap().contains(&queued),
         "a cancelled queued task never runs"
@@ -372,6 +420,29 @@ async fn pause_and_resume_lose_nothing() {
     )
     .await
     .unwrap();
+    // Give the paused worker time to misbehave: wait until it has beaten for a second past
+    // the enqueue (five of its 200 ms read blocks), so a reader that ignored the pause
+    // would have taken work by now.
+    let enqueued_ms = taskstream::task::now_ms();
+    poll(
+        "the paused worker keeps beating for a second after the enqueue",
+        Duration::from_secs(20),
+        || {
+            let mut c = conn.clone();
+            let key = k.heartbeats.clone();
+            async move {
+                let beat: Option<f64> = redis::cmd("ZSCORE")
+                    .arg(&key)
+                    .arg("pausable-1")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                beat.filter(|b| *b as u64 >= enqueued_ms + 1_000)
+                    .map(|_| ())
+            }
+        },
+    )
+    .await;
     let len: u64 = redis::cmd("XLEN")
         .arg(&k.stream)
         .query_async(&mut conn)
@@ -394,6 +465,5 @@ async fn pause_and_resume_lose_nothing() {
         async move { (n == 600).then_some(()) }
     })
     .await;
-    stop.cancel();
-    j.await.unwrap().unwrap();
+    common::stop_within("the worker", &stop, j).await.unwrap();
 }

@@ -40,8 +40,9 @@ struct Running {
 
 impl Running {
     async fn shutdown(self) {
-        self.stop.cancel();
-        self.join.await.unwrap().unwrap();
+        common::stop_within("the worker", &self.stop, self.join)
+            .await
+            .unwrap();
     }
 }
 

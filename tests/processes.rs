@@ -38,7 +38,26 @@ async fn ten_thousand_tasks_over_three_workers_each_processed_once() {
     let _g = common::heavy().await;
     let redis = RedisServer::start();
     let toml = worker_toml(&redis.url(), "shared", "", "");
-    let mut workers: Vec<WorkerProc> = (0..3).map(|_| WorkerProc::spawn(&toml)).collect();
+    // Each worker serves /metrics, so its own share of the work can be read back.
+    let addrs: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", common::free_port()))
+        .collect();
+    let mut workers: Vec<WorkerProc> = addrs
+        .iter()
+        .map(|a| {
+            WorkerProc::spawn(&toml.replace(
+                "[http]\nlisten = \"\"",
+                &format!("[http]\nlisten = \"{a}\""),
+            ))
+        })
+        .collect();
+    for a in &addrs {
+        poll("every worker ready", Duration::from_secs(30), || {
+            let ok = common::http_get(a, "/ready").is_some_and(|(s, _)| s == 200);
+            async move { ok.then_some(()) }
+        })
+        .await;
+    }
     enqueue_records(&redis.url(), "shared", "exec", 10_000, "");
     let mut conn = redis.sync_conn();
     poll("10,000 tasks processed", Duration::from_secs(60), || {
@@ -70,6 +89,27 @@ async fn ten_thousand_tasks_over_three_workers_each_processed_once() {
         _ => 0,
     };
     assert_eq!(n_consumers, 3, "three consumers in the group");
+    let shares: Vec<f64> = addrs
+        .iter()
+        .map(|a| {
+            let (_, page) = common::http_get(a, "/metrics").expect("scrape a worker");
+            common::prom_value(
+                &page,
+                "taskstream_tasks_completed_total",
+                &[("queue", "shared"), ("outcome", "succeeded")],
+            )
+            .unwrap_or(0.0)
+        })
+        .collect();
+    assert!(
+        shares.iter().all(|n| *n > 0.0),
+        "every worker consumed some: {shares:?}"
+    );
+    assert_eq!(
+        shares.iter().sum::<f64>(),
+        10_000.0,
+        "the shares add up to the work: {shares:?}"
+    );
     let len: u64 = redis::cmd("XLEN")
         .arg("ts:{shared}:stream")
         .query(&mut conn)

@@ -168,8 +168,7 @@ async fn pools_only_receive_their_types_and_unknown_types_are_dead_lettered() {
     )
     .await;
     for (s, j) in stops {
-        s.cancel();
-        j.await.unwrap().unwrap();
+        common::stop_within("a pool's worker", &s, j).await.unwrap();
     }
     let runs = runs.lock().unwrap().clone();
     assert_eq!(runs.len(), n, "each task ran exactly once");

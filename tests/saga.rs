@@ -79,7 +79,7 @@ async fn record(
 }
 
 /// `t.step` and `t.undo`, steered by the saga input: `fail_at`, `hang_at` (no reply for a
-/// minute), `slow_at` + `slow_ms`, `fail_undo_at`; they `RPUSH` `do:STEP` / `undo:STEP` to
+/// minute), `slow_at` + `slow_ms` (or, with `until_key`, until that key exists), `fail_undo_at`; they `RPUSH` `do:STEP` / `undo:STEP` to
 /// the list named by `log`. Plus the demo saga's handlers.
 fn registry(conn: &ConnectionManager) -> Registry {
     let mut reg = Registry::new();
@@ -97,8 +97,27 @@ fn registry(conn: &ConnectionManager) -> Registry {
                 }
                 if asked(i, "slow_at", &p.step) {
                     let ms = i["slow_ms"].as_u64().unwrap_or(1_000);
+                    let until = i["until_key"].as_str().map(str::to_string);
+                    let mut gate = c.clone();
+                    let wait = async move {
+                        match until {
+                            // Held until the test says so: no time window to race.
+                            Some(k) => loop {
+                                let n: u64 = redis::cmd("EXISTS")
+                                    .arg(&k)
+                                    .query_async(&mut gate)
+                                    .await
+                                    .unwrap_or(0);
+                                if n == 1 {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(20)).await; // poll
+                            },
+                            None => tokio::time::sleep(Duration::from_millis(ms)).await,
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                        _ = wait => {}
                         _ = ctx.cancellation().cancelled() => return Err(HandlerError::retryable("cancelled")),
                     }
                 }
@@ -512,13 +531,15 @@ async fn step_timeouts_roll_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saga_timeout_rolls_back_and_the_late_reply_is_ignored() {
+    // Steps a and b must finish inside the limit while many saga tests run at once: 5 s
+    // leaves them room; c is held until the saga has timed out, however long that takes.
     let mut def = four("short", false, |_, s| s);
-    def.timeout = Duration::from_millis(1_000);
+    def.timeout = Duration::from_millis(5_000);
     let mut env = Env::start(vec![def], true).await;
     let id = env
         .start_saga(
             "short",
-            json!({"slow_at": "c", "slow_ms": 2_000, "log": "log:short"}),
+            json!({"slow_at": "c", "until_key": "release:short", "log": "log:short"}),
         )
         .await;
     let v = env.wait_for(&id, &["rolled_back"]).await;
@@ -536,17 +557,27 @@ async fn saga_timeout_rolls_back_and_the_late_reply_is_ignored() {
         v.error
             .as_deref()
             .unwrap()
-            .contains("saga timed out (limit 1000 ms)"),
+            .contains("saga timed out (limit 5000 ms)"),
         "{:?}",
         v.error
     );
     let finished = v.finished_at.unwrap();
     assert!(
-        finished - v.created_at >= 1_000,
+        finished - v.created_at >= 5_000,
         "{}",
         finished - v.created_at
     );
+    assert!(
+        !env.log("log:short").await.contains(&"do:c".to_string()),
+        "c is still held"
+    );
     // c's handler finishes later and replies; the reply is stale and changes nothing.
+    let _: () = redis::cmd("SET")
+        .arg("release:short")
+        .arg(1)
+        .query_async(&mut env.conn)
+        .await
+        .unwrap();
     poll("the late step c to finish", WAIT, || async {
         env.log("log:short")
             .await
@@ -1081,8 +1112,10 @@ async fn a_standalone_orchestrator_becomes_ready_once_its_group_exists() {
     drop(orch);
 }
 
-async fn pending_of(conn: &mut ConnectionManager, consumer: &str) -> usize {
-    let v: redis::Value = redis::cmd("XPENDING")
+/// The replies `consumer` holds; None while the replies group does not exist yet (any
+/// other error fails the test rather than passing for "nothing pending").
+async fn pending_of(conn: &mut ConnectionManager, consumer: &str) -> Option<usize> {
+    let r: redis::RedisResult<redis::Value> = redis::cmd("XPENDING")
         .arg(keys::REPLIES)
         .arg(keys::GROUP)
         .arg("-")
@@ -1090,11 +1123,12 @@ async fn pending_of(conn: &mut ConnectionManager, consumer: &str) -> usize {
         .arg(10_000)
         .arg(consumer)
         .query_async(conn)
-        .await
-        .unwrap_or(redis::Value::Nil);
-    match v {
-        redis::Value::Array(a) => a.len(),
-        _ => 0,
+        .await;
+    match r {
+        Ok(redis::Value::Array(a)) => Some(a.len()),
+        Ok(other) => panic!("XPENDING answered {other:?}"),
+        Err(e) if e.code() == Some("NOGROUP") => None,
+        Err(e) => panic!("XPENDING {} failed: {e}", keys::REPLIES),
     }
 }
 
@@ -1138,9 +1172,9 @@ async fn sigkill_of_an_orchestrator_mid_run_loses_and_repeats_nothing() {
             "orchestrator A never held a reply; log:\n{}",
             a.log_text()
         );
-        if pending_of(&mut c, "orch-a").await > 0 {
+        if pending_of(&mut c, "orch-a").await.unwrap_or(0) > 0 {
             common::signal(a.pid(), "STOP");
-            let n = pending_of(&mut c, "orch-a").await;
+            let n = pending_of(&mut c, "orch-a").await.unwrap_or(0);
             if n > 0 {
                 break n;
             }
@@ -1184,7 +1218,7 @@ async fn sigkill_of_an_orchestrator_mid_run_loses_and_repeats_nothing() {
     assert_eq!(finished["rolled_back"], 100);
     assert_eq!(
         pending_of(&mut c, "orch-a").await,
-        0,
+        Some(0),
         "A's replies were claimed"
     );
     assert!(

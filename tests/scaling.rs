@@ -117,7 +117,72 @@ async fn a_worker_adapts_concurrency_to_its_objective_and_exports_desired_replic
     );
     eprintln!("concurrency shrank to {shrunk} when idle, grew back to {grown} under a backlog; desired replicas {desired}");
     // Pausing holds the answer: a held-back backlog is no reason to add replicas.
-    let (code, _, _) = run_cli(&["--redis-url", &url, "queue", "pause", q], &[]);
-    assert_eq!(code, 0);
+    let (code, _, err) = run_cli(&["--redis-url", &url, "queue", "pause", q], &[]);
+    assert_eq!(code, 0, "{err}");
+    let mut conn = redis.sync_conn();
+    poll(
+        "the worker applied the pause",
+        Duration::from_secs(15),
+        || {
+            let acks: Vec<String> = redis::cmd("HVALS")
+                .arg(taskstream::keys::QueueKeys::new(q).pause_acks)
+                .query(&mut conn)
+                .unwrap_or_default();
+            async move { (acks == ["paused"]).then_some(()) }
+        },
+    )
+    .await;
+    let held = sample(
+        &scrape(port).await,
+        "taskstream_desired_replicas",
+        "queue=\"sla\"",
+    )
+    .expect("desired replicas exported");
+    // A much larger backlog arrives while paused: unpaused, it would raise the answer
+    // (~20,000 waiting 1 s tasks need about 13 replicas of 32 slots to drain in 60 s).
+    let (code, _, err) = run_cli(
+        &[
+            "--redis-url",
+            &url,
+            "enqueue",
+            "-q",
+            q,
+            "-t",
+            "builtin.sleep",
+            "-p",
+            r#"{"ms":1000}"#,
+            "--count",
+            "20000",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    // Desired replicas are recomputed every 5 s: watch two rounds' worth.
+    let watch_until = std::time::Instant::now() + Duration::from_secs(11);
+    while std::time::Instant::now() < watch_until {
+        let d = sample(
+            &scrape(port).await,
+            "taskstream_desired_replicas",
+            "queue=\"sla\"",
+        );
+        assert_eq!(d, Some(held), "desired replicas held while paused");
+        tokio::time::sleep(Duration::from_millis(250)).await; // poll
+    }
+    // Resumed, the same backlog does raise it: the hold above was the pause's doing.
+    let (code, _, err) = run_cli(&["--redis-url", &url, "queue", "resume", q], &[]);
+    assert_eq!(code, 0, "{err}");
+    poll(
+        "desired replicas grow for the backlog once resumed",
+        Duration::from_secs(30),
+        || async {
+            sample(
+                &scrape(port).await,
+                "taskstream_desired_replicas",
+                "queue=\"sla\"",
+            )
+            .filter(|d| *d > held)
+        },
+    )
+    .await;
     assert_eq!(w.terminate(Duration::from_secs(30)), Some(0));
 }

@@ -169,7 +169,12 @@ pub(crate) async fn run(mut cfg: Config, a: Args) -> anyhow::Result<()> {
         ..Default::default()
     }];
     let never = CancellationToken::new();
-    let mut conn = crate::rdb::connect(&cfg.redis, &never).await?;
+    let mut conn = crate::rdb::connect(
+        &cfg.redis,
+        &never,
+        crate::rdb::ClientName::process(crate::rdb::Role::Demo),
+    )
+    .await?;
     let broker = Broker::new(conn.clone());
     // Start from a clean demo queue.
     broker.wipe_queue(QUEUE).await?;

@@ -86,7 +86,12 @@ pub(crate) fn unserved_warning(s: &QueueStatus) -> Option<String> {
 }
 
 pub(crate) async fn run(cfg: Config, a: Args) -> anyhow::Result<()> {
-    let conn = crate::rdb::connect(&cfg.redis, &CancellationToken::new()).await?;
+    let conn = crate::rdb::connect(
+        &cfg.redis,
+        &CancellationToken::new(),
+        crate::rdb::ClientName::process(crate::rdb::Role::Producer),
+    )
+    .await?;
     let p = Producer::new(conn.clone(), cfg.producer.clone());
     let insp = Inspector::new(crate::rdb::Broker::new(conn))
         .with_heartbeat_lapse(cfg.worker.heartbeat_lapse_ms);

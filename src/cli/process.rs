@@ -105,7 +105,7 @@ pub(crate) async fn start_http(cfg: &Config, stop: &CancellationToken) -> anyhow
     }
     let addr: std::net::SocketAddr = cfg.http.listen.parse().context("http.listen")?;
     let handle = crate::metrics::install();
-    crate::http::serve(addr, handle, stop.clone())
+    crate::http::serve_with(addr, handle, stop.clone(), &cfg.http)
         .await
         .with_context(|| {
             format!("cannot listen on {addr} (http.listen); set another address or \"\" to disable")

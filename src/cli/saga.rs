@@ -54,7 +54,12 @@ pub(crate) enum Action {
 
 pub(crate) async fn run(cfg: Config, action: Action) -> anyhow::Result<()> {
     use crate::saga::ops;
-    let mut conn = crate::rdb::connect(&cfg.redis, &CancellationToken::new()).await?;
+    let mut conn = crate::rdb::connect(
+        &cfg.redis,
+        &CancellationToken::new(),
+        crate::rdb::ClientName::process(crate::rdb::Role::Cli),
+    )
+    .await?;
     let defs = crate::saga::configured(&cfg)?;
     match action {
         Action::Start { name, input, json } => {

@@ -26,7 +26,12 @@ pub(crate) async fn run(mut cfg: Config, a: Args) -> anyhow::Result<()> {
     }
     let shutdown = shutdown_token(a.run_for);
     start_http(&cfg, &shutdown).await?;
-    let conn = crate::rdb::connect(&cfg.redis, &shutdown).await?;
+    let conn = crate::rdb::connect(
+        &cfg.redis,
+        &shutdown,
+        crate::rdb::ClientName::process(crate::rdb::Role::Cmd),
+    )
+    .await?;
     let reg = registry(&cfg, conn.clone())?;
     if reg.is_empty() {
         tracing::warn!("no handlers registered: every task will be dead-lettered as unknown type (set worker.builtin_handlers or http_handlers)");

@@ -5,6 +5,22 @@
 //! on the multiplexed connection would stall every other command behind it; so blocking
 //! reads get exclusive connections whose reply timeout is the block time plus the normal
 //! response timeout.
+//!
+//! TLS (issue 8): `rediss://` trusted only the bundled web roots, so a Redis with a
+//! certificate from a private CA could not be reached, and mutual TLS was impossible.
+//! `redis.tls_ca_file` replaces the trust store with that CA; `redis.tls_cert_file` +
+//! `redis.tls_key_file` present a client certificate. The command connection and the
+//! reader pool are built from the same [`client`], so they share one TLS setup.
+//!
+//! Names (issue 14): every connection is named `taskstream:<consumer>:<role>` with
+//! `CLIENT SETNAME`, so `CLIENT LIST` tells blocking readers, command connections,
+//! producers and orchestrators apart. redis-rs 1.8 has no client name in its connection
+//! info, and `ConnectionManager` replays nothing but subscriptions on reconnect, so a
+//! name set once would be lost at the first reconnect: the command connection re-sends
+//! its name every [`NAME_REFRESH`] until the caller's cancel token fires. Pool
+//! connections are named by a post-create hook, which runs for every new connection.
+//! A server that refuses `CLIENT SETNAME` (an ACL without `+client|setname`) costs the
+//! name only, never the connection.
 
 use std::time::Duration;
 
@@ -13,21 +29,161 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::config::RedisConfig;
 use crate::error::{Error, Result};
 
-/// Builds the client for `cfg.url`.
+/// What a connection is for; the last part of its client name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The multiplexed command connection of a worker (acks, heartbeats, scripts).
+    Cmd,
+    /// An exclusive connection for blocking reads (`XREADGROUP … BLOCK`).
+    Reader,
+    /// A producer's connection.
+    Producer,
+    /// A saga orchestrator's command connection.
+    Orchestrator,
+    /// A one-shot command-line call (`taskstream stats`, `dlq`, …).
+    Cli,
+    /// The demo.
+    Demo,
+}
+
+impl Role {
+    /// The role as it appears in the client name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Cmd => "cmd",
+            Role::Reader => "reader",
+            Role::Producer => "producer",
+            Role::Orchestrator => "orchestrator",
+            Role::Cli => "cli",
+            Role::Demo => "demo",
+        }
+    }
+}
+
+/// A connection's name in `CLIENT LIST`: `taskstream:<consumer>:<role>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientName(String);
+
+impl ClientName {
+    /// The name of `consumer`'s connection for `role`. Characters Redis refuses in a
+    /// name (spaces, control characters) become `_`.
+    pub fn new(consumer: &str, role: Role) -> ClientName {
+        let consumer: String = consumer
+            .chars()
+            .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+            .collect();
+        ClientName(format!("taskstream:{consumer}:{}", role.as_str()))
+    }
+
+    /// For processes without a consumer name (producers, the CLI): `<host>-<pid>`.
+    pub fn process(role: Role) -> ClientName {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "host".into());
+        ClientName::new(&format!("{host}-{}", std::process::id()), role)
+    }
+
+    /// The full name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How often the command connection re-sends its name (see the module docs).
+pub const NAME_REFRESH: Duration = Duration::from_secs(2);
+
+/// Reads the TLS files of `cfg`: None when none is set. Errors name the key and file.
+pub fn tls_certificates(cfg: &RedisConfig) -> Result<Option<redis::TlsCertificates>> {
+    if cfg.tls_ca_file.is_none() && cfg.tls_cert_file.is_none() && cfg.tls_key_file.is_none() {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &Option<String>| -> Result<Option<Vec<u8>>> {
+        let Some(path) = path else { return Ok(None) };
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Config(format!("redis.{key} {path:?} cannot be read: {e}")))?;
+        if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
+            return Err(Error::Config(format!(
+                "redis.{key} {path:?} is not a PEM file (no -----BEGIN line)"
+            )));
+        }
+        Ok(Some(bytes))
+    };
+    let root_cert = read("tls_ca_file", &cfg.tls_ca_file)?;
+    let client_tls = match (
+        read("tls_cert_file", &cfg.tls_cert_file)?,
+        read("tls_key_file", &cfg.tls_key_file)?,
+    ) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig {
+            client_cert,
+            client_key,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(Error::Config(
+                "redis.tls_cert_file and redis.tls_key_file must be set together".into(),
+            ))
+        }
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// Builds the client for `cfg.url`, with the CA and client certificate of `cfg` when set.
 pub fn client(cfg: &RedisConfig) -> Result<redis::Client> {
-    redis::Client::open(cfg.url.as_str()).map_err(|e| {
-        Error::Config(format!(
-            "redis.url {:?} is not usable: {e}",
-            crate::config::redact_url(&cfg.url)
-        ))
+    let url = crate::config::redact_url(&cfg.url);
+    match tls_certificates(cfg)? {
+        None => redis::Client::open(cfg.url.as_str())
+            .map_err(|e| Error::Config(format!("redis.url {url:?} is not usable: {e}"))),
+        Some(certs) => redis::Client::build_with_tls(cfg.url.as_str(), certs).map_err(|e| {
+            Error::Config(format!(
+                "redis.url {url:?} with redis.tls_* files is not usable: {e}"
+            ))
+        }),
+    }
+}
+
+/// Sends `CLIENT SETNAME`; a refusal is logged, never fatal.
+async fn set_name<C: redis::aio::ConnectionLike + Send>(conn: &mut C, name: &ClientName) -> bool {
+    let r: redis::RedisResult<()> = redis::cmd("CLIENT")
+        .arg("SETNAME")
+        .arg(name.as_str())
+        .query_async(conn)
+        .await;
+    if let Err(e) = &r {
+        tracing::debug!(name = name.as_str(), error = %e, "CLIENT SETNAME failed");
+    }
+    r.is_ok()
+}
+
+/// A hint for errors that retrying will not fix: a certificate the client does not trust.
+fn tls_hint(e: &redis::RedisError, cfg: &RedisConfig) -> Option<&'static str> {
+    let text = e.to_string().to_lowercase();
+    if !(text.contains("certificate") || text.contains("unknownissuer") || text.contains("tls")) {
+        return None;
+    }
+    Some(if cfg.tls_ca_file.is_some() {
+        "TLS handshake failed: the server's certificate is not signed by redis.tls_ca_file (or names another host), or the server refused our client certificate"
+    } else {
+        "TLS handshake failed: the server's certificate is not signed by a public CA; set redis.tls_ca_file (TASKSTREAM_REDIS_TLS_CA_FILE) to the CA that signed it"
     })
 }
 
-/// Connects the multiplexed command connection, retrying with exponential backoff and
-/// jitter (and saying so in the log) until Redis answers or `cancel` fires.
+/// Connects the multiplexed command connection named `name`, retrying with exponential
+/// backoff and jitter (and saying so in the log) until Redis answers or `cancel` fires.
+/// The name is kept across reconnects until `cancel` fires (see the module docs).
 pub async fn connect(
     cfg: &RedisConfig,
     cancel: &tokio_util::sync::CancellationToken,
+    name: ClientName,
 ) -> Result<ConnectionManager> {
     let client = client(cfg)?;
     let mcfg = ConnectionManagerConfig::new()
@@ -39,7 +195,9 @@ pub async fn connect(
     let mut attempt: u32 = 0;
     loop {
         match ConnectionManager::new_with_config(client.clone(), mcfg.clone()).await {
-            Ok(c) => {
+            Ok(mut c) => {
+                set_name(&mut c, &name).await;
+                keep_name(c.clone(), name, cancel.clone());
                 if attempt > 0 {
                     tracing::info!(
                         url = %crate::config::redact_url(&cfg.url),
@@ -59,6 +217,7 @@ pub async fn connect(
                     attempt,
                     retry_in_ms = delay.as_millis() as u64,
                     error = %e,
+                    hint = tls_hint(&e, cfg).unwrap_or(""),
                     "redis unreachable, retrying with backoff"
                 );
                 tokio::select! {
@@ -68,6 +227,24 @@ pub async fn connect(
             }
         }
     }
+}
+
+/// Re-sends `name` on `conn` every [`NAME_REFRESH`] until `cancel` fires, so the name
+/// survives the manager's reconnects.
+fn keep_name(
+    mut conn: ConnectionManager,
+    name: ClientName,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(NAME_REFRESH) => {}
+            }
+            set_name(&mut conn, &name).await;
+        }
+    });
 }
 
 /// Backoff for reconnects: 100 ms doubling to 5 s, full jitter on the upper half.
@@ -82,14 +259,28 @@ pub fn reconnect_delay(attempt: u32) -> Duration {
 /// Exclusive connections for blocking reads.
 pub type ReaderPool = deadpool_redis::Pool;
 
-/// Builds the pool of blocking-read connections; replies may take `block` plus the normal
-/// response timeout.
-pub fn reader_pool(cfg: &RedisConfig, block: Duration, size: usize) -> Result<ReaderPool> {
+/// Builds the pool of blocking-read connections, each named `name`; replies may take
+/// `block` plus the normal response timeout. Same TLS setup as [`client`].
+pub fn reader_pool(
+    cfg: &RedisConfig,
+    block: Duration,
+    size: usize,
+    name: ClientName,
+) -> Result<ReaderPool> {
     let conn_cfg = redis::AsyncConnectionConfig::new()
         .set_response_timeout(Some(block + Duration::from_millis(cfg.response_timeout_ms)))
         .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
-    let manager = deadpool_redis::Manager::new_with_config(cfg.url.as_str(), conn_cfg)?;
+    // The connection info of the TLS-aware client carries the CA and client certificate.
+    let info = client(cfg)?.get_connection_info().clone();
+    let manager = deadpool_redis::Manager::new_with_config(info, conn_cfg)?;
     deadpool_redis::Pool::builder(manager)
+        .post_create(deadpool_redis::Hook::async_fn(move |conn, _| {
+            let name = name.clone();
+            Box::pin(async move {
+                set_name(conn, &name).await;
+                Ok(())
+            })
+        }))
         .max_size(size.max(1))
         .runtime(deadpool_redis::Runtime::Tokio1)
         .build()

@@ -39,7 +39,10 @@ use std::time::Duration;
 use redis::{Pipeline, RedisError, Value};
 
 pub(crate) use claim::ClaimScope;
-pub use conn::{answers_ping, client, connect, reader_pool, reconnect_delay, ReaderPool};
+pub use conn::{
+    answers_ping, client, connect, reader_pool, reconnect_delay, tls_certificates, ClientName,
+    ReaderPool, Role, NAME_REFRESH,
+};
 pub(crate) use enqueue::{Added, NewEntry, Placement};
 pub(crate) use group_reader::GroupReader;
 pub use parse::{RawEntry, StreamBatch};
@@ -73,8 +76,9 @@ impl Broker {
     pub async fn connect(
         cfg: &crate::config::RedisConfig,
         cancel: &tokio_util::sync::CancellationToken,
+        name: ClientName,
     ) -> Result<Self> {
-        Ok(Broker::new(connect(cfg, cancel).await?))
+        Ok(Broker::new(connect(cfg, cancel, name).await?))
     }
 
     /// A handle on the command connection, for the methods of this module.

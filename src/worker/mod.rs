@@ -123,13 +123,18 @@ impl Worker {
                     self.cfg.http.listen
                 ))
             })?;
-            crate::http::serve(addr, crate::metrics::install(), shutdown.clone())
-                .await
-                .map_err(|e| {
-                    crate::Error::Config(format!(
-                        "cannot listen on {addr} (http.listen): {e}; set another address"
-                    ))
-                })?;
+            crate::http::serve_with(
+                addr,
+                crate::metrics::install(),
+                shutdown.clone(),
+                &self.cfg.http,
+            )
+            .await
+            .map_err(|e| {
+                crate::Error::Config(format!(
+                    "cannot listen on {addr} (http.listen): {e}; set another address"
+                ))
+            })?;
         }
         let orchestrator = self.sagas.clone().map(|defs| {
             let o = crate::saga::Orchestrator::new(&self.cfg, defs);
@@ -152,7 +157,13 @@ impl Worker {
     async fn run_worker(self, shutdown: CancellationToken) -> Result<()> {
         let cfg = self.cfg;
         let w = &cfg.worker;
-        let mut conn = match rdb::connect(&cfg.redis, &shutdown).await {
+        let mut conn = match rdb::connect(
+            &cfg.redis,
+            &shutdown,
+            rdb::ClientName::new(&self.consumer, rdb::Role::Cmd),
+        )
+        .await
+        {
             Ok(c) => c,
             Err(_) if shutdown.is_cancelled() => return Ok(()),
             Err(e) => return Err(e),
@@ -191,7 +202,12 @@ impl Worker {
         );
 
         let block = Duration::from_millis(w.block_ms);
-        let pool = rdb::reader_pool(&cfg.redis, block, cfg.queues.len() * 2 + 2)?;
+        let pool = rdb::reader_pool(
+            &cfg.redis,
+            block,
+            cfg.queues.len() * 2 + 2,
+            rdb::ClientName::new(&self.consumer, rdb::Role::Reader),
+        )?;
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         let stop_reading = shutdown.child_token();

@@ -53,6 +53,16 @@ where
     }
 }
 
+/// The server binary the tests start: `redis-server`, or the one named by
+/// `TASKSTREAM_TEST_SERVER` (e.g. `valkey-server`; `.ci/run` runs the pipeline, fault and
+/// saga tests against Valkey this way).
+pub fn server_bin() -> String {
+    std::env::var("TASKSTREAM_TEST_SERVER")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "redis-server".into())
+}
+
 /// A private redis-server.
 pub struct RedisServer {
     /// Its port.
@@ -95,7 +105,11 @@ impl RedisServer {
                 return s;
             }
         }
-        panic!("could not start redis-server (is it installed? apt-get install redis-server)");
+        panic!(
+            "could not start {} (is it installed? apt-get install {})",
+            server_bin(),
+            server_bin()
+        );
     }
 
     /// Starts one on a port chosen now but not yet started (for "Redis down at start").
@@ -107,7 +121,7 @@ impl RedisServer {
 
     fn spawn(&mut self) -> bool {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
-        let child = Command::new("redis-server")
+        let child = Command::new(server_bin())
             .arg("--port")
             .arg(self.port.to_string())
             .arg("--bind")
@@ -120,7 +134,13 @@ impl RedisServer {
             .stdout(log)
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} must be installed (apt-get install {}): {e}",
+                    server_bin(),
+                    server_bin()
+                )
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -395,21 +415,116 @@ impl Drop for WorkerProc {
     }
 }
 
+/// How long a CLI run may take before the test fails (a hang must not stall CI).
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Runs the binary to completion with `args`; returns (exit code, stdout, stderr).
+/// Fails the test, killing the child, if it has not exited within [`CLI_TIMEOUT`].
 pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("TASKSTREAM_REDIS_URL")
-        .env("NO_COLOR", "1");
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("run taskstream");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    let mut child = cmd.spawn().expect("run taskstream");
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let status = wait_within(&mut child, CLI_TIMEOUT);
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    match status {
+        Some(st) => (st.code().unwrap_or(-1), out, err),
+        None => panic!(
+            "`taskstream {}` did not exit within {CLI_TIMEOUT:?}; killed it.\nstdout:\n{out}\nstderr:\n{err}",
+            args.join(" ")
+        ),
+    }
+}
+
+/// Waits for `child` up to `timeout`; on timeout kills it and returns None.
+pub fn wait_within(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20)); // poll
+    }
+}
+
+/// How long an in-process worker may take to stop after its token fired.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Cancels `stop` and awaits `join` within [`STOP_TIMEOUT`]; a hang fails the test with
+/// `what` instead of stalling CI (the task is aborted).
+pub async fn stop_within<T>(
+    what: &str,
+    stop: &tokio_util::sync::CancellationToken,
+    join: tokio::task::JoinHandle<T>,
+) -> T {
+    stop.cancel();
+    let abort = join.abort_handle();
+    match tokio::time::timeout(STOP_TIMEOUT, join).await {
+        Ok(r) => r.unwrap_or_else(|e| panic!("{what} panicked: {e}")),
+        Err(_) => {
+            abort.abort();
+            panic!("{what} did not stop within {STOP_TIMEOUT:?} after its shutdown token fired")
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET over a fresh TCP connection: (status, body), or None when the
+/// server cannot be reached or answers garbage.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
+    Some((status, body))
+}
+
+/// The value of the sample `name{labels}` (labels in any order, all must match).
+pub fn prom_value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// `HGETALL key` as (task id, count) pairs: the executions recorded by `builtin.record`.

@@ -96,7 +96,13 @@ impl Orchestrator {
     /// group exists the process counts as ready (`/ready`). On shutdown, replies already
     /// read are applied and acknowledged before it returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let conn = match rdb::connect(&self.redis, &shutdown).await {
+        let conn = match rdb::connect(
+            &self.redis,
+            &shutdown,
+            rdb::ClientName::new(&self.consumer, rdb::Role::Orchestrator),
+        )
+        .await
+        {
             Ok(c) => c,
             Err(_) if shutdown.is_cancelled() => return Ok(()),
             Err(e) => return Err(e),
@@ -123,7 +129,12 @@ impl Orchestrator {
         // Issue 10.11: a standalone orchestrator never said its group existed, so its
         // `/ready` stayed 503 ("consumer groups not created yet") forever.
         crate::health::set_groups_ready(true);
-        let pool = rdb::reader_pool(&self.redis, Duration::from_millis(self.cfg.block_ms), 1)?;
+        let pool = rdb::reader_pool(
+            &self.redis,
+            Duration::from_millis(self.cfg.block_ms),
+            1,
+            rdb::ClientName::new(&self.consumer, rdb::Role::Reader),
+        )?;
         let ctx = Arc::new(Ctx {
             defs: self.defs,
             cfg: self.cfg,
