@@ -13,14 +13,22 @@
 //! - [`handler`]: the handler trait and registry.
 //! - [`backoff`]: retry schedules (pure).
 //! - [`metrics`]: every metric name.
-#![warn(missing_docs)]
+//! - [`producer`]: enqueueing; [`worker`]: the [`Worker`] and its validating [`WorkerBuilder`].
+//! - [`saga`]: saga definitions, the orchestrator and the saga client ([`saga::ops`]).
+//! - [`inspect`]: the operator API (stats, dead letters, pause/resume/cancel signals).
+//! - [`rdb`]: the broker — every Redis operation, one typed method each.
+//!
+//! Features: `cli` (the binaries), `http` (the `/metrics` `/health` `/ready` server),
+//! `http-handler` (task types served by an HTTP endpoint); all on by default. A library-only
+//! build is `default-features = false`.
+#![deny(missing_docs)]
 
 pub mod backoff;
-pub mod builtin;
+pub(crate) mod builtin;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cli;
-pub mod collector;
+pub(crate) mod collector;
 pub mod config;
 pub mod dlq;
 pub mod error;
@@ -32,6 +40,7 @@ pub mod http;
 pub mod http_handler;
 pub mod inspect;
 pub mod keys;
+#[doc(hidden)]
 pub mod local_redis;
 pub mod metrics;
 pub mod preflight;
@@ -40,7 +49,7 @@ pub mod rdb;
 pub mod reply;
 pub(crate) mod routing;
 pub mod saga;
-pub mod scaling;
+pub(crate) mod scaling;
 pub mod signal;
 pub mod signals;
 pub mod stats;

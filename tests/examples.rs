@@ -160,3 +160,28 @@ async fn the_http_worker_example_posts_each_task_to_the_endpoint() {
     assert!(out.contains("stopped after 5 tasks"), "{out}");
     assert_eq!(hits.load(Ordering::SeqCst), 5, "one POST per task");
 }
+
+#[test]
+fn the_saga_example_completes_one_booking_and_rolls_the_other_back() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (_, out) = run_example(
+        "saga",
+        &[],
+        &[("REDIS_URL", url.as_str())],
+        Duration::from_secs(90),
+    );
+    let ends: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("saga "))
+        .map(|l| l.rsplit(": ").next().unwrap())
+        .collect();
+    assert_eq!(ends, vec!["completed", "rolled_back"], "{out}");
+    // The declined booking released its seat and never sent a ticket: compensations ran.
+    assert!(out.contains("step release"), "{out}");
+    assert_eq!(out.matches("step ticket").count(), 1, "{out}");
+    assert!(
+        !out.contains("step refund"),
+        "a failed step is not compensated:\n{out}"
+    );
+}

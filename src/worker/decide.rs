@@ -80,7 +80,7 @@ pub(crate) enum Decision {
         /// How long from now.
         delay: Duration,
         /// The task as it runs next time (attempt + 1, last error).
-        next: Task,
+        next: Box<Task>,
         /// The error, for the log.
         error: String,
     },
@@ -121,7 +121,7 @@ pub(crate) fn decide(
             next.last_error = Some(truncate(&message, MAX_LAST_ERROR));
             Decision::Retry {
                 delay,
-                next,
+                next: Box::new(next),
                 error: message,
             }
         }
