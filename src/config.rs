@@ -884,12 +884,21 @@ impl Config {
                     k("url"),
                     format!("must be an http:// or https:// URL, got {:?}", h.url),
                 );
-            } else if let Err(e) = crate::http_handler::parse_url(&h.url) {
-                bad(k("url"), e);
+            } else {
+                #[cfg(feature = "http-handler")]
+                if let Err(e) = crate::http_handler::parse_url(&h.url) {
+                    bad(k("url"), e);
+                }
             }
+            #[cfg(feature = "http-handler")]
             if let Err((name, reason)) = crate::http_handler::parse_headers(&h.headers) {
                 bad(format!("http_handlers[{i}].headers.{name:?}"), reason);
             }
+            #[cfg(not(feature = "http-handler"))]
+            bad(
+                k("type"),
+                "this build has no HTTP handlers (cargo feature `http-handler`); build with it or remove the table".into(),
+            );
             if h.timeout_ms == Some(0) {
                 bad(k("timeout_ms"), "must be positive".into());
             }

@@ -2,11 +2,10 @@
 //! groups in place, is the process shutting down. Process-wide, because readiness is a
 //! property of the process that a load balancer or Kubernetes probes.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 static REDIS_UP: AtomicBool = AtomicBool::new(false);
 static GROUPS_READY: AtomicBool = AtomicBool::new(false);
-static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
 /// Unix ms since when Redis has answered without interruption (0: not answering).
 static UP_SINCE_MS: AtomicU64 = AtomicU64::new(0);
 
@@ -51,14 +50,46 @@ pub fn groups_ready() -> bool {
     GROUPS_READY.load(Ordering::Relaxed)
 }
 
-/// Records that shutdown began.
-pub fn set_shutting_down() {
-    SHUTTING_DOWN.store(true, Ordering::Relaxed);
+/// Components (workers, orchestrators) serving now.
+static SERVING: AtomicUsize = AtomicUsize::new(0);
+/// Set once any component began shutting down.
+static ANY_STOPPED: AtomicBool = AtomicBool::new(false);
+
+/// A component that serves while this guard lives: see [`serving`]. The process reads as
+/// "shutting down" only once some component began shutting down and none serves any more,
+/// so a second [`crate::Worker`] in one process that stops does not take the first out of
+/// rotation (the first release kept one process-wide flag).
+#[derive(Debug)]
+pub struct Serving {
+    stopping: bool,
 }
 
-/// True after shutdown began.
+/// Registers a component as serving.
+pub fn serving() -> Serving {
+    SERVING.fetch_add(1, Ordering::SeqCst);
+    Serving { stopping: false }
+}
+
+impl Serving {
+    /// This component began shutting down.
+    pub fn shutting_down(&mut self) {
+        if !self.stopping {
+            self.stopping = true;
+            ANY_STOPPED.store(true, Ordering::SeqCst);
+            SERVING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.shutting_down();
+    }
+}
+
+/// True once a component began shutting down and no other still serves.
 pub fn shutting_down() -> bool {
-    SHUTTING_DOWN.load(Ordering::Relaxed)
+    ANY_STOPPED.load(Ordering::SeqCst) && SERVING.load(Ordering::SeqCst) == 0
 }
 
 /// Why the process is not ready, or `None` when it is.

@@ -24,10 +24,12 @@
 #![deny(missing_docs)]
 
 pub mod backoff;
+#[cfg(feature = "cli")]
 pub(crate) mod builtin;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cli;
+#[cfg(feature = "cli")]
 pub(crate) mod collector;
 pub mod config;
 pub mod dlq;

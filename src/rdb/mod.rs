@@ -26,6 +26,7 @@ mod routes;
 pub(crate) mod scripts;
 mod settle;
 
+#[cfg(feature = "cli")]
 mod builtin;
 #[cfg(feature = "cli")]
 mod demo;

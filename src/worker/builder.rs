@@ -107,6 +107,7 @@ impl WorkerBuilder {
 
     /// Serves `/metrics` (Prometheus), `/health` and `/ready` on `listen` (`host:port`)
     /// while the worker runs, as the binary does with `[http] listen`.
+    #[cfg(feature = "http")]
     pub fn http(mut self, listen: impl Into<String>) -> Self {
         self.cfg.http.listen = listen.into();
         self.serve_http = true;

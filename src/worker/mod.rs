@@ -116,6 +116,14 @@ impl Worker {
     /// Runs until `shutdown` fires, then shuts down gracefully. Redis being unreachable at
     /// start is not an error: the worker retries with backoff (and says so in the log).
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        #[cfg(not(feature = "http"))]
+        if self.serve_http {
+            return Err(crate::Error::Config(format!(
+                "http.listen is {:?} but this build has no /metrics server (cargo feature `http`); build with it or set http.listen = \"\"",
+                self.cfg.http.listen
+            )));
+        }
+        #[cfg(feature = "http")]
         if self.serve_http {
             let addr: std::net::SocketAddr = self.cfg.http.listen.parse().map_err(|e| {
                 crate::Error::Config(format!(
@@ -194,6 +202,7 @@ impl Worker {
             }
         }
         crate::health::set_groups_ready(true);
+        let mut serving = crate::health::serving();
         tracing::info!(
             consumer = %self.consumer,
             queues = ?cfg.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(),
@@ -303,7 +312,7 @@ impl Worker {
         loops.close();
 
         shutdown.cancelled().await;
-        crate::health::set_shutting_down();
+        serving.shutting_down();
         tracing::info!(
             grace_ms = w.shutdown_grace_ms,
             "shutting down: no new work; waiting for running tasks"

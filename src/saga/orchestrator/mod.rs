@@ -154,6 +154,9 @@ impl Orchestrator {
         loops.spawn(deadlines::run(ctx.clone(), shutdown.clone()));
         loops.spawn(gauges::run(ctx.clone(), shutdown.clone()));
         loops.close();
+        let mut serving = crate::health::serving();
+        shutdown.cancelled().await;
+        serving.shutting_down();
         loops.wait().await;
         // Leave the group tidy: drop this consumer if nothing is pending under it.
         if let Err(e) = ctx.broker.saga_leave_group(&ctx.consumer).await {
