@@ -77,17 +77,7 @@ impl ClientName {
 
     /// For processes without a consumer name (producers, the CLI): `<host>-<pid>`.
     pub fn process(role: Role) -> ClientName {
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .or_else(|| {
-                std::fs::read_to_string("/etc/hostname")
-                    .ok()
-                    .map(|s| s.trim().to_string())
-            })
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "host".into());
-        ClientName::new(&format!("{host}-{}", std::process::id()), role)
+        ClientName::new(&format!("{}-{}", hostname(), std::process::id()), role)
     }
 
     /// The full name.
@@ -297,4 +287,19 @@ pub fn answers_ping(url: &str) -> bool {
         return false;
     };
     redis::cmd("PING").query::<String>(&mut conn).is_ok()
+}
+
+/// This host's name for consumer and connection names: `$HOSTNAME`, else `/etc/hostname`,
+/// else `host`.
+pub(crate) fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into())
 }

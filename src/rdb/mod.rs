@@ -40,6 +40,7 @@ use std::time::Duration;
 use redis::{Pipeline, RedisError, Value};
 
 pub(crate) use claim::ClaimScope;
+pub(crate) use conn::hostname;
 pub use conn::{
     answers_ping, client, connect, reader_pool, reconnect_delay, tls_certificates, ClientName,
     ReaderPool, Role, NAME_REFRESH,

@@ -41,16 +41,7 @@ use runtime::{QueueRuntime, RuntimeParts};
 
 /// Makes a consumer name unique to this process: `<host>-<pid>-<random>`.
 pub fn default_consumer_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|s| s.trim().to_string())
-        })
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into());
+    let host = crate::rdb::hostname();
     let rnd: u32 = rand::random::<u32>() & 0xffff;
     format!("{host}-{}-{rnd:04x}", std::process::id())
 }
