@@ -791,6 +791,15 @@ impl Config {
             }
             if q.max_attempts == 0 {
                 bad(k("max_attempts"), "must be at least 1".into());
+            } else if q.max_attempts > crate::task::MAX_TASK_ATTEMPTS {
+                bad(
+                    k("max_attempts"),
+                    format!(
+                        "must be at most {}, got {}",
+                        crate::task::MAX_TASK_ATTEMPTS,
+                        q.max_attempts
+                    ),
+                );
             }
             if q.timeout_ms == 0 {
                 bad(k("timeout_ms"), "must be positive".into());

@@ -155,7 +155,9 @@ impl TaskContext {
     pub fn entry_id(&self) -> &str {
         &self.0.entry_id
     }
-    /// 1-based attempt number of this execution.
+    /// 1-based attempt number of this execution: handler failures so far + 1. A run cut
+    /// off by a crash or a shutdown does not count, so a re-run after one has the same
+    /// attempt number; deduplicate on [`TaskContext::id`].
     pub fn attempt(&self) -> u32 {
         self.0.attempt
     }

@@ -7,6 +7,8 @@
 //! with a typed, `Serialize`able answer, never a raw reply. The Redis commands themselves
 //! are methods of [`Broker`] (`src/rdb/inspect.rs`, `src/rdb/signals.rs`).
 
+use std::time::{Duration, Instant};
+
 use serde::Serialize;
 
 use crate::config::RedisConfig;
@@ -56,6 +58,17 @@ pub enum Requeued {
     NotFound,
     /// The entry holds no task fields (a malformed entry); it stays where it is.
     Malformed,
+}
+
+/// What [`Inspector::pause_and_wait`] saw.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PauseReport {
+    /// The pause signal's entry id.
+    pub signal_id: String,
+    /// Live consumers that reported the pause applied (nothing starts on them).
+    pub applied: Vec<String>,
+    /// Live consumers that had not reported it when the wait ended.
+    pub missing: Vec<String>,
 }
 
 /// What requeueing every dead letter did.
@@ -208,9 +221,39 @@ impl Inspector {
         self.broker.send_signal(queue, signal, now_ms()).await
     }
 
-    /// Pauses delivery of `queue` on every replica (tasks wait in Redis).
+    /// Pauses delivery of `queue` on every replica (tasks wait in Redis). Returns at once;
+    /// see [`Inspector::pause_and_wait`] to know when the replicas applied it.
     pub async fn pause(&self, queue: &str) -> Result<String> {
         self.signal(queue, &Signal::Pause).await
+    }
+
+    /// Pauses `queue`, then waits up to `wait` until every consumer live when it was sent
+    /// (one that beat within the heartbeat lapse) reports it applied the pause. A replica reports that
+    /// only once nothing more can start on it (issue 10.2), so when the report lists no
+    /// `missing` consumer, nothing of the queue starts anywhere until the resume. A
+    /// consumer that is stopped (SIGSTOP), partitioned or busy in a long stall is named in
+    /// `missing`; it applies the pause when it reads its signals again.
+    pub async fn pause_and_wait(&self, queue: &str, wait: Duration) -> Result<PauseReport> {
+        // The consumers live when the pause is sent: one that dies meanwhile stops
+        // beating, but is still named, as it may have run something since.
+        let live = self.broker.live_consumers(queue, self.lapse_ms).await?;
+        let signal_id = self.pause(queue).await?;
+        let deadline = Instant::now() + wait;
+        loop {
+            let states = self.broker.pause_states(queue).await?;
+            let (applied, missing): (Vec<String>, Vec<String>) = live
+                .iter()
+                .cloned()
+                .partition(|c| states.get(c).copied().unwrap_or(false));
+            if missing.is_empty() || Instant::now() >= deadline {
+                return Ok(PauseReport {
+                    signal_id,
+                    applied,
+                    missing,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // poll
+        }
     }
 
     /// Resumes delivery of `queue`.

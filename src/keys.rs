@@ -150,6 +150,22 @@ impl QueueKeys {
         }
     }
 
+    /// What a task read from `lane` of these keys' streams gets before its entry id when
+    /// it has no `id` field: nothing on the default bulk stream (the id is the entry id,
+    /// as it always was), `express:` on the express stream, `pool:<p>:` and
+    /// `pool:<p>:express:` on a pool's streams. Entry ids are unique per stream only — a
+    /// bulk and an express entry written in one millisecond share one — and entry ids
+    /// hold no `:`, so the prefixed ids can collide neither with each other nor with a
+    /// bare one (issue 10.1).
+    pub fn default_id_prefix(&self, lane: Lane) -> String {
+        match (&self.pool, lane) {
+            (None, Lane::Bulk) => String::new(),
+            (None, Lane::Express) => "express:".to_string(),
+            (Some(p), Lane::Bulk) => format!("pool:{p}:"),
+            (Some(p), Lane::Express) => format!("pool:{p}:express:"),
+        }
+    }
+
     /// The heartbeat set of `group`: `ts:{q}:heartbeats` for the default group,
     /// `ts:{q}:heartbeats:<group>` for the others (a process reads one group per queue,
     /// and recoverers must only judge consumers of their own group).
@@ -185,6 +201,21 @@ mod tests {
         }
         assert_eq!(k.stream, "ts:{orders}:stream");
         assert_eq!(k.idem("abc"), "ts:{orders}:idem:abc");
+    }
+
+    #[test]
+    fn default_id_prefixes_differ_per_stream() {
+        let d = QueueKeys::new("q");
+        let p = QueueKeys::pooled("q", Some("gpu"));
+        let all = [
+            d.default_id_prefix(Lane::Bulk),
+            d.default_id_prefix(Lane::Express),
+            p.default_id_prefix(Lane::Bulk),
+            p.default_id_prefix(Lane::Express),
+        ];
+        assert_eq!(all[0], "", "the default bulk stream keeps bare entry ids");
+        let unique: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(unique.len(), 4, "{all:?}");
     }
 
     #[test]

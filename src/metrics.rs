@@ -80,6 +80,9 @@ pub const SAGA_DURATION_SECONDS: &str = "taskstream_saga_duration_seconds";
 pub const COMPENSATION_FAILURES_TOTAL: &str = "taskstream_compensation_failures_total";
 /// 1 while a queue's delivery is paused, else 0. Labels: queue. Gauge.
 pub const PAUSED: &str = "taskstream_queue_paused";
+/// Runs cut off by shutdown (or held by a pause at shutdown) and handed back at once, on
+/// the same attempt. Labels: queue. Counter.
+pub const HANDED_BACK_TOTAL: &str = "taskstream_tasks_handed_back_total";
 /// Tasks that waited for a rate limit before starting. Labels: queue, type.
 pub const THROTTLED_TOTAL: &str = "taskstream_tasks_throttled_total";
 /// Concurrency the SLA controller currently allows. Labels: queue. Gauge.

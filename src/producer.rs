@@ -218,11 +218,25 @@ impl Producer {
                 reason: format!("not valid JSON: {e}"),
             });
         }
-        if t.max_attempts == Some(0) {
-            return Err(Error::Invalid {
-                what: "max_attempts",
-                reason: "must be at least 1".into(),
-            });
+        if let Some(n) = t.max_attempts {
+            if n == 0 || n > crate::task::MAX_TASK_ATTEMPTS {
+                return Err(Error::Invalid {
+                    what: "max_attempts",
+                    reason: format!("must be 1 to {}, got {n}", crate::task::MAX_TASK_ATTEMPTS),
+                });
+            }
+        }
+        if let Some(d) = t.timeout {
+            if d.as_millis() > crate::task::MAX_TASK_TIMEOUT_MS as u128 {
+                return Err(Error::Invalid {
+                    what: "timeout",
+                    reason: format!(
+                        "must be at most {} ms (7 days), got {} ms",
+                        crate::task::MAX_TASK_TIMEOUT_MS,
+                        d.as_millis()
+                    ),
+                });
+            }
         }
         if let Some(k) = &t.idempotency_key {
             if k.is_empty() || k.len() > 256 {

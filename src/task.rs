@@ -21,11 +21,23 @@ pub const MAX_TYPE_LEN: usize = 128;
 /// Longest task id accepted.
 pub const MAX_ID_LEN: usize = 128;
 
+/// Longest handler time limit a task may ask for (`timeout_ms`): 7 days, as in the config.
+pub const MAX_TASK_TIMEOUT_MS: u64 = 7 * 24 * 3_600 * 1_000;
+
+/// Longest retry delay a task may ask for (`backoff_base_ms`, `backoff_cap_ms`): one day,
+/// the cap `Retry-After` already has. Without a bound, `backoff_cap_ms = 2^64-1` put a
+/// retry 10^19 ms away, silently (issue 10.4); such an entry is now dead-lettered with
+/// the reason instead.
+pub const MAX_TASK_BACKOFF_MS: u64 = 86_400_000;
+
+/// Most attempts a task may ask for (`max_attempts`).
+pub const MAX_TASK_ATTEMPTS: u32 = 1_000_000;
+
 /// Field names of a stream entry, in one place.
 pub mod field {
     /// Wire format version (`"1"`).
     pub const VERSION: &str = "v";
-    /// Task id (defaults to the stream entry id).
+    /// Task id (defaults to the stream entry id, prefixed outside the default bulk stream).
     pub const ID: &str = "id";
     /// Task type, used to find the handler.
     pub const TYPE: &str = "type";
@@ -138,15 +150,51 @@ fn utf8(name: &[u8], v: Vec<u8>) -> Result<String, DecodeError> {
     String::from_utf8(v).map_err(|_| DecodeError::NotUtf8(String::from_utf8_lossy(name).into()))
 }
 
-/// Parses a number that must be above zero.
-fn positive(field: &'static str, s: &str, reason: &str) -> Result<(), DecodeError> {
-    if parse_num::<u64>(field, s)? == 0 {
+/// Parses a number that must lie in `lo..=hi`; `what` says what the bound is.
+fn ranged(field: &'static str, s: &str, lo: u64, hi: u64, what: &str) -> Result<u64, DecodeError> {
+    let v = parse_num::<u64>(field, s)?;
+    if v < lo || v > hi {
         return Err(DecodeError::Invalid {
             field,
-            reason: reason.into(),
+            reason: format!("is {v}, outside {lo}..={hi} ({what})"),
         });
     }
-    Ok(())
+    Ok(v)
+}
+
+/// The checked value of a bounded numeric field (`None`: not one of them).
+fn bounded_field(name: &[u8], s: &str) -> Option<Result<u64, DecodeError>> {
+    Some(match name {
+        b"max_attempts" => ranged(
+            field::MAX_ATTEMPTS,
+            s,
+            1,
+            MAX_TASK_ATTEMPTS as u64,
+            "at least 1",
+        ),
+        b"timeout_ms" => ranged(
+            field::TIMEOUT_MS,
+            s,
+            1,
+            MAX_TASK_TIMEOUT_MS,
+            "positive, at most 7 days",
+        ),
+        b"backoff_base_ms" => ranged(
+            field::BACKOFF_BASE_MS,
+            s,
+            0,
+            MAX_TASK_BACKOFF_MS,
+            "at most one day",
+        ),
+        b"backoff_cap_ms" => ranged(
+            field::BACKOFF_CAP_MS,
+            s,
+            0,
+            MAX_TASK_BACKOFF_MS,
+            "at most one day",
+        ),
+        _ => return None,
+    })
 }
 
 fn parse_num<T: std::str::FromStr>(field: &'static str, s: &str) -> Result<T, DecodeError> {
@@ -183,20 +231,27 @@ impl Task {
         }
     }
 
-    /// Decodes the fields of stream entry `entry_id`. `max_payload` bounds the payload size.
+    /// Decodes the fields of entry `entry_id` of a queue's default bulk stream (a task
+    /// without an `id` field gets the entry id). `max_payload` bounds the payload size.
     pub fn decode(
         entry_id: &str,
         fields: Vec<(Vec<u8>, Vec<u8>)>,
         max_payload: usize,
     ) -> Result<Task, DecodeError> {
-        Self::decode_or_return(entry_id, fields, max_payload).map_err(|(e, _)| e)
+        Self::decode_or_return(entry_id, "", fields, max_payload).map_err(|(e, _)| e)
     }
 
     /// Like [`Task::decode`], but gives the fields back with the error (for the dead-letter
     /// entry) without copying them on the success path: the entry is checked by reference
     /// first, then its values are moved into the task.
+    ///
+    /// A task without an `id` field gets `id_prefix` + `entry_id`: entry ids are unique
+    /// per stream only, so each stream of a queue has its own prefix
+    /// ([`crate::keys::QueueKeys::default_id_prefix`]) and no two tasks of a queue share
+    /// a default id.
     pub fn decode_or_return(
         entry_id: &str,
+        id_prefix: &str,
         fields: Vec<(Vec<u8>, Vec<u8>)>,
         max_payload: usize,
     ) -> Result<Task, (DecodeError, Fields)> {
@@ -213,7 +268,7 @@ impl Task {
                 return Err((DecodeError::Missing(required), fields));
             }
         }
-        Self::decode_checked(entry_id, fields, max_payload).map_err(|e| (e, Vec::new()))
+        Self::decode_checked(entry_id, id_prefix, fields, max_payload).map_err(|e| (e, Vec::new()))
     }
 
     /// Checks one field without taking it: everything [`Task::decode`] could reject.
@@ -265,20 +320,13 @@ impl Task {
             b"attempt" => {
                 parse_num::<u32>(field::ATTEMPT, text(name, value)?)?;
             }
-            b"max_attempts" => positive(
-                field::MAX_ATTEMPTS,
-                text(name, value)?,
-                "must be at least 1",
-            )?,
+            b"max_attempts" | b"timeout_ms" | b"backoff_base_ms" | b"backoff_cap_ms" => {
+                if let Some(r) = bounded_field(name, text(name, value)?) {
+                    r?;
+                }
+            }
             b"enqueued_at" => {
                 parse_num::<u64>(field::ENQUEUED_AT, text(name, value)?)?;
-            }
-            b"timeout_ms" => positive(field::TIMEOUT_MS, text(name, value)?, "must be positive")?,
-            b"backoff_base_ms" => {
-                parse_num::<u64>(field::BACKOFF_BASE_MS, text(name, value)?)?;
-            }
-            b"backoff_cap_ms" => {
-                parse_num::<u64>(field::BACKOFF_CAP_MS, text(name, value)?)?;
             }
             b"idem" | b"saga_id" | b"reply_to" | b"correlation" | b"traceparent"
             | b"last_error" | b"only_group" => {
@@ -291,6 +339,7 @@ impl Task {
 
     fn decode_checked(
         entry_id: &str,
+        id_prefix: &str,
         fields: Vec<(Vec<u8>, Vec<u8>)>,
         max_payload: usize,
     ) -> Result<Task, DecodeError> {
@@ -336,28 +385,18 @@ impl Task {
                     let a: u32 = parse_num(field::ATTEMPT, &utf8(&name, value)?)?;
                     t.attempt = a.max(1);
                 }
-                b"max_attempts" => {
-                    let a: u32 = parse_num(field::MAX_ATTEMPTS, &utf8(&name, value)?)?;
-                    if a == 0 {
-                        return Err(DecodeError::Invalid {
-                            field: field::MAX_ATTEMPTS,
-                            reason: "must be at least 1".into(),
-                        });
+                b"max_attempts" | b"timeout_ms" | b"backoff_base_ms" | b"backoff_cap_ms" => {
+                    let v = utf8(&name, value)?;
+                    let n = bounded_field(&name, &v).expect("a bounded field")?;
+                    match name.as_slice() {
+                        b"max_attempts" => t.max_attempts = Some(n as u32),
+                        b"timeout_ms" => t.timeout_ms = Some(n),
+                        b"backoff_base_ms" => t.backoff_base_ms = Some(n.max(1)),
+                        _ => t.backoff_cap_ms = Some(n.max(1)),
                     }
-                    t.max_attempts = Some(a);
                 }
                 b"enqueued_at" => {
                     t.enqueued_at = parse_num(field::ENQUEUED_AT, &utf8(&name, value)?)?;
-                }
-                b"timeout_ms" => {
-                    let v: u64 = parse_num(field::TIMEOUT_MS, &utf8(&name, value)?)?;
-                    if v == 0 {
-                        return Err(DecodeError::Invalid {
-                            field: field::TIMEOUT_MS,
-                            reason: "must be positive".into(),
-                        });
-                    }
-                    t.timeout_ms = Some(v);
                 }
                 b"idem" => t.idempotency_key = Some(utf8(&name, value)?),
                 b"saga_id" => t.saga_id = Some(utf8(&name, value)?),
@@ -366,14 +405,6 @@ impl Task {
                 b"traceparent" => t.traceparent = Some(utf8(&name, value)?),
                 b"last_error" => t.last_error = Some(utf8(&name, value)?),
                 b"only_group" => t.only_group = Some(utf8(&name, value)?),
-                b"backoff_base_ms" => {
-                    let v: u64 = parse_num(field::BACKOFF_BASE_MS, &utf8(&name, value)?)?;
-                    t.backoff_base_ms = Some(v.max(1));
-                }
-                b"backoff_cap_ms" => {
-                    let v: u64 = parse_num(field::BACKOFF_CAP_MS, &utf8(&name, value)?)?;
-                    t.backoff_cap_ms = Some(v.max(1));
-                }
                 // Unknown fields are ignored so newer producers can add optional fields.
                 _ => {}
             }
@@ -385,7 +416,7 @@ impl Task {
             return Err(DecodeError::Missing(field::PAYLOAD));
         }
         if t.id.is_empty() {
-            t.id = entry_id.to_string();
+            t.id = format!("{id_prefix}{entry_id}");
         }
         Ok(t)
     }
@@ -524,7 +555,7 @@ mod tests {
             f(&[("type", "t"), ("payload", "1"), ("attempt", "-1")]),
             f(&[("type", "t"), ("payload", "{bad")]),
         ] {
-            let (_, back) = Task::decode_or_return("1-0", fields.clone(), 64).unwrap_err();
+            let (_, back) = Task::decode_or_return("1-0", "", fields.clone(), 64).unwrap_err();
             assert_eq!(back, fields, "the dead letter keeps the original entry");
         }
     }

@@ -152,6 +152,48 @@ impl Broker {
     /// group of its bulk stream (the default group's set is counted even without a
     /// stream) and those of every pool its routes name (`ts:{q}:heartbeats:pool:<p>`).
     pub(crate) async fn live_workers(&self, queue: &str, lapse_ms: u64) -> Result<u64> {
+        let sets = self.heartbeat_sets(queue).await?;
+        let since = now_ms().saturating_sub(lapse_ms);
+        let mut p = Pipeline::new();
+        for s in &sets {
+            p.cmd("ZCOUNT").arg(s).arg(since).arg("+inf");
+        }
+        let counts: Vec<u64> = self.pipe(&p).await?;
+        Ok(counts.into_iter().sum())
+    }
+
+    /// The names of the consumers of `queue` (every group and pool, as
+    /// [`Broker::live_workers`] counts them) that beat within `lapse_ms`, sorted, each once.
+    pub(crate) async fn live_consumers(&self, queue: &str, lapse_ms: u64) -> Result<Vec<String>> {
+        let sets = self.heartbeat_sets(queue).await?;
+        let since = now_ms().saturating_sub(lapse_ms);
+        let mut p = Pipeline::new();
+        for s in &sets {
+            p.cmd("ZRANGEBYSCORE").arg(s).arg(since).arg("+inf");
+        }
+        let names: Vec<Vec<String>> = self.pipe(&p).await?;
+        let mut names: Vec<String> = names.into_iter().flatten().collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Each consumer's applied pause state (`ts:{q}:pause_acks`): true where it reported
+    /// `paused`.
+    pub(crate) async fn pause_states(
+        &self,
+        queue: &str,
+    ) -> Result<std::collections::HashMap<String, bool>> {
+        let m: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(QueueKeys::new(queue).pause_acks)
+            .query_async(&mut self.c())
+            .await?;
+        Ok(m.into_iter().map(|(k, v)| (k, v == "paused")).collect())
+    }
+
+    /// The heartbeat sets of `queue`: one per consumer group of its bulk stream (the
+    /// default group's even without a stream) and one per pool its routes name.
+    async fn heartbeat_sets(&self, queue: &str) -> Result<Vec<String>> {
         let k = QueueKeys::new(queue);
         let mut sets: Vec<String> = self
             .lane_groups(&k.stream, "bulk")
@@ -173,13 +215,7 @@ impl Broker {
                 .iter()
                 .map(|p| QueueKeys::pooled(queue, Some(p)).heartbeats),
         );
-        let since = now_ms().saturating_sub(lapse_ms);
-        let mut p = Pipeline::new();
-        for s in &sets {
-            p.cmd("ZCOUNT").arg(s).arg(since).arg("+inf");
-        }
-        let counts: Vec<u64> = self.pipe(&p).await?;
-        Ok(counts.into_iter().sum())
+        Ok(sets)
     }
 
     /// The completion counters of each queue (`ts:{q}:counters`, kept by the ackers).

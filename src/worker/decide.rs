@@ -9,6 +9,9 @@
 //!
 //! The rules, which are also the contract operators see in the dead-letter stream:
 //! - a task an operator cancelled is never retried, whatever its handler returned;
+//! - a run cut off by shutdown (the grace period ran out and the handler gave up) is
+//!   handed back at once on the same attempt: attempts count handler failures, and
+//!   deliveries are bounded apart, by `max_deliveries` (poison detection);
 //! - success acknowledges (and replies, when the task asked for a reply);
 //! - a retryable failure with attempts left is rescheduled with jittered exponential
 //!   backoff (at least what `Retry-After` asked, at most a day), carrying its last error;
@@ -95,12 +98,17 @@ pub(crate) enum Decision {
     },
     /// An operator cancelled it: acknowledge, count as cancelled, never retry.
     Cancelled,
+    /// Shutdown cut it off (or it never started): hand it back at once, on the same
+    /// attempt — an interrupted run is not a failure of the task.
+    HandBack,
 }
 
-/// The one rule book: see the module docs. `jitter` is in `[0, 1)`.
+/// The one rule book: see the module docs. `jitter` is in `[0, 1)`; `interrupted` says the
+/// worker's grace period ran out while the handler ran (it was told to stop).
 pub(crate) fn decide(
     outcome: Outcome,
     cancelled: bool,
+    interrupted: bool,
     attempt: u32,
     policy: &RunPolicy,
     task: &Task,
@@ -111,6 +119,7 @@ pub(crate) fn decide(
     }
     match outcome {
         Outcome::Succeeded(v) => Decision::Succeeded(v),
+        Outcome::Failed(_) if interrupted => Decision::HandBack,
         Outcome::Failed(HandlerError::Retryable {
             message,
             retry_after,
@@ -189,20 +198,8 @@ pub(crate) fn settlement(
                 .as_ref()
                 .and_then(|_| reply(task, r.queue, Ok(&v.to_string()), d.now_ms)),
         ),
-        Decision::Retry {
-            delay, mut next, ..
-        } => {
-            if !r.delete_on_ack {
-                next.only_group = Some(r.group.to_string());
-            }
-            (
-                SettleAction::Retry {
-                    due_ms: d.now_ms + delay.as_millis() as u64,
-                    member: next.encode_json_for(d.lane, r.pool),
-                },
-                None,
-            )
-        }
+        Decision::Retry { delay, next, .. } => (retry(*next, r, d, delay), None),
+        Decision::HandBack => (retry(task.clone(), r, d, Duration::ZERO), None),
         Decision::Dead { reason, error, .. } => {
             let mut fields =
                 dead_letter_fields(task_fields(task), r, d, &reason, &error, d.attempt);
@@ -227,6 +224,18 @@ pub(crate) fn settlement(
     }
 }
 
+/// `next` back in the schedule, due in `delay` (a retry for this group only on a fan-out
+/// queue).
+fn retry(mut next: Task, r: Reader<'_>, d: Delivery<'_>, delay: Duration) -> SettleAction {
+    if !r.delete_on_ack {
+        next.only_group = Some(r.group.to_string());
+    }
+    SettleAction::Retry {
+        due_ms: d.now_ms + delay.as_millis() as u64,
+        member: next.encode_json_for(d.lane, r.pool),
+    }
+}
+
 /// The settlement of an entry dead-lettered before it ran (malformed, unknown type):
 /// `fields` are the entry's own, `task` is there when the entry decoded.
 pub(crate) fn dead_on_arrival(
@@ -243,23 +252,31 @@ pub(crate) fn dead_on_arrival(
         entry_id: d.entry_id.to_string(),
         action: SettleAction::Dead(fields),
         reply: task.and_then(|t| reply(t, r.queue, Err(reason), d.now_ms)),
-        recovered: false,
+        recovered: d.recovered,
     }
 }
 
 /// A settlement with nothing to write but the ACK (not ours, or deleted while pending).
-pub(crate) fn skip(lane: Lane, entry_id: &str) -> Settlement {
+/// `recovered`: the entry was re-delivered, so its start marker goes too (issue 10.5: a
+/// re-delivered entry settled before it ran used to leave `ts:{q}:starts` behind).
+pub(crate) fn skip(lane: Lane, entry_id: &str, recovered: bool) -> Settlement {
     Settlement {
         lane,
         entry_id: entry_id.to_string(),
         action: SettleAction::Skip,
         reply: None,
-        recovered: false,
+        recovered,
     }
 }
 
 /// The settlement that hands `task` to the stream `target` of the pool serving its type.
-pub(crate) fn moved(lane: Lane, entry_id: &str, task: &Task, target: String) -> Settlement {
+pub(crate) fn moved(
+    lane: Lane,
+    entry_id: &str,
+    task: &Task,
+    target: String,
+    recovered: bool,
+) -> Settlement {
     Settlement {
         lane,
         entry_id: entry_id.to_string(),
@@ -268,7 +285,7 @@ pub(crate) fn moved(lane: Lane, entry_id: &str, task: &Task, target: String) -> 
             fields: task_fields(task),
         },
         reply: None,
-        recovered: false,
+        recovered,
     }
 }
 
@@ -389,6 +406,7 @@ mod tests {
         let dec = decide(
             Outcome::Succeeded(serde_json::json!(1)),
             false,
+            false,
             1,
             &policy(3),
             &t,
@@ -410,7 +428,7 @@ mod tests {
     #[test]
     fn a_retry_carries_the_error_and_goes_back_to_its_pool() {
         let t = Task::new("t1", "echo", "{}");
-        let dec = decide(retryable("boom"), false, 1, &policy(3), &t, 0.0);
+        let dec = decide(retryable("boom"), false, false, 1, &policy(3), &t, 0.0);
         let Decision::Retry {
             delay, ref next, ..
         } = dec
@@ -438,7 +456,7 @@ mod tests {
     fn permanent_and_exhausted_failures_are_dead_lettered_with_their_reason() {
         let t = Task::new("t1", "echo", "{}");
         let perm = Outcome::Failed(HandlerError::permanent("bad input"));
-        let dec = decide(perm, false, 1, &policy(3), &t, 0.5);
+        let dec = decide(perm, false, false, 1, &policy(3), &t, 0.5);
         assert!(matches!(
             &dec,
             Decision::Dead {
@@ -446,7 +464,7 @@ mod tests {
                 ..
             }
         ));
-        let dec = decide(retryable("again"), false, 3, &policy(3), &t, 0.5);
+        let dec = decide(retryable("again"), false, false, 3, &policy(3), &t, 0.5);
         let Decision::Dead { label, reason, .. } = &dec else {
             panic!("{dec:?}")
         };
@@ -466,7 +484,7 @@ mod tests {
     fn a_cancelled_task_is_never_retried() {
         let mut t = Task::new("t1", "echo", "{}");
         t.reply_to = Some("r".into());
-        let dec = decide(retryable("x"), true, 1, &policy(5), &t, 0.5);
+        let dec = decide(retryable("x"), true, false, 1, &policy(5), &t, 0.5);
         assert_eq!(dec, Decision::Cancelled);
         let s = settlement(dec, &t, R, d(1));
         assert_eq!(s.action, SettleAction::Cancelled);
@@ -475,6 +493,29 @@ mod tests {
             .unwrap()
             .fields
             .contains(&("error", "cancelled".into())));
+    }
+
+    #[test]
+    fn an_interrupted_run_goes_back_at_once_on_the_same_attempt() {
+        let t = Task {
+            attempt: 3,
+            ..Task::new("t1", "echo", "{}")
+        };
+        // Even on its last attempt: the run was cut off, it did not fail.
+        let dec = decide(retryable("cancelled"), false, true, 3, &policy(3), &t, 0.9);
+        assert_eq!(dec, Decision::HandBack);
+        let s = settlement(dec, &t, R, d(3));
+        let SettleAction::Retry { due_ms, member } = s.action else {
+            panic!()
+        };
+        assert_eq!(due_ms, 1_000, "no backoff");
+        assert!(member.contains("\"attempt\":\"3\""), "{member}");
+        // An operator's cancel still wins, and a run that succeeded anyway succeeded.
+        let dec = decide(retryable("x"), true, true, 1, &policy(3), &t, 0.5);
+        assert_eq!(dec, Decision::Cancelled);
+        let ok = Outcome::Succeeded(serde_json::json!(null));
+        let dec = decide(ok, false, true, 1, &policy(3), &t, 0.5);
+        assert!(matches!(dec, Decision::Succeeded(_)));
     }
 
     #[test]
@@ -523,17 +564,20 @@ mod tests {
         fn decisions_follow_the_rule_book(
             out in outcome(),
             cancelled in any::<bool>(),
+            interrupted in any::<bool>(),
             attempt in 1u32..20,
             max in 1u32..20,
             jitter in 0.0f64..1.0,
         ) {
             let t = Task::new("t", "x", "{}");
             let p = policy(max);
-            let dec = decide(out.clone(), cancelled, attempt, &p, &t, jitter);
+            let dec = decide(out.clone(), cancelled, interrupted, attempt, &p, &t, jitter);
             match (&dec, &out) {
                 (Decision::Cancelled, _) => prop_assert!(cancelled),
                 (_, _) if cancelled => prop_assert!(false, "cancelled but {:?}", dec),
                 (Decision::Succeeded(_), Outcome::Succeeded(_)) => {}
+                (Decision::HandBack, Outcome::Failed(_)) => prop_assert!(interrupted),
+                (_, Outcome::Failed(_)) if interrupted => prop_assert!(false, "interrupted but {:?}", dec),
                 (Decision::Retry { delay, next, .. }, Outcome::Failed(HandlerError::Retryable { retry_after, .. })) => {
                     prop_assert!(attempt < max, "never retried past max_attempts");
                     prop_assert_eq!(next.attempt, attempt + 1);
@@ -559,7 +603,7 @@ mod tests {
             msg in ".{0,5000}",
         ) {
             let t = Task::new("t", "x", "{}");
-            let dec = decide(Outcome::Failed(HandlerError::permanent(msg)), false, attempt, &policy(3), &t, 0.3);
+            let dec = decide(Outcome::Failed(HandlerError::permanent(msg)), false, false, attempt, &policy(3), &t, 0.3);
             let s = settlement(dec, &t, R, d(attempt));
             let SettleAction::Dead(f) = &s.action else { panic!() };
             prop_assert_eq!(field(f, "attempt").len(), 1);

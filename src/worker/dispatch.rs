@@ -24,7 +24,10 @@ use crate::task::{now_ms, Fields, Task};
 const ISOLATE_FROM: u32 = 3;
 
 /// Takes one delivered entry on `slot`. `deliveries` is the delivery count (1 for a fresh
-/// read; higher for a recovered entry, which raises the attempt number).
+/// read; higher for a recovered entry). It does not touch the attempt number: attempts
+/// count handler failures (written in the entry by each retry), deliveries are bounded
+/// apart by `max_deliveries` — a run cut off by a crash or a deploy is not a failure of
+/// the task (issue 10.3).
 pub(crate) fn dispatch(
     rt: &Arc<QueueRuntime>,
     lane: Lane,
@@ -33,20 +36,36 @@ pub(crate) fn dispatch(
     slot: Slot,
 ) {
     rt.tracked.hold(&entry.id, lane);
+    // A re-delivered entry may carry a start marker; every settlement takes it along.
+    let recovered = deliveries >= 2;
     let Some(fields) = entry.fields else {
         // Deleted while pending (trimmed): nothing to run; drop the reference.
-        rt.settler.send(decide::skip(lane, &entry.id));
+        rt.settler.send(decide::skip(lane, &entry.id, recovered));
         return;
     };
-    let task = match Task::decode_or_return(&entry.id, fields, rt.max_payload) {
+    let id_prefix = match lane {
+        Lane::Bulk => &rt.id_prefix[0],
+        Lane::Express => &rt.id_prefix[1],
+    };
+    let task = match Task::decode_or_return(&entry.id, id_prefix, fields, rt.max_payload) {
         Ok(t) => t,
         Err((e, raw)) => {
-            dead_on_arrival(rt, lane, &entry.id, "malformed", &e.to_string(), raw, None);
+            let reason = e.to_string();
+            dead_on_arrival(
+                rt,
+                lane,
+                &entry.id,
+                "malformed",
+                &reason,
+                raw,
+                None,
+                recovered,
+            );
             return;
         }
     };
     if task.only_group.as_ref().is_some_and(|g| g != &rt.group) {
-        rt.settler.send(decide::skip(lane, &entry.id));
+        rt.settler.send(decide::skip(lane, &entry.id, recovered));
         return;
     }
     if rt.cancels.contains(&task.id) {
@@ -56,7 +75,7 @@ pub(crate) fn dispatch(
             decide::Decision::Cancelled,
             &task,
             rt.reader(),
-            delivery(lane, &entry.id, task.attempt, false),
+            delivery(lane, &entry.id, task.attempt, recovered),
         );
         rt.settler.send(s);
         return;
@@ -90,12 +109,12 @@ pub(crate) fn dispatch(
                     r
                 }
             };
-            route_or_reject(&rt, lane, &entry.id, task, route);
+            route_or_reject(&rt, lane, &entry.id, task, route, recovered);
             drop(slot);
         });
         return;
     };
-    let attempt = task.attempt + deliveries.saturating_sub(1);
+    let attempt = task.attempt;
     let rt = rt.clone();
     rt.tracker.clone().spawn(async move {
         let _alone = if deliveries >= ISOLATE_FROM.min(rt.max_deliveries) {
@@ -110,12 +129,12 @@ pub(crate) fn dispatch(
         } else {
             (Some(slot), None)
         };
-        if deliveries >= 2 {
+        if recovered {
             if let Err(e) = rt.broker.mark_start(&rt.keys, &entry.id).await {
                 tracing::warn!(queue = %rt.cfg.name, entry_id = %entry.id, error = %e, "could not record the start of a recovered task");
             }
         }
-        super::execute::execute(rt, lane, entry.id, task, attempt, handler, deliveries >= 2).await;
+        super::execute::execute(rt, lane, entry.id, task, attempt, handler, recovered).await;
     });
 }
 
@@ -138,6 +157,7 @@ fn route_or_reject(
     entry_id: &str,
     task: Task,
     route: Option<String>,
+    recovered: bool,
 ) {
     if rt.cfg.pool.is_some() {
         // A named pool received a type it does not serve: count it (should stay 0).
@@ -147,7 +167,7 @@ fn route_or_reject(
         Unserved::Forward(target) => {
             tracing::debug!(queue = %rt.cfg.name, task_type = %task.task_type, target = %target, "routing a task to the pool that serves its type");
             rt.settler
-                .send(decide::moved(lane, entry_id, &task, target));
+                .send(decide::moved(lane, entry_id, &task, target, recovered));
         }
         Unserved::Unknown => {
             let reason = format!(
@@ -165,12 +185,14 @@ fn route_or_reject(
                 &reason,
                 fields,
                 Some(&task),
+                recovered,
             );
         }
     }
 }
 
 /// Dead-letters an entry that never ran, with its own fields and the reason.
+#[allow(clippy::too_many_arguments)]
 fn dead_on_arrival(
     rt: &QueueRuntime,
     lane: Lane,
@@ -179,6 +201,7 @@ fn dead_on_arrival(
     reason: &str,
     fields: Fields,
     task: Option<&Task>,
+    recovered: bool,
 ) {
     metrics::counter!(m::DEAD_LETTERED_TOTAL, "queue" => rt.cfg.name.clone(), "reason" => label)
         .increment(1);
@@ -188,7 +211,7 @@ fn dead_on_arrival(
         task,
         reason,
         rt.reader(),
-        delivery(lane, entry_id, 0, false),
+        delivery(lane, entry_id, 0, recovered),
     );
     rt.settler.send(s);
 }

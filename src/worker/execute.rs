@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::decide::{self, Decision, Outcome};
 use super::dispatch::delivery;
+use super::pause::{FirstPoll, Start};
 use super::runtime::QueueRuntime;
 use crate::handler::{Handler, HandlerError, TaskContext};
 use crate::keys::Lane;
@@ -71,8 +72,30 @@ pub(crate) async fn execute(
         cancel.clone(),
     );
     wait_for_rate(&rt, ctx.task_type(), &cancel).await;
+    // The pause gate (see `pause.rs`): a paused queue holds the start here; shutdown
+    // hands a held task back instead of waiting for a resume.
+    let start = tokio::select! {
+        s = rt.pause.admit() => Some(s),
+        _ = rt.stopping.cancelled() => None,
+    };
     let started = Instant::now();
-    let outcome = run(handler, ctx.clone(), policy.timeout, &cancel, span.clone()).await;
+    let outcome = match start {
+        Some(start) => {
+            run(
+                handler,
+                ctx.clone(),
+                policy.timeout,
+                &cancel,
+                span.clone(),
+                start,
+            )
+            .await
+        }
+        None => Outcome::Failed(HandlerError::retryable(
+            "not started: the worker is shutting down while the queue is paused",
+        )),
+    };
+    let interrupted = start_refused(&outcome, &rt) || rt.hard_stop.is_cancelled();
     let took = started.elapsed();
     tm.duration.record(took.as_secs_f64());
     {
@@ -83,7 +106,15 @@ pub(crate) async fn execute(
     gauge.decrement(1.0);
     let task = ctx.task();
     let cancelled = rt.cancels.contains(&task.id);
-    let decision = decide::decide(outcome, cancelled, attempt, &policy, task, rand::random());
+    let decision = decide::decide(
+        outcome,
+        cancelled,
+        interrupted,
+        attempt,
+        &policy,
+        task,
+        rand::random(),
+    );
     {
         let _e = span.enter();
         match &decision {
@@ -106,6 +137,13 @@ pub(crate) async fn execute(
                 rt.count_cancelled(&task.task_type);
                 tracing::info!("task cancelled while running");
             }
+            Decision::HandBack => {
+                metrics::counter!(m::HANDED_BACK_TOTAL, "queue" => rt.cfg.name.clone())
+                    .increment(1);
+                tracing::info!(
+                    "task interrupted by shutdown: handed back at once, on the same attempt"
+                );
+            }
         }
     }
     let s = decide::settlement(
@@ -117,17 +155,25 @@ pub(crate) async fn execute(
     rt.settler.send(s);
 }
 
-/// Runs the handler under `timeout`; a panic or a timeout is a retryable failure.
+/// True when the pause gate never let the run start (shutdown came first).
+fn start_refused(outcome: &Outcome, rt: &QueueRuntime) -> bool {
+    matches!(outcome, Outcome::Failed(_)) && rt.stopping.is_cancelled() && rt.pause.is_paused()
+}
+
+/// Runs the handler under `timeout`; a panic or a timeout is a retryable failure. `start`
+/// counts the run as starting until the handler's first poll (the pause gate).
 async fn run(
     handler: Arc<dyn Handler>,
     ctx: TaskContext,
     timeout: Duration,
     cancel: &CancellationToken,
     span: tracing::Span,
+    start: Start<'_>,
 ) -> Outcome {
-    let fut = CatchUnwind(Box::pin(
-        async move { handler.handle(ctx).await }.instrument(span),
-    ));
+    let fut = CatchUnwind(Box::pin(FirstPoll {
+        fut: Box::pin(async move { handler.handle(ctx).await }.instrument(span)),
+        start: Some(start),
+    }));
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(Ok(v))) => Outcome::Succeeded(v),
         Ok(Ok(Err(e))) => Outcome::Failed(e),

@@ -1,14 +1,17 @@
 //! The worker: consumes queues through consumer groups and runs handlers.
 //!
 //! A worker process runs, per configured queue, one reader per lane ([`reader`]), an acker
-//! ([`acker`]), a forwarder for due scheduled tasks ([`forwarder`]), the recovery loop
+//! ([`settler`]), a forwarder for due scheduled tasks ([`forwarder`]), the recovery loop
 //! ([`recovery`]) and, on fan-out queues, a janitor ([`janitor`]); one heartbeat
 //! loop ([`heartbeat`]) serves all queues. Each loop is one file with a start and a stop.
 //!
 //! Shutdown (SIGINT/SIGTERM, or the token passed to [`Worker::run`]): readers stop taking
 //! new work; running tasks get `shutdown_grace` to finish and are acknowledged; tasks still
-//! running after that are told to stop (their cancellation token fires) and left pending;
-//! the process marks itself gone so another worker recovers them at once, and returns.
+//! running after that are told to stop (their cancellation token fires). A handler that
+//! stops within [`HAND_BACK_WAIT`] has its task handed back at once on the same attempt
+//! (an interrupted run is not a failed attempt); one that does not is left pending. The
+//! process marks itself gone so another worker recovers what is left at once, and returns.
+//! Tasks held by a pause (see [`pause`]) are handed back when shutdown begins.
 
 mod builder;
 pub(crate) mod decide;
@@ -17,6 +20,7 @@ pub(crate) mod execute;
 pub(crate) mod forwarder;
 pub(crate) mod heartbeat;
 pub(crate) mod janitor;
+pub(crate) mod pause;
 pub(crate) mod reader;
 pub(crate) mod recovery;
 pub(crate) mod runtime;
@@ -38,6 +42,10 @@ use crate::keys::Lane;
 use crate::rdb;
 use recovery::RecoveryConfig;
 use runtime::{QueueRuntime, RuntimeParts};
+
+/// After the grace period, how long cancelled handlers get to return so their tasks are
+/// handed back rather than left for recovery.
+pub const HAND_BACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Makes a consumer name unique to this process: `<host>-<pid>-<random>`.
 pub fn default_consumer_name() -> String {
@@ -224,6 +232,7 @@ impl Worker {
                 max_deliveries: w.max_deliveries,
                 tracker: tracker.clone(),
                 hard_stop: hard_stop.clone(),
+                stopping: stop_reading.clone(),
                 broker: broker.clone(),
             });
             let rt = Arc::new(rt);
@@ -316,8 +325,11 @@ impl Worker {
             .is_err()
         {
             let left: usize = runtimes.iter().map(|r| r.tracked.running_count()).sum();
-            tracing::warn!(left, "grace period over: cancelling running tasks; they stay pending and will be recovered");
+            tracing::warn!(left, "grace period over: cancelling running tasks; those that stop are handed back at once, the rest stay pending and will be recovered");
             hard_stop.cancel();
+            // Give cancelled handlers a moment to return, so their hand-backs reach the
+            // settler before it drains; a handler that ignores cancellation is recovered.
+            let _ = tokio::time::timeout(HAND_BACK_WAIT, tracker.wait()).await;
         } else if running > 0 {
             tracing::info!(finished = running, "running tasks finished");
         }

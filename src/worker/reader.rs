@@ -14,7 +14,6 @@
 //! one would otherwise run until the idle safety net fires. Entries the process holds
 //! (running, or finished and waiting for their ACK) are skipped, so nothing runs twice.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,7 +48,7 @@ pub(crate) async fn run(
     // Own pending history to re-check: at start and after every reconnect.
     let mut history = false;
     while !stop.is_cancelled() {
-        if rt.paused.load(Ordering::Relaxed) {
+        if rt.pause.is_paused() {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => continue,

@@ -12,7 +12,7 @@
 //! settlements to Redis).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use metrics::{Counter, Histogram};
@@ -63,6 +63,8 @@ pub(crate) struct RuntimeParts {
     pub tracker: TaskTracker,
     /// Fired when the grace period is over.
     pub hard_stop: CancellationToken,
+    /// Fired when shutdown begins (no new work).
+    pub stopping: CancellationToken,
     /// The broker.
     pub broker: Broker,
 }
@@ -101,12 +103,16 @@ pub(crate) struct QueueRuntime {
     pub tracker: TaskTracker,
     /// Fired when the grace period is over: handlers still running are told to stop.
     pub hard_stop: CancellationToken,
+    /// Fired when shutdown begins: tasks held by a pause are handed back.
+    pub stopping: CancellationToken,
     /// Most executions before a task is poison.
     pub max_deliveries: u32,
     /// The broker.
     pub broker: Broker,
-    /// Delivery paused by an operator (readers stop reading).
-    pub paused: AtomicBool,
+    /// Delivery paused by an operator: readers stop reading and no handler starts.
+    pub pause: super::pause::PauseGate,
+    /// What a task without an `id` gets before its entry id, per lane (bulk, express).
+    pub id_prefix: [String; 2],
     /// Task type → (GCRA emission interval in µs, burst) for rate-limited types.
     pub limits: HashMap<String, (u64, u32)>,
     /// Task type → pool that serves it (from `ts:{q}:routes`, refreshed by the signal loop).
@@ -135,6 +141,7 @@ impl QueueRuntime {
             max_deliveries,
             tracker,
             hard_stop,
+            stopping,
             broker,
         } = p;
         let keys = QueueKeys::pooled(&cfg.name, cfg.pool.as_deref());
@@ -158,9 +165,14 @@ impl QueueRuntime {
             max_payload,
             tracker,
             hard_stop,
+            stopping,
             max_deliveries,
             broker,
-            paused: AtomicBool::new(false),
+            pause: super::pause::PauseGate::default(),
+            id_prefix: [
+                keys.default_id_prefix(Lane::Bulk),
+                keys.default_id_prefix(Lane::Express),
+            ],
             limits: cfg
                 .types
                 .iter()

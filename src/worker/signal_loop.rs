@@ -1,7 +1,6 @@
 //! Follows the queue's signals stream (see [`crate::signals`]) and the pause flag, every
 //! 100 ms, on the multiplexed connection (XREAD without BLOCK never stalls it).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,14 +13,19 @@ use crate::signal::Signal;
 /// initial pause state in `ts:{q}:pause_acks` (later polls record only changes).
 pub(crate) async fn poll_once(rt: &QueueRuntime, last: &str, first: bool) -> crate::Result<String> {
     let (now_paused, entries) = rt.broker.poll_signals(&rt.keys, last).await?;
-    let was = rt.paused.swap(now_paused, Ordering::Relaxed);
-    if was != now_paused || first {
+    // Close the gate before reporting `paused`: once the ack is written, nothing starts.
+    let changed = if now_paused {
+        rt.pause.close().await
+    } else {
+        rt.pause.open()
+    };
+    if changed || first {
         // Tell operators (and tests) that this replica applied the state.
         rt.broker
             .ack_pause_state(&rt.keys, &rt.consumer, now_paused)
             .await?;
     }
-    if was != now_paused {
+    if changed {
         tracing::info!(queue = %rt.cfg.name, paused = now_paused, "queue delivery {}", if now_paused { "paused" } else { "resumed" });
         metrics::gauge!(crate::metrics::PAUSED, "queue" => rt.cfg.name.clone())
             .set(if now_paused { 1.0 } else { 0.0 });

@@ -88,7 +88,7 @@ pub(crate) async fn run(rt: Arc<QueueRuntime>, stop: CancellationToken) {
         if !tick.is_multiple_of(50) {
             continue;
         }
-        if rt.paused.load(Ordering::Relaxed) {
+        if rt.pause.is_paused() {
             // A paused queue's backlog is held back on purpose: keep the last answer
             // rather than asking an autoscaler for replicas that could not run it.
             last_added = None;

@@ -36,6 +36,7 @@ for _, p in ipairs(pend) do
       redis.call('HDEL', KEYS[4], id)
     else
       gone = gone + 1
+      redis.call('HDEL', KEYS[4], id)
     end
   else
     claim_ids[#claim_ids + 1] = id
@@ -46,9 +47,16 @@ end
 local claimed = {}
 if #claim_ids > 0 then
   claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, unpack(claim_ids))
-  -- XCLAIM drops ids whose entry was deleted (Redis 7 also removes them from the PEL).
-  local live = 0
-  for _, e in ipairs(claimed) do if e and e[2] then live = live + 1 end end
-  gone = gone + (#claim_ids - live)
+  -- XCLAIM drops ids whose entry was deleted (Redis 7 also removes them from the PEL);
+  -- their start marks go with them (issue 10.5), or they would stay forever.
+  local live = {}
+  local nlive = 0
+  for _, e in ipairs(claimed) do
+    if e and e[2] then live[e[1]] = true; nlive = nlive + 1 end
+  end
+  gone = gone + (#claim_ids - nlive)
+  for _, id in ipairs(claim_ids) do
+    if not live[id] then redis.call('HDEL', KEYS[4], id) end
+  end
 end
 return {claimed, poison, gone, beat or '0', counts}

@@ -9,6 +9,8 @@
 local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', tonumber(ARGV[5]))
 local cursor, claimed, deleted = r[1], r[2], r[3] or {}
 local keep, counts, poison = {}, {}, 0
+-- Entries deleted while pending left the PEL; their start marks go too (issue 10.5).
+for _, id in ipairs(deleted) do redis.call('HDEL', KEYS[3], id) end
 local maxd = tonumber(ARGV[6])
 for _, e in ipairs(claimed) do
   local id = e[1]
