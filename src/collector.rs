@@ -56,7 +56,9 @@ pub async fn run(
         match sample(&mut conn, &queues, lapse_ms).await {
             Ok(_) => crate::health::set_redis_up(true),
             Err(e) => {
-                crate::health::set_redis_up(false);
+                if !e.is_no_permission() {
+                    crate::health::set_redis_up(false);
+                }
                 metrics::counter!(m::REDIS_ERRORS_TOTAL, "op" => "collect").increment(1);
                 tracing::debug!(error = %e, "collector: redis error");
             }

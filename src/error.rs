@@ -6,7 +6,21 @@
 pub enum Error {
     /// Redis could not be reached or answered with an error.
     #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    Redis(redis::RedisError),
+    /// Redis refused a command because the ACL user lacks a permission (`NOPERM`, or a
+    /// script whose inner command the user may not run). Not a passing fault: it lasts
+    /// until an operator grants the permission (`ACL SETUSER`), so callers retry it with
+    /// backoff and report it, and never count it as Redis being unreachable.
+    #[error("Redis refused {command} for user \"{user}\" (NOPERM): {fix}")]
+    NoPermission {
+        /// The refused command as Redis named it (e.g. `EVALSHA`, `SCRIPT LOAD`, `MULTI`),
+        /// or what was refused (a key, a command inside a script).
+        command: String,
+        /// The ACL user the connection runs as (`<user>` when it could not be learned).
+        user: String,
+        /// The fix: the `ACL SETUSER` line that grants it, and where the roles are documented.
+        fix: String,
+    },
     /// A connection could not be taken from the pool.
     #[error("redis connection pool: {0}")]
     Pool(String),
@@ -70,6 +84,24 @@ pub enum Error {
     /// or a record written by hand).
     #[error("saga {0} already exists; start it again for a fresh id")]
     SagaExists(String),
+}
+
+impl From<redis::RedisError> for Error {
+    /// A permission refusal becomes [`Error::NoPermission`]; everything else
+    /// [`Error::Redis`].
+    fn from(e: redis::RedisError) -> Self {
+        match crate::rdb::no_permission(&e) {
+            Some((command, user, fix)) => Error::NoPermission { command, user, fix },
+            None => Error::Redis(e),
+        }
+    }
+}
+
+impl Error {
+    /// True for [`Error::NoPermission`]: Redis answered, but refused the command.
+    pub fn is_no_permission(&self) -> bool {
+        matches!(self, Error::NoPermission { .. })
+    }
 }
 
 /// Result alias for the library.

@@ -1,7 +1,9 @@
 //! The HTTP server of a taskstream process: `/metrics` (Prometheus text), `/health`
 //! (the process is alive: always 200 while it can answer) and `/ready` (200 only while
-//! Redis answers, the consumer groups exist and the process is not shutting down; 503 with
-//! the reason otherwise — so a load balancer or Kubernetes stops routing to it).
+//! Redis answers, refuses none of the commands the process needs, the consumer groups
+//! exist and the process is not shutting down; 503 with the reason otherwise — so a load
+//! balancer or Kubernetes stops routing to it). A refused command (a missing ACL
+//! permission) is named on its own line with the `ACL SETUSER` that grants it.
 //!
 //! Connections are served by hyper directly rather than `axum::serve`, which sets no
 //! header-read timeout: 500 half-sent requests stayed open indefinitely (issue 13).
@@ -45,9 +47,9 @@ pub fn router(handle: PrometheusHandle) -> Router {
         .route(
             "/ready",
             get(|| async {
-                match crate::health::not_ready_reason() {
+                match crate::health::not_ready_message() {
                     None => (StatusCode::OK, "ready\n".to_string()),
-                    Some(r) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {r}\n")),
+                    Some(text) => (StatusCode::SERVICE_UNAVAILABLE, text),
                 }
             }),
         )

@@ -129,6 +129,12 @@ pub fn tls_certificates(cfg: &RedisConfig) -> Result<Option<redis::TlsCertificat
 
 /// Builds the client for `cfg.url`, with the CA and client certificate of `cfg` when set.
 pub fn client(cfg: &RedisConfig) -> Result<redis::Client> {
+    let c = build_client(cfg)?;
+    super::noperm::configured_user(c.get_connection_info().redis_settings().username());
+    Ok(c)
+}
+
+fn build_client(cfg: &RedisConfig) -> Result<redis::Client> {
     let url = crate::config::redact_url(&cfg.url);
     match tls_certificates(cfg)? {
         None => redis::Client::open(cfg.url.as_str())

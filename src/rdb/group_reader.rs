@@ -11,12 +11,16 @@
 //!   deleted) is recreated instead of spinning on NOGROUP forever (a bug of the first
 //!   reader);
 //! - failures back off exponentially with jitter, and are logged, counted and reported to
-//!   `/ready`; the loop never exits on a Redis error.
+//!   `/ready`; the loop never exits on a Redis error;
+//! - a refused read (`NOPERM`: the user may not run `XREADGROUP` or touch the stream's
+//!   key) is reported as that, with its fix ([`super::noperm`]), not as Redis being down.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::noperm::Watched;
 use super::{RawEntry, ReaderPool};
 use crate::metrics as m;
 
@@ -40,6 +44,8 @@ pub(crate) struct GroupReader {
     failures: u32,
     /// Set on every new connection until [`GroupReader::take_fresh`] reads it.
     fresh: bool,
+    /// The ACL user of the pool's connections, learned at the first refusal.
+    user: Arc<OnceLock<String>>,
 }
 
 impl GroupReader {
@@ -62,6 +68,7 @@ impl GroupReader {
             conn: None,
             failures: 0,
             fresh: false,
+            user: Arc::default(),
         }
     }
 
@@ -135,7 +142,10 @@ impl GroupReader {
         if !self.connected(stop).await {
             return None;
         }
-        let c = self.conn.as_mut().expect("connected above");
+        let mut c = Watched::new(
+            self.conn.take().expect("connected above"),
+            self.user.clone(),
+        );
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.group)
@@ -146,7 +156,8 @@ impl GroupReader {
             cmd.arg("BLOCK").arg(b.as_millis() as u64);
         }
         cmd.arg("STREAMS").arg(&self.stream).arg(from);
-        let r: redis::RedisResult<redis::Value> = cmd.query_async(&mut **c).await;
+        let r: redis::RedisResult<redis::Value> = cmd.query_async(&mut c).await;
+        self.conn = Some(c.into_inner());
         match r {
             Ok(v) => {
                 self.failures = 0;
@@ -162,7 +173,10 @@ impl GroupReader {
                 if e.code() == Some("NOGROUP") {
                     tracing::warn!(reader = %self.what, stream = %self.stream, "consumer group missing (Redis restarted empty, failed over, or the stream was deleted), recreating it");
                     let recreated = match self.pool.get().await {
-                        Ok(mut p) => super::create_group(&mut *p, &self.stream, &self.group).await,
+                        Ok(p) => {
+                            let mut p = Watched::new(p, self.user.clone());
+                            super::create_group(&mut p, &self.stream, &self.group).await
+                        }
                         Err(e) => Err(redis::RedisError::from((
                             redis::ErrorKind::Io,
                             "no connection",
@@ -175,6 +189,12 @@ impl GroupReader {
                             tracing::warn!(reader = %self.what, error = %e, "cannot recreate the consumer group");
                         }
                     }
+                } else if super::no_permission(&e).is_some() {
+                    // Redis answered: logged with its fix and shown by /ready (noperm).
+                    let d = super::reconnect_delay(self.failures);
+                    tracing::debug!(reader = %self.what, error = %e, retry_in_ms = d.as_millis() as u64, "read refused, retrying");
+                    sleep_or_stop(stop, d).await;
+                    return None;
                 } else {
                     crate::health::set_redis_up(false);
                     metrics::counter!(m::REDIS_ERRORS_TOTAL, "op" => self.op).increment(1);

@@ -160,7 +160,7 @@ impl Broker {
         let v: redis::RedisResult<Value> = redis::cmd("XINFO")
             .arg("STREAM")
             .arg(stream)
-            .query_async(&mut self.c())
+            .query_async(&mut self.raw())
             .await;
         let Ok(Value::Array(flat)) = v else {
             return 0;

@@ -15,12 +15,18 @@
 //! every other command), but on an exclusive connection from a [`ReaderPool`] whose reply
 //! timeout is longer than the block time (redis-rs times replies out after 500 ms by
 //! default).
+//!
+//! Permission refusals ([`noperm`]): every reply of the command connection and of the
+//! group readers is watched for `NOPERM`; a refusal is logged with the command and the
+//! `ACL SETUSER` that grants it, shown by `/ready` until that command succeeds again, and
+//! converted to [`crate::Error::NoPermission`] so the loops retry it.
 
 mod claim;
 mod conn;
 mod enqueue;
 mod group_reader;
 mod lifecycle;
+mod noperm;
 mod parse;
 mod routes;
 pub(crate) mod scripts;
@@ -35,6 +41,7 @@ mod preflight;
 mod signals;
 
 use redis::aio::ConnectionManager;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::{Pipeline, RedisError, Value};
@@ -47,6 +54,8 @@ pub use conn::{
 };
 pub(crate) use enqueue::{Added, NewEntry, Placement};
 pub(crate) use group_reader::GroupReader;
+pub(crate) use noperm::no_permission;
+use noperm::Watched;
 pub use parse::{RawEntry, StreamBatch};
 pub(crate) use scripts::{evalsha, ScriptId};
 pub(crate) use settle::{ReplyEntry, SettleAction, SettleScope, Settlement};
@@ -60,6 +69,8 @@ use crate::keys::QueueKeys;
 pub struct Broker {
     /// The multiplexed command connection.
     conn: ConnectionManager,
+    /// Its ACL user, learned at the first permission refusal (see [`noperm`]).
+    user: Arc<OnceLock<String>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -71,7 +82,10 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     /// A broker over an established command connection.
     pub fn new(conn: ConnectionManager) -> Self {
-        Broker { conn }
+        Broker {
+            conn,
+            user: Arc::default(),
+        }
     }
 
     /// Connects to `cfg`, retrying with backoff until Redis answers or `cancel` fires.
@@ -83,8 +97,15 @@ impl Broker {
         Ok(Broker::new(connect(cfg, cancel, name).await?))
     }
 
-    /// A handle on the command connection, for the methods of this module.
-    pub(crate) fn c(&self) -> ConnectionManager {
+    /// A handle on the command connection, for the methods of this module; its replies
+    /// are watched for permission refusals ([`noperm`]).
+    pub(crate) fn c(&self) -> Watched<ConnectionManager> {
+        Watched::new(self.conn.clone(), self.user.clone())
+    }
+
+    /// The command connection unwatched, for the few commands whose refusal costs nothing
+    /// by design (`CONFIG GET` in the preflight, `XINFO STREAM` for the arrival counter).
+    pub(crate) fn raw(&self) -> ConnectionManager {
         self.conn.clone()
     }
 
@@ -106,7 +127,7 @@ pub fn is_noscript(e: &RedisError) -> bool {
 
 /// Loads every script (used after NOSCRIPT).
 pub async fn load_scripts(conn: &mut ConnectionManager) -> Result<()> {
-    Ok(scripts::load_all(conn).await?)
+    Broker::new(conn.clone()).load_scripts().await
 }
 
 /// Runs `pipe`, loading the scripts and retrying once if Redis had lost them.
@@ -114,7 +135,7 @@ pub async fn query_pipe<T: redis::FromRedisValue>(
     conn: &mut ConnectionManager,
     pipe: &Pipeline,
 ) -> Result<T> {
-    Ok(scripts::query_pipe(conn, pipe).await?)
+    Broker::new(conn.clone()).pipe(pipe).await
 }
 
 /// Creates `group` on `stream` (and the stream) if missing, on any connection (the
@@ -140,7 +161,11 @@ pub(crate) async fn create_group(
 
 /// Creates `group` on `stream` (and the stream) if missing. The group starts at id 0 so
 /// it sees tasks enqueued before any worker ran; an existing group is fine.
-pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &str) -> Result<()> {
+pub async fn ensure_group(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    stream: &str,
+    group: &str,
+) -> Result<()> {
     Ok(create_group(conn, stream, group).await?)
 }
 
@@ -150,17 +175,7 @@ pub async fn ensure_queue(
     keys: &QueueKeys,
     groups: &[String],
 ) -> Result<()> {
-    for stream in [&keys.stream, &keys.express] {
-        for g in groups {
-            ensure_group(conn, stream, g).await?;
-        }
-    }
-    redis::cmd("SADD")
-        .arg(crate::keys::queues_registry())
-        .arg(&keys.queue)
-        .query_async::<()>(conn)
-        .await?;
-    Ok(())
+    Broker::new(conn.clone()).ensure_queue(keys, groups).await
 }
 
 /// `XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS stream >` on an exclusive connection.

@@ -12,7 +12,7 @@ impl Broker {
         let v: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
             .arg("GET")
             .arg(key)
-            .query_async(&mut self.c())
+            .query_async(&mut self.raw())
             .await;
         v.ok().and_then(|v| v.get(1).cloned())
     }

@@ -60,6 +60,8 @@ pub(crate) async fn run(
                 }
                 crate::health::set_redis_up(true);
             }
+            // A refusal is logged with its fix by the broker; Redis is not down.
+            Err(e) if e.is_no_permission() => {}
             Err(e) => {
                 if !down {
                     tracing::warn!(error = %e, "heartbeat failed: redis unreachable");

@@ -176,23 +176,33 @@ impl Worker {
             Err(e) => return Err(e),
         };
         let broker = rdb::Broker::new(conn.clone());
-        crate::preflight::run(&mut conn, cfg.redis.preflight).await?;
-        // Groups: retried until Redis lets us create them.
+        // Preflight, scripts and groups: retried until Redis lets us run them. A refused
+        // permission is logged by the broker (command and fix) and shown by /ready.
         let mut attempt = 0;
+        let mut checked = false;
         loop {
-            let mut ok = broker.load_scripts().await.is_ok();
-            if ok {
+            let r: Result<()> = async {
+                if !checked {
+                    crate::preflight::run(&mut conn, cfg.redis.preflight).await?;
+                    checked = true;
+                }
+                broker.load_scripts().await?;
                 for q in &cfg.queues {
                     let keys = crate::keys::QueueKeys::pooled(&q.name, q.pool.as_deref());
-                    if let Err(e) = broker.ensure_queue(&keys, &q.all_groups()).await {
-                        tracing::warn!(queue = %q.name, error = %e, "cannot create consumer groups yet");
-                        ok = false;
-                        break;
-                    }
+                    broker.ensure_queue(&keys, &q.all_groups()).await?;
                 }
+                Ok(())
             }
-            if ok {
-                break;
+            .await;
+            match r {
+                Ok(()) => break,
+                Err(e @ crate::Error::Preflight(_)) => return Err(e),
+                Err(e) if e.is_no_permission() => {
+                    tracing::debug!(error = %e, "cannot set up yet, retrying")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load scripts or create consumer groups yet, retrying")
+                }
             }
             attempt += 1;
             tokio::select! {

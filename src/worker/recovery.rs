@@ -222,7 +222,9 @@ pub(crate) async fn run(rt: Arc<QueueRuntime>, cfg: RecoveryConfig, stop: Cancel
         // After an outage, give live workers one full lapse to beat again first.
         if crate::health::redis_up_for_ms() >= settle_ms {
             if let Err(e) = recover_dead(&rt, cfg, &stop).await {
-                crate::health::set_redis_up(false);
+                if !e.is_no_permission() {
+                    crate::health::set_redis_up(false);
+                }
                 tracing::debug!(queue = %rt.cfg.name, error = %e, "recovery: redis error");
             }
         }

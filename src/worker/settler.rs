@@ -10,6 +10,13 @@
 //! retry budget the entries are left pending: recovery re-delivers them, so a lost ACK
 //! costs a duplicate execution, never a lost task. Once a batch is settled (or given up
 //! on) its entries leave the [`Tracked`] map.
+//!
+//! A refused settle (`NOPERM`, e.g. a user without `MULTI`/`EXEC` or `@scripting`) is not
+//! Redis being away: it does not mark Redis down, does not use up the retry budget, and is
+//! never given up on while the worker runs — the batch is retried with backoff (capped at
+//! 5 s) until the permission is granted, so its tasks are acknowledged then instead of
+//! being executed again by recovery. The broker logs the refusal with its fix
+//! (rate-limited) and `/ready` shows it meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,27 +85,56 @@ impl Settler {
     }
 
     /// Sends one batch, retrying with backoff; gives up (leaving entries pending) after
-    /// `max_times` failures.
-    async fn flush(&self, batch: &[Settlement], max_times: usize) -> bool {
+    /// `max_times` failures. A refusal (`NOPERM`) is retried until `stop` fires.
+    async fn flush(
+        &self,
+        batch: &[Settlement],
+        max_times: usize,
+        stop: &CancellationToken,
+    ) -> bool {
         let q = self.keys.queue.clone();
         let mut retried = false;
-        let attempt = || self.broker.settle(self.scope(), batch);
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(20))
-            .with_max_delay(Duration::from_secs(2))
-            .with_factor(2.0)
-            .with_jitter()
-            .with_max_times(max_times);
-        let r = attempt
-            .retry(backoff)
-            .notify(|e, d| {
-                retried = true;
-                crate::health::set_redis_up(false);
-                metrics::counter!(m::ACK_RETRIES_TOTAL, "queue" => q.clone()).increment(1);
-                metrics::counter!(m::ACK_TOTAL, "queue" => q.clone(), "result" => "error").increment(1);
-                tracing::warn!(queue = %q, entries = batch.len(), retry_in_ms = d.as_millis() as u64, error = %e, "ack failed, retrying");
-            })
-            .await;
+        let mut refusals: u32 = 0;
+        let r = loop {
+            let attempt = || self.broker.settle(self.scope(), batch);
+            let backoff = ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(20))
+                .with_max_delay(Duration::from_secs(2))
+                .with_factor(2.0)
+                .with_jitter()
+                .with_max_times(max_times);
+            let r = attempt
+                .retry(backoff)
+                .when(|e: &crate::Error| !e.is_no_permission())
+                .notify(|e, d| {
+                    retried = true;
+                    crate::health::set_redis_up(false);
+                    metrics::counter!(m::ACK_RETRIES_TOTAL, "queue" => q.clone()).increment(1);
+                    metrics::counter!(m::ACK_TOTAL, "queue" => q.clone(), "result" => "error").increment(1);
+                    tracing::warn!(queue = %q, entries = batch.len(), retry_in_ms = d.as_millis() as u64, error = %e, "ack failed, retrying");
+                })
+                .await;
+            match r {
+                Err(e) if e.is_no_permission() && !stop.is_cancelled() => {
+                    // Logged with its fix by the broker; retried until granted.
+                    refusals += 1;
+                    retried = true;
+                    metrics::counter!(m::ACK_RETRIES_TOTAL, "queue" => q.clone()).increment(1);
+                    metrics::counter!(m::ACK_TOTAL, "queue" => q.clone(), "result" => "error")
+                        .increment(1);
+                    let d = crate::rdb::reconnect_delay(refusals);
+                    tracing::debug!(queue = %q, entries = batch.len(), retry_in_ms = d.as_millis() as u64, error = %e, "ack refused, retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(d) => {}
+                    }
+                }
+                r => break r,
+            }
+        };
+        if refusals > 0 && r.is_ok() {
+            tracing::info!(queue = %q, entries = batch.len(), refusals, "ack allowed again");
+        }
         match r {
             Ok(()) => {
                 crate::health::set_redis_up(true);
@@ -152,7 +188,7 @@ impl Settler {
                 }
             }
             // While running, keep trying for ~a minute; recovery takes over after that.
-            self.flush(&batch, 12).await;
+            self.flush(&batch, 12, &stop).await;
             self.release(&batch);
             batch.clear();
         }
@@ -160,13 +196,13 @@ impl Settler {
         while let Ok(s) = rx.try_recv() {
             batch.push(s);
             if batch.len() >= self.batch {
-                self.flush(&batch, 4).await;
+                self.flush(&batch, 4, &stop).await;
                 self.release(&batch);
                 batch.clear();
             }
         }
         if !batch.is_empty() {
-            self.flush(&batch, 4).await;
+            self.flush(&batch, 4, &stop).await;
             self.release(&batch);
         }
     }

@@ -118,7 +118,10 @@ impl Orchestrator {
                 Ok(()) => break,
                 Err(e) => {
                     attempt += 1;
-                    tracing::warn!(error = %e, "orchestrator cannot set up its consumer group yet, retrying");
+                    // A refusal is logged by the broker with its fix (rate-limited).
+                    if !e.is_no_permission() {
+                        tracing::warn!(error = %e, "orchestrator cannot set up its consumer group yet, retrying");
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(rdb::reconnect_delay(attempt)) => {}
