@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::decide::{self, Decision, Outcome};
 use super::dispatch::delivery;
-use super::pause::{FirstPoll, Start};
+use super::pause::Start;
 use super::runtime::QueueRuntime;
 use crate::handler::{Handler, HandlerError, TaskContext};
 use crate::keys::Lane;
@@ -170,10 +170,10 @@ async fn run(
     span: tracing::Span,
     start: Start<'_>,
 ) -> Outcome {
-    let fut = CatchUnwind(Box::pin(FirstPoll {
-        fut: Box::pin(async move { handler.handle(ctx).await }.instrument(span)),
-        start: Some(start),
-    }));
+    let fut = CatchUnwind(
+        Box::pin(async move { handler.handle(ctx).await }.instrument(span)),
+        Some(start),
+    );
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(Ok(v))) => Outcome::Succeeded(v),
         Ok(Ok(Err(e))) => Outcome::Failed(e),
@@ -230,10 +230,12 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "non-string panic".into())
 }
 
-/// Polls a future and turns a panic inside it into an `Err` with the panic payload.
-struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+/// Polls a future and turns a panic inside it into an `Err` with the panic payload. The
+/// [`Start`] it holds is released after the first poll: from then on the handler has
+/// begun, and a pause that comes later no longer concerns it (see `pause.rs`).
+struct CatchUnwind<'a, F>(std::pin::Pin<Box<F>>, Option<Start<'a>>);
 
-impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+impl<F: std::future::Future> std::future::Future for CatchUnwind<'_, F> {
     type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
 
     fn poll(
@@ -241,7 +243,9 @@ impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         let fut = self.0.as_mut();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx))) {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.poll(cx)));
+        self.1 = None;
+        match r {
             Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
             Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
             Err(p) => std::task::Poll::Ready(Err(p)),

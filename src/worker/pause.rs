@@ -12,22 +12,23 @@
 //! keep their slot and stay tracked (the heartbeat refreshes their idle time, so the idle
 //! net of another replica does not take them), and start in order of arrival on resume.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 /// Whether handlers of one queue may start, and how many starts are under way.
+///
+/// Lock-free on the path every task takes: a start first counts itself in `starting`,
+/// then reads `paused`; [`PauseGate::close`] first sets `paused`, then waits for
+/// `starting` to drain. Both use sequentially consistent atomics, so a start that read
+/// "not paused" was counted before the pause was set, and `close` waits for it.
 #[derive(Debug, Default)]
 pub(crate) struct PauseGate {
-    /// Paused by an operator. A mutex rather than an atomic so that "not paused, so count
-    /// one more start" is one step that [`PauseGate::close`] cannot cut in half.
-    paused: Mutex<bool>,
-    /// Starts let through whose handler has not been polled yet.
+    /// Paused by an operator.
+    paused: AtomicBool,
+    /// Starts let through (or about to look at `paused`) whose handler has not been
+    /// polled yet.
     starting: AtomicUsize,
     /// Wakes the starts waiting for a resume.
     resumed: Notify,
@@ -36,33 +37,33 @@ pub(crate) struct PauseGate {
 impl PauseGate {
     /// True while paused.
     pub(crate) fn is_paused(&self) -> bool {
-        *self.paused.lock().expect("poisoned")
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// Waits while the queue is paused, then lets one start through. The start counts as
-    /// under way until the returned guard is dropped (after the handler's first poll:
-    /// [`FirstPoll`]).
+    /// under way until the returned guard is dropped (after the handler's first poll, in
+    /// `execute.rs`).
     pub(crate) async fn admit(&self) -> Start<'_> {
         loop {
-            let resumed = self.resumed.notified();
-            {
-                let paused = self.paused.lock().expect("poisoned");
-                if !*paused {
-                    self.starting.fetch_add(1, Ordering::SeqCst);
-                    return Start(self);
-                }
+            self.starting.fetch_add(1, Ordering::SeqCst);
+            if !self.paused.load(Ordering::SeqCst) {
+                return Start(self);
             }
-            resumed.await;
+            self.starting.fetch_sub(1, Ordering::SeqCst);
+            let resumed = self.resumed.notified();
+            tokio::pin!(resumed);
+            // Registered before the second look, so a resume in between is not missed.
+            resumed.as_mut().enable();
+            if self.paused.load(Ordering::SeqCst) {
+                resumed.await;
+            }
         }
     }
 
     /// Pauses: no start is let through after this returns, and every start let through
     /// before has had its handler polled. Returns whether the state changed.
     pub(crate) async fn close(&self) -> bool {
-        let changed = {
-            let mut p = self.paused.lock().expect("poisoned");
-            !std::mem::replace(&mut *p, true)
-        };
+        let changed = !self.paused.swap(true, Ordering::SeqCst);
         // A start let through is one poll away from its handler: this drains in
         // microseconds, so a short poll is simpler than another notifier.
         while self.starting.load(Ordering::SeqCst) > 0 {
@@ -73,7 +74,7 @@ impl PauseGate {
 
     /// Resumes; held starts go on. Returns whether the state changed.
     pub(crate) fn open(&self) -> bool {
-        let changed = std::mem::replace(&mut *self.paused.lock().expect("poisoned"), false);
+        let changed = self.paused.swap(false, Ordering::SeqCst);
         self.resumed.notify_waiters();
         changed
     }
@@ -85,25 +86,6 @@ pub(crate) struct Start<'a>(&'a PauseGate);
 impl Drop for Start<'_> {
     fn drop(&mut self) {
         self.0.starting.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Polls `fut`, dropping `start` once the first poll returned: from then on the handler
-/// has begun, and a pause that comes later no longer concerns it.
-pub(crate) struct FirstPoll<'a, F> {
-    /// The handler's future.
-    pub fut: Pin<Box<F>>,
-    /// The start it counts as until polled.
-    pub start: Option<Start<'a>>,
-}
-
-impl<F: Future> Future for FirstPoll<'_, F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let r = self.fut.as_mut().poll(cx);
-        self.start = None;
-        r
     }
 }
 
