@@ -10,6 +10,7 @@
 //! running after that are told to stop (their cancellation token fires) and left pending;
 //! the process marks itself gone so another worker recovers them at once, and returns.
 
+pub(crate) mod batch;
 mod builder;
 pub(crate) mod decide;
 pub(crate) mod dispatch;
@@ -205,7 +206,8 @@ impl Worker {
         let pool = rdb::reader_pool(
             &cfg.redis,
             block,
-            cfg.queues.len() * 2 + 2,
+            // Two lane readers per queue, plus a settler's detached connection per queue.
+            cfg.queues.len() * 3 + 2,
             rdb::ClientName::new(&self.consumer, rdb::Role::Reader),
         )?;
         let tracker = TaskTracker::new();
@@ -234,6 +236,8 @@ impl Worker {
                 delete_on_ack: rt.delete_on_ack,
                 batch: w.ack_batch,
                 tracked: rt.tracked.clone(),
+                pool: pool.clone(),
+                backlog: rt.settler.backlog(),
             };
             ackers.spawn(settler.run(rx, acker_stop.clone()));
             runtimes.push(rt);
