@@ -4,6 +4,7 @@
 //! - raw entries far above the payload limit are dead-lettered (with their reason and
 //!   original fields), the worker's peak stays bounded, and its resident memory comes back
 //!   within 2× of what it was before;
+//! - the collector samples a lane's oldest entry by id, never sending the entry itself;
 //! - HTTP handler responses above `max_response_bytes` fail the task with a reason naming
 //!   the limit, without the body ever being buffered whole.
 //!
@@ -186,6 +187,116 @@ async fn oversized_raw_entries_are_dead_lettered_and_the_memory_comes_back() {
         Some(0),
         "{}",
         w.log_text()
+    );
+}
+
+/// `INFO` field `name` (e.g. `total_net_output_bytes`) as a number; for `cmdstat_*`
+/// lines, their `calls`.
+fn info_number(conn: &mut redis::Connection, section: &str, name: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg(section).query(conn).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| {
+            let v = v.trim();
+            let v = v
+                .strip_prefix("calls=")
+                .map_or(v, |c| c.split(',').next().unwrap_or(""));
+            v.parse().unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_reads_a_large_entry_at_the_head_of_a_lane_by_id_only() {
+    const SIZE: usize = 10 << 20;
+    let _heavy = common::heavy().await;
+    let redis = RedisServer::start();
+    let q = "memhead";
+    let port = common::free_port();
+    // A pool worker reads only its pool's streams, so an entry left in the queue's default
+    // stream stays there, and the collector (every 500 ms) samples it as the oldest entry.
+    let toml = worker_toml(
+        &redis.url(),
+        q,
+        "",
+        "pool = \"p\"\nserves = [\"builtin.noop\"]",
+    )
+    .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let w = WorkerProc::spawn(&toml);
+    let addr = format!("127.0.0.1:{port}");
+    poll("the worker ready", Duration::from_secs(30), || {
+        let r = common::http_get(&addr, "/ready");
+        async move { (r.map(|r| r.0) == Some(200)).then_some(()) }
+    })
+    .await;
+    let baseline = w.rss_kib();
+
+    let mut conn = redis.sync_conn();
+    // Entry id 1000-1: one second after the epoch, so its age is known.
+    let payload = format!("\"{}\"", "a".repeat(SIZE - 2));
+    let _: String = redis::cmd("XADD")
+        .arg(format!("ts:{{{q}}}:stream"))
+        .arg("1000-1")
+        .arg("type")
+        .arg("builtin.noop")
+        .arg("payload")
+        .arg(&payload)
+        .query(&mut conn)
+        .unwrap();
+    drop(payload);
+    let age = poll(
+        "the oldest-age gauge to show the entry",
+        Duration::from_secs(30),
+        || {
+            let page = common::http_get(&addr, "/metrics")
+                .map(|r| r.1)
+                .unwrap_or_default();
+            async move {
+                common::prom_value(
+                    &page,
+                    "taskstream_oldest_task_age_seconds",
+                    &[("queue", q), ("lane", "bulk")],
+                )
+                .filter(|&a| a > 1.0e9)
+            }
+        },
+    )
+    .await;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((age - (now_s - 1.0)).abs() < 60.0, "age {age}, now {now_s}");
+
+    // Three more samples (each sample runs XLEN three times): they must not have sent the
+    // entry (one `XRANGE - + COUNT 1` sends all 10 MiB of it).
+    let out0 = info_number(&mut conn, "stats", "total_net_output_bytes");
+    let xlen0 = info_number(&mut conn, "commandstats", "cmdstat_xlen");
+    poll(
+        "three more collector samples",
+        Duration::from_secs(30),
+        || {
+            let n = info_number(&mut conn, "commandstats", "cmdstat_xlen");
+            async move { (n >= xlen0 + 9).then_some(()) }
+        },
+    )
+    .await;
+    let sent = info_number(&mut conn, "stats", "total_net_output_bytes") - out0;
+    let rss = w.rss_kib();
+    eprintln!(
+        "a 10 MiB entry at the head of a lane, 3 collector samples: Redis sent {sent} bytes; worker RSS {:.1} MiB (baseline {:.1} MiB)",
+        mib(rss),
+        mib(baseline)
+    );
+    assert!(
+        sent < (1 << 20) as u64,
+        "the samples sent {sent} bytes: the entry crossed the wire"
+    );
+    assert!(
+        rss <= 2 * baseline,
+        "worker RSS {:.1} MiB vs baseline {:.1} MiB",
+        mib(rss),
+        mib(baseline)
     );
 }
 
