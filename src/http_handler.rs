@@ -41,9 +41,9 @@
 //! limit, and the connection is closed. The attempt then fails like a timeout does —
 //! retryably, so the task is retried per its policy and dead-lettered with the message
 //! (which names the limit and the key to raise) when its attempts run out. Before the
-//! limit, one 100 MB response added ~370 MB to the worker's memory (it was buffered whole,
-//! then parsed, then copied into the result; issue 10, item 12). Error (non-2xx) bodies
-//! are read only up to [`MAX_ERROR_BODY_BYTES`].
+//! limit, one 100 MB response added 200–370 MB to the worker's memory (it was buffered
+//! whole, then parsed into the result; issue 10, item 12). Error (non-2xx) bodies are
+//! read only up to [`MAX_ERROR_BODY_BYTES`].
 //!
 //! # Cancellation and time limits
 //!
