@@ -57,6 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             task_type: "render".into(),
             url,
             timeout_ms: Some(10_000),
+            max_response_bytes: None,
             headers: Default::default(),
         },
         Duration::from_secs(30),

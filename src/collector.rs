@@ -19,7 +19,11 @@ pub async fn sample(
 ) -> crate::Result<Vec<stats::QueueStats>> {
     let mut out = Vec::new();
     for q in queues {
-        let s = stats::queue_stats(conn, q, lapse_ms).await?;
+        // Ids only: a large entry at the head of a lane must not cross the wire every
+        // interval (the shared connection would keep a read buffer its size).
+        let s = crate::rdb::Broker::new(conn.clone())
+            .queue_stats_ids_only(q, lapse_ms)
+            .await?;
         let name = s.queue.clone();
         metrics::gauge!(m::STREAM_LENGTH, "queue" => name.clone(), "lane" => "bulk")
             .set(s.bulk_length as f64);

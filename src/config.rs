@@ -374,9 +374,37 @@ pub struct HttpHandlerConfig {
     pub url: String,
     /// Request time limit in ms (default: the queue's task timeout).
     pub timeout_ms: Option<u64>,
+    /// Largest 2xx response body accepted, in bytes (default
+    /// [`DEFAULT_MAX_RESPONSE_BYTES`], 1 MiB). A larger body fails the attempt (retryably,
+    /// like a timeout) as soon as it is announced or read past the limit; it is never
+    /// buffered whole.
+    pub max_response_bytes: Option<usize>,
     /// Extra request headers (e.g. Authorization). Values are never logged.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+}
+
+/// `max_response_bytes` of an HTTP handler that does not set it: 1 MiB, the same as the
+/// default payload limit (`producer.max_payload_bytes`).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// Largest `max_response_bytes`: 512 MiB, Redis' string limit (the body is the task's
+/// result, which a saga step or a reply stream stores in Redis).
+pub const MAX_RESPONSE_BYTES_LIMIT: usize = 512 << 20;
+
+impl HttpHandlerConfig {
+    /// The response body limit in effect, or why the configured one is refused. Shared by
+    /// `config check` (`Config::validate`) and the worker (`HttpHandler::new`), so the
+    /// check refuses exactly what the worker refuses.
+    pub fn response_limit(&self) -> Result<usize, String> {
+        match self.max_response_bytes {
+            None => Ok(DEFAULT_MAX_RESPONSE_BYTES),
+            Some(n) if n == 0 || n > MAX_RESPONSE_BYTES_LIMIT => Err(format!(
+                "must be between 1 and {MAX_RESPONSE_BYTES_LIMIT} (Redis' string limit), got {n}"
+            )),
+            Some(n) => Ok(n),
+        }
+    }
 }
 
 impl std::fmt::Debug for HttpHandlerConfig {
@@ -386,6 +414,7 @@ impl std::fmt::Debug for HttpHandlerConfig {
             .field("task_type", &self.task_type)
             .field("url", &self.url)
             .field("timeout_ms", &self.timeout_ms)
+            .field("max_response_bytes", &self.max_response_bytes)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -911,6 +940,9 @@ impl Config {
             if h.timeout_ms == Some(0) {
                 bad(k("timeout_ms"), "must be positive".into());
             }
+            if let Err(reason) = h.response_limit() {
+                bad(k("max_response_bytes"), reason);
+            }
         }
         for (key, reason) in sagas::table_problems(&self.sagas, &self.orchestrator) {
             bad(key, reason);
@@ -1123,6 +1155,51 @@ mod tests {
         let p = problems("[[http_handlers]]\ntype = \"t\"\nurl = \"http://\"\n");
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].0, "http_handlers[0].url");
+    }
+
+    #[test]
+    #[cfg(feature = "http-handler")]
+    fn http_handler_response_limits_the_worker_refuses_are_refused_by_the_check() {
+        let handler = |limit: &str| {
+            format!("[[http_handlers]]\ntype = \"t\"\nurl = \"http://h:1/x\"\n{limit}\n")
+        };
+        let worker = |text: &str| {
+            let cfg = Config::parse("f.toml", text).unwrap();
+            crate::http_handler::HttpHandler::new(
+                &cfg.http_handlers[0],
+                Duration::from_secs(1),
+                reqwest::Client::new(),
+            )
+        };
+        for bad in [
+            "max_response_bytes = 0".to_string(),
+            format!("max_response_bytes = {}", MAX_RESPONSE_BYTES_LIMIT + 1),
+        ] {
+            let p = problems(&handler(&bad));
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert_eq!(p[0].0, "http_handlers[0].max_response_bytes", "{p:?}");
+            assert!(p[0].1.contains("must be between 1 and 536870912"), "{p:?}");
+            let e = worker(&handler(&bad)).unwrap_err().to_string();
+            assert!(e.contains("max_response_bytes must be between"), "{e}");
+        }
+        for (ok, limit) in [
+            (String::new(), DEFAULT_MAX_RESPONSE_BYTES),
+            ("max_response_bytes = 1".to_string(), 1),
+            (
+                format!("max_response_bytes = {MAX_RESPONSE_BYTES_LIMIT}"),
+                MAX_RESPONSE_BYTES_LIMIT,
+            ),
+        ] {
+            assert_eq!(problems(&handler(&ok)), [], "{ok}");
+            assert_eq!(worker(&handler(&ok)).unwrap().max_response_bytes(), limit);
+        }
+        // Negative numbers do not parse into a usize at all; the file is refused at load.
+        let err = Config::parse("f.toml", &handler("max_response_bytes = -1")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("http_handlers[0].max_response_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!
 //! - **2xx** is success. The response body is the task's result (a saga passes it on as
 //!   the step's output), so it is parsed as JSON; an empty body is `null`, and a body that
-//!   is not JSON is kept as a JSON string instead of failing work that was done.
+//!   is not JSON is kept as a JSON string instead of failing work that was done. The body
+//!   is bounded by the handler's `max_response_bytes` (see below).
 //! - **4xx** means the request itself is wrong (bad payload, missing resource, no
 //!   permission). Sending the same task again gives the same answer, so it is a permanent
 //!   failure and the task goes to the dead-letter stream at once instead of burning its
@@ -31,6 +32,18 @@
 //!   nobody configured; a 301/302/303 would also silently turn the POST into a GET and
 //!   drop the task. A redirect almost always means the configured URL is stale, which
 //!   retrying cannot fix, so the failure names the status and says to fix the URL.
+//!
+//! # Response size
+//!
+//! A 2xx body is read in chunks up to the handler's `max_response_bytes` (1 MiB unless
+//! configured, at most 512 MiB). A `Content-Length` above it is refused before any of
+//! the body is read; a body without one (chunked) is abandoned as soon as it passes the
+//! limit, and the connection is closed. The attempt then fails like a timeout does —
+//! retryably, so the task is retried per its policy and dead-lettered with the message
+//! (which names the limit and the key to raise) when its attempts run out. Before the
+//! limit, one 100 MB response added 200–370 MB to the worker's memory (it was buffered
+//! whole, then parsed into the result; issue 10, item 12). Error (non-2xx) bodies are
+//! read only up to [`MAX_ERROR_BODY_BYTES`].
 //!
 //! # Cancellation and time limits
 //!
@@ -132,6 +145,8 @@ pub struct HttpHandler {
     display_url: String,
     headers: HeaderMap,
     timeout: Duration,
+    /// Largest 2xx body read, in bytes (`max_response_bytes`).
+    max_response: usize,
     client: reqwest::Client,
 }
 
@@ -142,6 +157,7 @@ impl fmt::Debug for HttpHandler {
             .field("task_type", &self.task_type)
             .field("url", &self.display_url)
             .field("timeout", &self.timeout)
+            .field("max_response_bytes", &self.max_response)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -214,7 +230,9 @@ impl HttpHandler {
     /// by all handlers); a client that follows redirects would break the contract.
     ///
     /// Fails when the URL is not an absolute `http://` or `https://` URL, the time limit
-    /// is zero, or a configured header has an invalid name or value, uses a name the
+    /// is zero, `max_response_bytes` is outside 1 to 512 MiB
+    /// ([`HttpHandlerConfig::response_limit`]), or a configured header has an invalid
+    /// name or value, uses a name the
     /// protocol sets itself (`Content-Type`, `Content-Length`, `traceparent`,
     /// `X-Taskstream-*`), or is listed twice. Errors name the header, never its value.
     pub fn new(
@@ -231,6 +249,9 @@ impl HttpHandler {
         if timeout.is_zero() {
             return Err(invalid(t, "timeout must be positive"));
         }
+        let max_response = cfg
+            .response_limit()
+            .map_err(|e| invalid(t, format_args!("max_response_bytes {e}")))?;
 
         let headers = parse_headers(&cfg.headers).map_err(|(_, reason)| invalid(t, reason))?;
 
@@ -248,6 +269,7 @@ impl HttpHandler {
             display_url,
             headers,
             timeout,
+            max_response,
             client,
         })
     }
@@ -265,6 +287,11 @@ impl HttpHandler {
     /// Per-request time limit.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Largest 2xx response body accepted, in bytes.
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response
     }
 
     fn msg(&self, detail: impl fmt::Display) -> String {
@@ -324,7 +351,7 @@ impl HttpHandler {
             .map_err(|e| self.transport_error(e))?;
         let status = resp.status();
         if status.is_success() {
-            let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+            let bytes = self.success_body(resp).await?;
             return Ok(result_from_body(&bytes));
         }
         if status.is_redirection() {
@@ -357,6 +384,41 @@ impl HttpHandler {
         } else {
             Err(self.permanent(detail))
         }
+    }
+
+    /// The body of a 2xx response, read in chunks and given up on as soon as it is
+    /// known to exceed `max_response_bytes` (see "Response size" in the module docs).
+    async fn success_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, HandlerError> {
+        let cap = self.max_response;
+        let announced = resp.content_length();
+        if let Some(n) = announced.filter(|&n| n > cap as u64) {
+            return Err(self.too_large(format_args!("announces {n} bytes (Content-Length)")));
+        }
+        // Within the cap: the announced size is the allocation, made once.
+        let mut body = Vec::with_capacity(announced.map_or(0, |n| n as usize));
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
+            if chunk.len() > cap - body.len() {
+                // Dropping `resp` closes the connection: the rest is never downloaded.
+                return Err(self.too_large(format_args!(
+                    "was still going at {} bytes",
+                    body.len() + chunk.len()
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    fn too_large(&self, detail: fmt::Arguments<'_>) -> HandlerError {
+        self.retryable(
+            format_args!(
+                "response body too large: it {detail}, above max_response_bytes ({} bytes); \
+                 raise max_response_bytes of the [[http_handlers]] entry of type {:?} \
+                 (at most 536870912) or have the endpoint return less",
+                self.max_response, self.task_type
+            ),
+            None,
+        )
     }
 
     fn transport_error(&self, e: reqwest::Error) -> HandlerError {

@@ -1,6 +1,8 @@
 //! HTTP handler protocol tests against a local axum server (no Redis needed).
 #![cfg(all(feature = "http", feature = "http-handler"))]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,7 +122,11 @@ async fn serve() -> (SocketAddr, Arc<Shared>) {
                 }
             }),
         )
-        .route("/echo", post(echo));
+        .route("/echo", post(echo))
+        .route(
+            "/4k",
+            post(|| async { format!("\"{}\"", "x".repeat(4094)) }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -172,6 +178,7 @@ fn cfg(url: String) -> HttpHandlerConfig {
         task_type: "send_email".into(),
         url,
         timeout_ms: None,
+        max_response_bytes: None,
         headers: BTreeMap::new(),
     }
 }
@@ -547,4 +554,78 @@ fn retry_after_parsing() {
     ] {
         assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
     }
+}
+
+fn with_limit(url: String, limit: Option<usize>) -> HttpHandler {
+    let mut c = cfg(url);
+    c.max_response_bytes = limit;
+    HttpHandler::new(&c, Duration::from_secs(30), http_handler::client()).unwrap()
+}
+
+#[tokio::test]
+async fn a_body_at_the_limit_is_the_result_and_one_byte_more_fails_retryably() {
+    let (addr, _) = serve().await;
+    let url = format!("http://{addr}/4k");
+    let out = with_limit(url.clone(), Some(4096))
+        .handle(ctx())
+        .await
+        .unwrap();
+    assert_eq!(out.as_str().map(str::len), Some(4094));
+    let (m, after) = expect_retryable(with_limit(url, Some(4095)).handle(ctx()).await);
+    assert!(
+        m.contains("announces 4096 bytes (Content-Length), above max_response_bytes (4095 bytes)"),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "raise max_response_bytes of the [[http_handlers]] entry of type \"send_email\""
+        ),
+        "{m}"
+    );
+    assert_eq!(after, None);
+}
+
+#[tokio::test]
+async fn large_bodies_are_refused_without_being_downloaded() {
+    const BIG: usize = 100 << 20;
+    let server = common::BigBodyServer::start(BIG).await;
+    // The default limit (1 MiB) applies when none is configured.
+    let h = |path: &str| with_limit(format!("http://{}{path}", server.addr), None);
+    assert_eq!(
+        h("/chunked").max_response_bytes(),
+        taskstream::config::DEFAULT_MAX_RESPONSE_BYTES
+    );
+
+    let (m, _) = expect_retryable(h("/length").handle(ctx()).await);
+    assert!(
+        m.contains(
+            "announces 104857600 bytes (Content-Length), above max_response_bytes (1048576 bytes)"
+        ),
+        "{m}"
+    );
+
+    // No Content-Length: read up to the limit, then the connection is dropped.
+    let (m, _) = expect_retryable(h("/chunked").handle(ctx()).await);
+    assert!(m.contains("was still going at"), "{m}");
+    assert!(
+        m.contains("above max_response_bytes (1048576 bytes)"),
+        "{m}"
+    );
+    // The server could write only what the socket buffers held past the first MiB; the
+    // 100 MB were never transferred (hyper closes the connection without draining it).
+    common::poll(
+        "the server to see both connections close",
+        Duration::from_secs(30),
+        || {
+            let ended = server.ended();
+            async move { (ended == 2).then_some(()) }
+        },
+    )
+    .await;
+    let written = server.written();
+    eprintln!("server wrote {written} of {BIG} body bytes before the client hung up");
+    assert!(written < BIG / 4, "{written} of {BIG} bytes were sent");
+
+    // A small response from the same server still works.
+    assert_eq!(h("/small").handle(ctx()).await.unwrap(), json!("small"));
 }

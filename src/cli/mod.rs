@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
 
+mod alloc;
 mod config_check;
 mod demo;
 mod dlq;
@@ -144,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The `taskstream` binary: parses the command line and runs the command. Errors are
 /// printed as `error: …` with exit code 1; a closed stdout (`… | head`) ends quietly.
 pub fn main() -> ExitCode {
+    alloc::return_large_blocks_promptly();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -46,6 +46,9 @@ pub(crate) struct GroupReader {
     fresh: bool,
     /// The ACL user of the pool's connections, learned at the first refusal.
     user: Arc<OnceLock<String>>,
+    /// Set by [`GroupReader::recycle`]: the next connection replaces a healthy one, so it
+    /// is not fresh (no reply was lost).
+    recycled: bool,
 }
 
 impl GroupReader {
@@ -69,6 +72,7 @@ impl GroupReader {
             failures: 0,
             fresh: false,
             user: Arc::default(),
+            recycled: false,
         }
     }
 
@@ -92,7 +96,7 @@ impl GroupReader {
                         metrics::counter!(m::RECONNECTS_TOTAL, "role" => "reader").increment(1);
                     }
                     self.conn = Some(c);
-                    self.fresh = true;
+                    self.fresh = !std::mem::take(&mut self.recycled);
                 }
                 Err(e) => {
                     self.failures += 1;
@@ -106,6 +110,18 @@ impl GroupReader {
             }
         }
         true
+    }
+
+    /// Closes the connection after a read that made its buffers grow (large entries), so
+    /// the next read opens a new one. A connection keeps the capacity its read buffer grew
+    /// to for as long as it lives, and a pooled one lives as long as the process: one
+    /// 10 MiB entry kept 16 MiB resident per lane (issue 10, item 12). Nothing is lost:
+    /// the reply was read completely.
+    pub(crate) fn recycle(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let _ = deadpool_redis::Connection::take(c);
+            self.recycled = true;
+        }
     }
 
     /// Reads up to `count` new entries (`>`), blocking up to `block` when given. `None`

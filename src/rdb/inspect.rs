@@ -97,8 +97,30 @@ impl Broker {
     }
 
     /// Reads the statistics of `queue` (one pipelined round trip plus `XINFO GROUPS` of
-    /// each lane). Workers count as live when they beat within `lapse_ms`.
+    /// each lane). Workers count as live when they beat within `lapse_ms`. Read commands
+    /// only (the operator role); the oldest entry of each lane crosses the wire whole.
     pub(crate) async fn queue_stats(&self, queue: &str, lapse_ms: u64) -> Result<QueueStats> {
+        self.queue_stats_by(queue, lapse_ms, false).await
+    }
+
+    /// [`Broker::queue_stats`] for the worker's periodic samplers (collector, SLA loop):
+    /// the oldest entries' ids come from `stream_meta.lua`, so a large entry at the head
+    /// of a lane never crosses the wire (nor grows the shared connection's read buffer).
+    /// Needs `EVALSHA` (the worker role has it).
+    pub(crate) async fn queue_stats_ids_only(
+        &self,
+        queue: &str,
+        lapse_ms: u64,
+    ) -> Result<QueueStats> {
+        self.queue_stats_by(queue, lapse_ms, true).await
+    }
+
+    async fn queue_stats_by(
+        &self,
+        queue: &str,
+        lapse_ms: u64,
+        ids_only: bool,
+    ) -> Result<QueueStats> {
         let k = QueueKeys::new(queue);
         let now = now_ms();
         let mut p = Pipeline::new();
@@ -106,18 +128,22 @@ impl Broker {
         p.cmd("XLEN").arg(&k.express);
         p.cmd("ZCARD").arg(&k.scheduled);
         p.cmd("XLEN").arg(&k.dlq);
-        p.cmd("XRANGE")
-            .arg(&k.stream)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1);
-        p.cmd("XRANGE")
-            .arg(&k.express)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1);
+        for lane in [&k.stream, &k.express] {
+            if ids_only {
+                p.add_command(super::evalsha(
+                    super::ScriptId::StreamMeta,
+                    &[lane],
+                    std::iter::empty::<&str>(),
+                ));
+            } else {
+                p.cmd("XRANGE")
+                    .arg(lane)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1);
+            }
+        }
         p.cmd("ZCOUNT")
             .arg(&k.heartbeats)
             .arg(now.saturating_sub(lapse_ms))
@@ -126,9 +152,15 @@ impl Broker {
         let (bl, el, sc, dl, ob, oe, live, paused): (u64, u64, u64, u64, Value, Value, u64, u64) =
             self.pipe(&p).await?;
         let age = |v: Value| -> f64 {
-            parse::entries(v)
-                .first()
-                .and_then(|e| entry_id_ms(&e.id))
+            let id = match v {
+                // stream_meta.lua: [oldest id or nil, entries-added].
+                Value::Array(meta) if ids_only => match meta.into_iter().next() {
+                    Some(Value::BulkString(id)) => String::from_utf8(id).ok(),
+                    _ => None,
+                },
+                entries => parse::entries(entries).into_iter().next().map(|e| e.id),
+            };
+            id.and_then(|id| entry_id_ms(&id))
                 .map(|ms| now.saturating_sub(ms) as f64 / 1000.0)
                 .unwrap_or(0.0)
         };

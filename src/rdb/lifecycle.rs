@@ -155,21 +155,22 @@ impl Broker {
         Ok(())
     }
 
-    /// `entries-added` of a stream (Redis ≥ 7), 0 when unknown.
+    /// `entries-added` of a stream (Redis ≥ 7), 0 when unknown. Through `stream_meta.lua`:
+    /// `XINFO STREAM` itself would send the stream's first and last entries whole.
     pub(crate) async fn entries_added(&self, stream: &str) -> u64 {
-        let v: redis::RedisResult<Value> = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(stream)
-            .query_async(&mut self.raw())
-            .await;
-        let Ok(Value::Array(flat)) = v else {
-            return 0;
-        };
-        flat.chunks(2)
-            .find_map(|kv| match kv {
-                [Value::BulkString(k), Value::Int(n)] if k == b"entries-added" => Some(*n as u64),
-                _ => None,
-            })
-            .unwrap_or(0)
+        let mut p = Pipeline::new();
+        p.add_command(super::evalsha(
+            ScriptId::StreamMeta,
+            &[stream],
+            std::iter::empty::<&str>(),
+        ));
+        let v: Result<(Value,)> = self.pipe(&p).await;
+        match v {
+            Ok((Value::Array(meta),)) => match meta.get(1) {
+                Some(Value::Int(n)) => (*n).max(0) as u64,
+                _ => 0,
+            },
+            _ => 0,
+        }
     }
 }

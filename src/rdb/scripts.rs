@@ -39,6 +39,8 @@ pub(crate) enum ScriptId {
     SagaApply,
     /// Remove dead orchestrator consumers (`saga_prune_consumers.lua`).
     SagaPruneConsumers,
+    /// Oldest id and entries-added of a stream, without entry fields (`stream_meta.lua`).
+    StreamMeta,
 }
 
 /// `(id, file, source)` of every script, in [`ScriptId`] order.
@@ -103,6 +105,11 @@ pub(crate) const TABLE: &[(ScriptId, &str, &str)] = &[
         ScriptId::SagaPruneConsumers,
         "saga_prune_consumers.lua",
         include_str!("lua/saga_prune_consumers.lua"),
+    ),
+    (
+        ScriptId::StreamMeta,
+        "stream_meta.lua",
+        include_str!("lua/stream_meta.lua"),
     ),
 ];
 
@@ -171,7 +178,7 @@ mod tests {
                 "row {i} of the script table is out of order"
             );
         }
-        assert_eq!(TABLE.len(), ScriptId::SagaPruneConsumers as usize + 1);
+        assert_eq!(TABLE.len(), ScriptId::StreamMeta as usize + 1);
     }
 
     #[test]

@@ -207,6 +207,24 @@ impl Broker {
         self.pipe(&build(scope, batch)).await
     }
 
+    /// Like [`Broker::settle`], on an exclusive connection from `pool` that is closed
+    /// afterwards, for batches larger than a few MiB (dead letters of large entries carry
+    /// their fields). The shared command connection would otherwise keep a write buffer the
+    /// size of the largest batch it ever sent, for as long as the process lives (issue 10,
+    /// item 12). Falls back to the shared connection when the pool has none to give.
+    pub(crate) async fn settle_detached(
+        &self,
+        pool: &super::ReaderPool,
+        scope: SettleScope<'_>,
+        batch: &[Settlement],
+    ) -> Result<()> {
+        let Ok(c) = pool.get().await else {
+            return self.settle(scope, batch).await;
+        };
+        let mut c = deadpool_redis::Connection::take(c);
+        Ok(super::scripts::query_pipe(&mut c, &build(scope, batch)).await?)
+    }
+
     /// How many entries of `batch` are still pending for the group (none after a settle
     /// that went through).
     pub(crate) async fn still_pending(

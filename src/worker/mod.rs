@@ -13,6 +13,7 @@
 //! process marks itself gone so another worker recovers what is left at once, and returns.
 //! Tasks held by a pause (see [`pause`]) are handed back when shutdown begins.
 
+pub(crate) mod batch;
 mod builder;
 pub(crate) mod decide;
 pub(crate) mod dispatch;
@@ -223,7 +224,8 @@ impl Worker {
         let pool = rdb::reader_pool(
             &cfg.redis,
             block,
-            cfg.queues.len() * 2 + 2,
+            // Two lane readers per queue, plus a settler's detached connection per queue.
+            cfg.queues.len() * 3 + 2,
             rdb::ClientName::new(&self.consumer, rdb::Role::Reader),
         )?;
         let tracker = TaskTracker::new();
@@ -253,6 +255,8 @@ impl Worker {
                 delete_on_ack: rt.delete_on_ack,
                 batch: w.ack_batch,
                 tracked: rt.tracked.clone(),
+                pool: pool.clone(),
+                backlog: rt.settler.backlog(),
             };
             ackers.spawn(settler.run(rx, acker_stop.clone()));
             runtimes.push(rt);

@@ -6,7 +6,9 @@
 //! blocks (`BLOCK block_ms`) holding a single slot, so an idle reader never hoards capacity
 //! that recovery or the other lane could use; as soon as a read comes back full it switches
 //! to non-blocking batch reads sized to every free slot, which is what keeps throughput
-//! high on a backlog.
+//! high on a backlog. Reads are also bounded by bytes ([`super::batch::ReadSizer`]):
+//! after a read of large entries the next reads ask for fewer, down to one at a time,
+//! and a read larger than the budget closes its connection (whose buffers grew with it).
 //!
 //! After every (re)connect the reader first re-reads this consumer's own pending history
 //! (`XREADGROUP … STREAMS s 0`) and runs the entries the process does not hold: a reply
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::batch::ReadSizer;
 use super::dispatch::dispatch;
 use super::runtime::QueueRuntime;
 use crate::keys::Lane;
@@ -45,6 +48,7 @@ pub(crate) async fn run(
         "xreadgroup",
     );
     let mut backlog = false;
+    let mut sizer = ReadSizer::default();
     // Own pending history to re-check: at start and after every reconnect.
     let mut history = false;
     while !stop.is_cancelled() {
@@ -59,12 +63,16 @@ pub(crate) async fn run(
         }
         history |= reader.take_fresh();
         if history {
-            if own_history(&rt, lane, &mut reader, &stop).await {
+            if own_history(&rt, lane, &mut reader, &mut sizer, &stop).await {
                 history = false;
             }
             continue;
         }
-        let want = if backlog { read_count } else { 1 };
+        // Large settlements still on their way to Redis: read on once they are through.
+        if !rt.settler.room(&stop).await {
+            break;
+        }
+        let want = sizer.count(if backlog { read_count } else { 1 });
         let slots = rt.acquire(lane, want, true, &stop).await;
         if slots.is_empty() {
             continue;
@@ -72,6 +80,9 @@ pub(crate) async fn run(
         let block_for = if backlog { None } else { Some(block) };
         match reader.read_new(slots.len(), block_for, &stop).await {
             Some(entries) => {
+                if sizer.observe(&entries) {
+                    reader.recycle();
+                }
                 backlog = !entries.is_empty() && entries.len() == slots.len();
                 let mut slots = slots.into_iter();
                 for e in entries {
@@ -90,14 +101,18 @@ async fn own_history(
     rt: &Arc<QueueRuntime>,
     lane: Lane,
     reader: &mut GroupReader,
+    sizer: &mut ReadSizer,
     stop: &CancellationToken,
 ) -> bool {
     let mut cursor = "0".to_string();
     let mut found = 0usize;
     loop {
-        let Some(entries) = reader.read_history(&cursor, 100, stop).await else {
+        let Some(entries) = reader.read_history(&cursor, sizer.count(100), stop).await else {
             return false;
         };
+        if sizer.observe(&entries) {
+            reader.recycle();
+        }
         let Some(last) = entries.last() else { break };
         cursor = last.id.clone();
         for e in entries {

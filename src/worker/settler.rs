@@ -1,6 +1,10 @@
 //! The settler: the one place that sends settlements to Redis, in batches (asynq's
 //! processor does one round trip per task; batching is where most of our throughput comes
-//! from).
+//! from). A batch is bounded by `worker.ack_batch` settlements and by bytes
+//! ([`super::batch::settle_batch_full`]): a dead-letter settlement carries the entry's
+//! fields, and twenty 10 MiB ones in one pipeline cost 200 MiB per copy. A batch above
+//! the byte budget goes over an exclusive connection closed afterwards
+//! ([`Broker::settle_detached`]), so the shared connection's buffers never grow to it.
 //!
 //! Every execution path ends in [`SettleSender::send`]; the settler takes what is queued,
 //! up to `batch` at a time, and settles it with one [`Broker::settle`] round trip. A failed
@@ -17,24 +21,58 @@
 //! 5 s) until the permission is granted, so its tasks are acknowledged then instead of
 //! being executed again by recovery. The broker logs the refusal with its fix
 //! (rate-limited) and `/ready` shows it meanwhile.
+//!
+//! The queue between executions and the settler is unbounded (sending never blocks an
+//! execution), but its bytes are counted ([`Backlog`]): while more than
+//! [`super::batch::BACKLOG_BUDGET_BYTES`] wait, the lane readers read nothing new
+//! ([`SettleSender::room`]). Dead letters of large entries are settled about as fast as
+//! they are read, so without this a long run of them piled up in memory (60 entries of
+//! 10 MiB peaked at 236 MB, growing with the run).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use super::batch::{
+    settle_batch_full, settlement_bytes, BACKLOG_BUDGET_BYTES, SETTLE_BUDGET_BYTES,
+};
 use super::tracked::Tracked;
 use crate::keys::QueueKeys;
 use crate::metrics as m;
-use crate::rdb::{Broker, SettleScope, Settlement};
+use crate::rdb::{Broker, ReaderPool, SettleScope, Settlement};
+
+/// Bytes of the settlements sent to the settler and not yet settled.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    bytes: AtomicUsize,
+    drained: Notify,
+}
+
+impl Backlog {
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn sub(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        self.drained.notify_waiters();
+    }
+
+    fn over(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) > BACKLOG_BUDGET_BYTES
+    }
+}
 
 /// The sending side, held by the queue's runtime.
 #[derive(Clone)]
 pub(crate) struct SettleSender {
     tx: mpsc::UnboundedSender<Settlement>,
     tracked: Arc<Tracked>,
+    backlog: Arc<Backlog>,
 }
 
 impl SettleSender {
@@ -42,7 +80,31 @@ impl SettleSender {
     /// the process is exiting and the entry stays pending for recovery.
     pub(crate) fn send(&self, s: Settlement) {
         self.tracked.settling(&s.entry_id);
+        self.backlog.add(settlement_bytes(&s));
         let _ = self.tx.send(s);
+    }
+
+    /// Waits while more than [`BACKLOG_BUDGET_BYTES`] of settlements wait for the
+    /// settler (see the module docs). False when `stop` fired first.
+    pub(crate) async fn room(&self, stop: &CancellationToken) -> bool {
+        while self.backlog.over() {
+            let drained = self.backlog.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !self.backlog.over() {
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = drained => {}
+            }
+        }
+        true
+    }
+
+    /// The byte count the settler lowers as it settles ([`Settler::backlog`]).
+    pub(crate) fn backlog(&self) -> Arc<Backlog> {
+        self.backlog.clone()
     }
 }
 
@@ -60,6 +122,10 @@ pub(crate) struct Settler {
     pub batch: usize,
     /// Entries of the process; settled ones are released.
     pub tracked: Arc<Tracked>,
+    /// Exclusive connections for batches above the byte budget ([`Broker::settle_detached`]).
+    pub pool: ReaderPool,
+    /// Bytes waiting to be settled ([`SettleSender::backlog`] of the same channel).
+    pub backlog: Arc<Backlog>,
 }
 
 /// A channel to a settler.
@@ -67,7 +133,15 @@ pub(crate) fn channel(
     tracked: Arc<Tracked>,
 ) -> (SettleSender, mpsc::UnboundedReceiver<Settlement>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (SettleSender { tx, tracked }, rx)
+    let backlog = Arc::default();
+    (
+        SettleSender {
+            tx,
+            tracked,
+            backlog,
+        },
+        rx,
+    )
 }
 
 impl Settler {
@@ -82,6 +156,8 @@ impl Settler {
     fn release(&self, batch: &[Settlement]) {
         self.tracked
             .release(batch.iter().map(|s| s.entry_id.as_str()));
+        self.backlog
+            .sub(batch.iter().map(settlement_bytes).sum::<usize>());
     }
 
     /// Sends one batch, retrying with backoff; gives up (leaving entries pending) after
@@ -94,9 +170,18 @@ impl Settler {
     ) -> bool {
         let q = self.keys.queue.clone();
         let mut retried = false;
+        let large = batch.iter().map(settlement_bytes).sum::<usize>() > SETTLE_BUDGET_BYTES;
         let mut refusals: u32 = 0;
         let r = loop {
-            let attempt = || self.broker.settle(self.scope(), batch);
+            let attempt = || async move {
+                if large {
+                    self.broker
+                        .settle_detached(&self.pool, self.scope(), batch)
+                        .await
+                } else {
+                    self.broker.settle(self.scope(), batch).await
+                }
+            };
             let backoff = ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(20))
                 .with_max_delay(Duration::from_secs(2))
@@ -180,10 +265,14 @@ impl Settler {
                 _ = stop.cancelled() => None,
             };
             let Some(first) = first else { break };
+            let mut bytes = settlement_bytes(&first);
             batch.push(first);
-            while batch.len() < self.batch {
+            while !settle_batch_full(batch.len(), bytes, self.batch) {
                 match rx.try_recv() {
-                    Ok(s) => batch.push(s),
+                    Ok(s) => {
+                        bytes += settlement_bytes(&s);
+                        batch.push(s);
+                    }
                     Err(_) => break,
                 }
             }
@@ -193,12 +282,15 @@ impl Settler {
             batch.clear();
         }
         // Drain whatever finished before shutdown, with a short retry budget.
+        let mut bytes = 0;
         while let Ok(s) = rx.try_recv() {
+            bytes += settlement_bytes(&s);
             batch.push(s);
-            if batch.len() >= self.batch {
+            if settle_batch_full(batch.len(), bytes, self.batch) {
                 self.flush(&batch, 4, &stop).await;
                 self.release(&batch);
                 batch.clear();
+                bytes = 0;
             }
         }
         if !batch.is_empty() {

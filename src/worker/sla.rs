@@ -105,7 +105,7 @@ pub(crate) async fn run(rt: Arc<QueueRuntime>, stop: CancellationToken) {
             _ => 0.0,
         };
         last_added = Some((now, added));
-        let lag = match rt.broker.queue_stats(&rt.cfg.name, 1_500).await {
+        let lag = match rt.broker.queue_stats_ids_only(&rt.cfg.name, 1_500).await {
             Ok(s) => s.lag() as f64,
             Err(_) => continue,
         };

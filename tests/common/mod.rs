@@ -394,11 +394,21 @@ impl WorkerProc {
 
     /// Resident memory in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS")
+    }
+
+    /// Peak resident memory since start in KiB (`VmHWM` from /proc).
+    pub fn hwm_kib(&self) -> u64 {
+        self.status_kib("VmHWM")
+    }
+
+    /// A `kB` line of /proc/<pid>/status (`VmRSS`, `VmHWM`, …); 0 when unreadable.
+    pub fn status_kib(&self, field: &str) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
@@ -533,4 +543,132 @@ pub fn executions(
     key: &str,
 ) -> std::collections::HashMap<String, u64> {
     redis::cmd("HGETALL").arg(key).query(conn).unwrap()
+}
+
+/// A plain HTTP/1.1 server on a raw socket (no framework in between, so the test decides
+/// the framing byte for byte). Every request is answered with 200: `POST /small` with a
+/// short JSON string; `/chunked` with `big` bytes of `a`, chunked, no `Content-Length`;
+/// `/length` with the same announced by `Content-Length`. Big bodies are written in
+/// 64 KiB pieces until the client hangs up; `written` counts the body bytes that went out.
+pub struct BigBodyServer {
+    /// `127.0.0.1:PORT`.
+    pub addr: std::net::SocketAddr,
+    /// Body bytes written so far, over all requests.
+    pub written: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Big responses that ended: sent whole, or cut off by the client hanging up.
+    pub ended: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BigBodyServer {
+    /// Starts it on a free port; it runs until the test's runtime ends.
+    pub async fn start(big: usize) -> BigBodyServer {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let written = std::sync::Arc::new(AtomicUsize::new(0));
+        let ended = std::sync::Arc::new(AtomicUsize::new(0));
+        let (count, ends) = (written.clone(), ended.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (count, ends) = (count.clone(), ends.clone());
+                tokio::spawn(async move {
+                    // The request head, then as much of its body as it announces.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let want: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() - head_end < want {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    if path == "/small" {
+                        let body = b"\"small\"";
+                        let _ = s
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                                    body.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .await;
+                        let _ = s.write_all(body).await;
+                        return;
+                    }
+                    struct End(std::sync::Arc<AtomicUsize>);
+                    impl Drop for End {
+                        fn drop(&mut self) {
+                            self.0.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    let _end = End(ends);
+                    let chunked = path == "/chunked";
+                    let framing = if chunked {
+                        "transfer-encoding: chunked".to_string()
+                    } else {
+                        format!("content-length: {big}")
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{framing}\r\n\r\n"
+                    );
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let piece = vec![b'a'; 64 << 10];
+                    let mut sent = 0;
+                    while sent < big {
+                        let n = piece.len().min(big - sent);
+                        let mut out = Vec::with_capacity(n + 16);
+                        if chunked {
+                            out.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                        }
+                        out.extend_from_slice(&piece[..n]);
+                        if chunked {
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        if s.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        sent += n;
+                        count.fetch_add(n, Ordering::SeqCst);
+                    }
+                    if chunked {
+                        let _ = s.write_all(b"0\r\n\r\n").await;
+                    }
+                });
+            }
+        });
+        BigBodyServer {
+            addr,
+            written,
+            ended,
+        }
+    }
+
+    /// Body bytes written so far.
+    pub fn written(&self) -> usize {
+        self.written.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Big responses that ended.
+    pub fn ended(&self) -> usize {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
