@@ -75,9 +75,14 @@ pub(crate) async fn execute(
     // The pause gate (see `pause.rs`): a paused queue holds the start here; shutdown
     // hands a held task back instead of waiting for a resume.
     let start = tokio::select! {
+        // The gate first: an open gate lets the run start even once shutdown began
+        // (running tasks get the grace period); only a closed one hands it back.
+        biased;
         s = rt.pause.admit() => Some(s),
         _ = rt.stopping.cancelled() => None,
     };
+    // Shutdown came before the gate opened: the run never started, so it is handed back.
+    let refused = start.is_none();
     let started = Instant::now();
     let outcome = match start {
         Some(start) => {
@@ -95,7 +100,7 @@ pub(crate) async fn execute(
             "not started: the worker is shutting down while the queue is paused",
         )),
     };
-    let interrupted = start_refused(&outcome, &rt) || rt.hard_stop.is_cancelled();
+    let interrupted = refused || rt.hard_stop.is_cancelled();
     let took = started.elapsed();
     tm.duration.record(took.as_secs_f64());
     {
@@ -153,11 +158,6 @@ pub(crate) async fn execute(
         delivery(lane, &entry_id, attempt, recovered),
     );
     rt.settler.send(s);
-}
-
-/// True when the pause gate never let the run start (shutdown came first).
-fn start_refused(outcome: &Outcome, rt: &QueueRuntime) -> bool {
-    matches!(outcome, Outcome::Failed(_)) && rt.stopping.is_cancelled() && rt.pause.is_paused()
 }
 
 /// Runs the handler under `timeout`; a panic or a timeout is a retryable failure. `start`
