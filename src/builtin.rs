@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::rdb::Conn;
 use serde::Deserialize;
 
 use crate::handler::{handler_fn, HandlerError, Registry, TaskContext};
@@ -52,7 +52,7 @@ async fn sleep_cancellable(ctx: &TaskContext, ms: u64) -> Result<(), HandlerErro
 }
 
 /// Registers the `builtin.*` handlers; `builtin.record` writes through `conn`.
-pub fn register(reg: &mut Registry, conn: ConnectionManager) {
+pub fn register(reg: &mut Registry, conn: Conn) {
     let broker = Broker::new(conn);
     reg.register(
         "builtin.noop",

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::rdb::Conn;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics as m;
@@ -13,7 +13,7 @@ use crate::stats;
 
 /// Samples once: one pipelined read per queue.
 pub async fn sample(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     queues: &[String],
     lapse_ms: u64,
 ) -> crate::Result<Vec<stats::QueueStats>> {
@@ -49,7 +49,7 @@ pub async fn sample(
 
 /// Runs until `stop` fires.
 pub async fn run(
-    conn: ConnectionManager,
+    conn: Conn,
     queues: Vec<String>,
     interval: Duration,
     lapse_ms: u64,

@@ -40,12 +40,18 @@ pub struct Config {
     pub orchestrator: OrchestratorConfig,
 }
 
+/// `redis.url` when none is given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
 /// Redis connection settings.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port/db` or `rediss://` for TLS.
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, or `rediss://`), instead of
+    /// `url`: any reachable one gives the slot map. User and password come from the first.
+    pub cluster_nodes: Vec<String>,
     /// Time limit for one (non-blocking) command's reply, in ms.
     pub response_timeout_ms: u64,
     /// Time limit for establishing a connection, in ms.
@@ -64,7 +70,8 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
-            url: "redis://127.0.0.1:6379".into(),
+            url: DEFAULT_REDIS_URL.into(),
+            cluster_nodes: Vec::new(),
             response_timeout_ms: 2_000,
             connect_timeout_ms: 2_000,
             preflight: PreflightMode::Warn,
@@ -543,6 +550,14 @@ impl Config {
         if let Some(v) = get("TASKSTREAM_REDIS_URL") {
             self.redis.url = v;
         }
+        if let Some(v) = get("TASKSTREAM_REDIS_CLUSTER_NODES") {
+            self.redis.cluster_nodes = v
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect();
+        }
         if let Some(v) = get("TASKSTREAM_HTTP_LISTEN") {
             self.http.listen = v;
         }
@@ -598,11 +613,45 @@ impl Config {
                 reason,
             })
         };
-        if !(self.redis.url.starts_with("redis://")
-            || self.redis.url.starts_with("rediss://")
-            || self.redis.url.starts_with("unix://")
-            || self.redis.url.starts_with("redis+unix://"))
-        {
+        let url_scheme_ok = |u: &str| {
+            u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("unix://")
+                || u.starts_with("redis+unix://")
+        };
+        if !self.redis.cluster_nodes.is_empty() {
+            if self.redis.url != DEFAULT_REDIS_URL {
+                bad(
+                    "redis.cluster_nodes".into(),
+                    "set either redis.url (one server) or redis.cluster_nodes (a Redis Cluster), not both".into(),
+                );
+            }
+            for (i, n) in self.redis.cluster_nodes.iter().enumerate() {
+                if !(n.starts_with("redis://") || n.starts_with("rediss://"))
+                    || redis::Client::open(n.as_str()).is_err()
+                {
+                    bad(
+                        format!("redis.cluster_nodes[{i}]"),
+                        format!(
+                            "must be a redis:// or rediss:// URL of a cluster node, got {:?}",
+                            redact_url(n)
+                        ),
+                    );
+                }
+            }
+            let tls = self
+                .redis
+                .cluster_nodes
+                .iter()
+                .filter(|n| n.starts_with("rediss://"))
+                .count();
+            if tls != 0 && tls != self.redis.cluster_nodes.len() {
+                bad(
+                    "redis.cluster_nodes".into(),
+                    "mixes redis:// and rediss:// nodes; a cluster is reached with TLS or without it".into(),
+                );
+            }
+        } else if !url_scheme_ok(&self.redis.url) {
             bad(
                 "redis.url".into(),
                 format!(
@@ -622,9 +671,19 @@ impl Config {
         let r = &self.redis;
         let tls_set =
             r.tls_ca_file.is_some() || r.tls_cert_file.is_some() || r.tls_key_file.is_some();
-        if tls_set && !r.url.starts_with("rediss://") {
+        let tls_url = if r.cluster_nodes.is_empty() {
+            r.url.starts_with("rediss://")
+        } else {
+            r.cluster_nodes.iter().all(|n| n.starts_with("rediss://"))
+        };
+        if tls_set && !tls_url {
             bad(
-                "redis.url".into(),
+                if r.cluster_nodes.is_empty() {
+                    "redis.url"
+                } else {
+                    "redis.cluster_nodes"
+                }
+                .into(),
                 "must be rediss:// when redis.tls_ca_file, tls_cert_file or tls_key_file is set"
                     .into(),
             );

@@ -7,7 +7,7 @@
 //! These functions take a bare connection for the callers that have one; the operator API
 //! is [`crate::inspect::Inspector`].
 
-use redis::aio::ConnectionManager;
+use crate::rdb::Conn;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -33,11 +33,7 @@ impl DeadLetter {
 }
 
 /// Lists up to `count` dead letters, oldest first.
-pub async fn list(
-    conn: &mut ConnectionManager,
-    queue: &str,
-    count: usize,
-) -> Result<Vec<DeadLetter>> {
+pub async fn list(conn: &mut Conn, queue: &str, count: usize) -> Result<Vec<DeadLetter>> {
     Ok(Broker::new(conn.clone())
         .dead_letters(queue, "-", "+", count)
         .await?
@@ -45,7 +41,7 @@ pub async fn list(
 }
 
 /// Requeues one dead letter. Returns 1 when requeued, 0 when gone, -1 when it holds no task.
-pub async fn requeue(conn: &mut ConnectionManager, queue: &str, dlq_id: &str) -> Result<i64> {
+pub async fn requeue(conn: &mut Conn, queue: &str, dlq_id: &str) -> Result<i64> {
     Broker::new(conn.clone())
         .requeue_dead_letter(queue, dlq_id)
         .await
@@ -53,7 +49,7 @@ pub async fn requeue(conn: &mut ConnectionManager, queue: &str, dlq_id: &str) ->
 
 /// Requeues every dead letter present when called (in pages). Letters that die again while
 /// this runs are left alone, so it always ends. Returns (requeued, skipped).
-pub async fn requeue_all(conn: &mut ConnectionManager, queue: &str) -> Result<(u64, u64)> {
+pub async fn requeue_all(conn: &mut Conn, queue: &str) -> Result<(u64, u64)> {
     requeue_all_on(&Broker::new(conn.clone()), queue).await
 }
 
@@ -81,6 +77,6 @@ pub(crate) async fn requeue_all_on(b: &Broker, queue: &str) -> Result<(u64, u64)
 }
 
 /// Deletes the dead-letter stream. Returns how many entries it held.
-pub async fn purge(conn: &mut ConnectionManager, queue: &str) -> Result<u64> {
+pub async fn purge(conn: &mut Conn, queue: &str) -> Result<u64> {
     Broker::new(conn.clone()).purge_dead_letters(queue).await
 }

@@ -183,6 +183,37 @@ impl QueueKeys {
     }
 }
 
+/// The Redis Cluster slot of `key` (0..16384): CRC16 (XMODEM) of the key, or of its hash
+/// tag — the part between the first `{` and the next `}` when that is not empty — modulo
+/// 16384, as Redis computes it (`CLUSTER KEYSLOT`).
+pub fn slot(key: &str) -> u16 {
+    let b = key.as_bytes();
+    let hashed = match b.iter().position(|&c| c == b'{') {
+        Some(open) => match b[open + 1..].iter().position(|&c| c == b'}') {
+            Some(len) if len > 0 => &b[open + 1..open + 1 + len],
+            _ => b,
+        },
+        None => b,
+    };
+    crc16(hashed) % 16384
+}
+
+/// CRC16-CCITT (XMODEM: polynomial 0x1021, initial 0), the hash of Redis Cluster slots.
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= (byte as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 /// The set of all known queue names, so `stats` and `dlq` can find queues that a
 /// producer created before any worker was configured for them.
 pub fn queues_registry() -> String {
@@ -216,6 +247,24 @@ mod tests {
         assert_eq!(all[0], "", "the default bulk stream keeps bare entry ids");
         let unique: std::collections::HashSet<_> = all.iter().collect();
         assert_eq!(unique.len(), 4, "{all:?}");
+    }
+
+    #[test]
+    fn slots_are_the_ones_redis_computes() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("bar"), 5061);
+        assert_eq!(slot("{user1000}.following"), slot("user1000"));
+        assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}"));
+        assert_ne!(
+            slot("foo{}{bar}"),
+            slot("bar"),
+            "an empty tag hashes the whole key"
+        );
+        let k = QueueKeys::new("orders");
+        assert_eq!(slot(&k.stream), slot(&k.express));
+        assert_eq!(slot(&k.stream), slot("orders"));
     }
 
     #[test]

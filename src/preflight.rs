@@ -10,7 +10,7 @@
 //! says `preflight = "refuse"`. A check that cannot run (e.g. `CONFIG` disabled by a managed
 //! service) is reported as unknown, never as a failure.
 
-use redis::aio::ConnectionManager;
+use crate::rdb::Conn;
 
 use crate::config::PreflightMode;
 use crate::error::{Error, Result};
@@ -95,7 +95,7 @@ pub struct ServerFacts {
 }
 
 /// Reads the facts from the server and evaluates them.
-pub async fn check(conn: &mut ConnectionManager) -> Result<Report> {
+pub async fn check(conn: &mut Conn) -> Result<Report> {
     let f = Broker::new(conn.clone()).server_facts().await?;
     Ok(evaluate(
         &f.version,
@@ -106,7 +106,7 @@ pub async fn check(conn: &mut ConnectionManager) -> Result<Report> {
 }
 
 /// Runs the checks and applies `mode`: logs every problem; refuses when asked to.
-pub async fn run(conn: &mut ConnectionManager, mode: PreflightMode) -> Result<Report> {
+pub async fn run(conn: &mut Conn, mode: PreflightMode) -> Result<Report> {
     let r = check(conn).await?;
     for u in &r.unknown {
         tracing::info!(check = %u, "redis preflight: check skipped");

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::rdb::Conn;
 use serde::Serialize;
 
 use crate::config::ProducerConfig;
@@ -145,7 +145,7 @@ pub struct Enqueued {
 /// Enqueues tasks.
 #[derive(Clone)]
 pub struct Producer {
-    conn: ConnectionManager,
+    conn: Conn,
     cfg: ProducerConfig,
     known_queues: Arc<Mutex<HashSet<String>>>,
     /// Routes (task type → pool) of the queues this producer sent to, cached for
@@ -165,10 +165,10 @@ pub fn new_traceparent() -> String {
 }
 
 impl Producer {
-    /// A producer on an existing connection.
-    pub fn new(conn: ConnectionManager, cfg: ProducerConfig) -> Self {
+    /// A producer on an existing connection (a `ConnectionManager` converts).
+    pub fn new(conn: impl Into<Conn>, cfg: ProducerConfig) -> Self {
         Producer {
-            conn,
+            conn: conn.into(),
             cfg,
             known_queues: Arc::new(Mutex::new(HashSet::new())),
             routes: RouteCache::default(),
@@ -188,7 +188,7 @@ impl Producer {
     }
 
     /// The connection, for callers that need other commands.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Conn {
         self.conn.clone()
     }
 

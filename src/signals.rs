@@ -15,7 +15,7 @@
 //! These functions take a bare connection for the callers that have one; the operator API
 //! is [`crate::inspect::Inspector`].
 
-use redis::aio::ConnectionManager;
+use crate::rdb::Conn;
 
 use crate::error::Result;
 use crate::rdb::Broker;
@@ -25,14 +25,14 @@ use crate::task::now_ms;
 pub use crate::signal::SIGNALS_MAXLEN;
 
 /// Sends `signal` to every replica of `queue`; returns its entry id.
-pub async fn send(conn: &ConnectionManager, queue: &str, signal: &Signal) -> Result<String> {
+pub async fn send(conn: &Conn, queue: &str, signal: &Signal) -> Result<String> {
     Broker::new(conn.clone())
         .send_signal(queue, signal, now_ms())
         .await
 }
 
 /// Cancels task `task_id` of `queue` (queued or running).
-pub async fn cancel_task(conn: &mut ConnectionManager, queue: &str, task_id: &str) -> Result<()> {
+pub async fn cancel_task(conn: &mut Conn, queue: &str, task_id: &str) -> Result<()> {
     let s = Signal::Cancel {
         task_id: task_id.to_string(),
     };
@@ -41,13 +41,13 @@ pub async fn cancel_task(conn: &mut ConnectionManager, queue: &str, task_id: &st
 }
 
 /// Pauses delivery of `queue` on every replica; nothing is lost, tasks wait in the stream.
-pub async fn pause(conn: &mut ConnectionManager, queue: &str) -> Result<()> {
+pub async fn pause(conn: &mut Conn, queue: &str) -> Result<()> {
     send(conn, queue, &Signal::Pause).await?;
     Ok(())
 }
 
 /// Resumes delivery of `queue`.
-pub async fn resume(conn: &mut ConnectionManager, queue: &str) -> Result<()> {
+pub async fn resume(conn: &mut Conn, queue: &str) -> Result<()> {
     send(conn, queue, &Signal::Resume).await?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! exports as gauges. Read from Redis, not from process memory, so any replica (or the CLI
 //! on an operator's laptop) reports the same truth.
 
-use redis::aio::ConnectionManager;
+use crate::rdb::Conn;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -83,7 +83,7 @@ pub struct QueueCounters {
 
 /// Names of all known queues: the registry set plus `extra` (e.g. configured queues),
 /// sorted.
-pub async fn queue_names(conn: &mut ConnectionManager, extra: &[String]) -> Result<Vec<String>> {
+pub async fn queue_names(conn: &mut Conn, extra: &[String]) -> Result<Vec<String>> {
     let mut names = Broker::new(conn.clone()).registered_queues().await?;
     for e in extra {
         if !names.contains(e) {
@@ -96,11 +96,7 @@ pub async fn queue_names(conn: &mut ConnectionManager, extra: &[String]) -> Resu
 
 /// Reads the statistics of `queue` (kept for callers holding a bare connection; the
 /// operator API is [`crate::inspect::Inspector`]).
-pub async fn queue_stats(
-    conn: &mut ConnectionManager,
-    queue: &str,
-    lapse_ms: u64,
-) -> Result<QueueStats> {
+pub async fn queue_stats(conn: &mut Conn, queue: &str, lapse_ms: u64) -> Result<QueueStats> {
     Broker::new(conn.clone()).queue_stats(queue, lapse_ms).await
 }
 
@@ -146,10 +142,7 @@ pub fn render_table(stats: &[QueueStats], rates: Option<&[f64]>) -> String {
 
 /// Tasks finished per queue so far (`ts:{q}:counters` field `done`, kept by the ackers),
 /// for the throughput column of `stats --watch` and the demo's progress line.
-pub async fn completed_counts(
-    conn: &mut ConnectionManager,
-    queues: &[String],
-) -> Result<Vec<(String, u64)>> {
+pub async fn completed_counts(conn: &mut Conn, queues: &[String]) -> Result<Vec<(String, u64)>> {
     Ok(Broker::new(conn.clone())
         .counters(queues)
         .await?

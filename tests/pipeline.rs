@@ -78,7 +78,7 @@ fn recording(log: &Log, fail_until: u32, permanent: bool) -> impl taskstream::Ha
     })
 }
 
-async fn pending(conn: &mut redis::aio::ConnectionManager, stream: &str) -> u64 {
+async fn pending(conn: &mut taskstream::rdb::Conn, stream: &str) -> u64 {
     let v: redis::Value = redis::cmd("XPENDING")
         .arg(stream)
         .arg("taskstream")

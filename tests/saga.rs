@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use taskstream::rdb::Conn as ConnectionManager;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

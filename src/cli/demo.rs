@@ -82,7 +82,7 @@ fn record_wait(waits: &Arc<Mutex<Waits>>, ctx: &TaskContext) {
     }
 }
 
-fn demo_registry(waits: Arc<Mutex<Waits>>, conn: redis::aio::ConnectionManager) -> Registry {
+fn demo_registry(waits: Arc<Mutex<Waits>>, conn: crate::rdb::Conn) -> Registry {
     let mut reg = Registry::new();
     crate::saga::demo_handlers::register(&mut reg, conn);
     let w = waits.clone();

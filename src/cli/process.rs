@@ -51,10 +51,7 @@ pub(crate) fn shutdown_token(run_for: Option<Duration>) -> CancellationToken {
 }
 
 /// The handlers the binary serves: built-ins (when enabled) and configured HTTP handlers.
-pub(crate) fn registry(
-    cfg: &Config,
-    conn: redis::aio::ConnectionManager,
-) -> anyhow::Result<Registry> {
+pub(crate) fn registry(cfg: &Config, conn: crate::rdb::Conn) -> anyhow::Result<Registry> {
     let mut reg = Registry::new();
     if cfg.worker.builtin_handlers {
         crate::builtin::register(&mut reg, conn.clone());

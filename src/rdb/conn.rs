@@ -21,10 +21,25 @@
 //! connections are named by a post-create hook, which runs for every new connection.
 //! A server that refuses `CLIENT SETNAME` (an ACL without `+client|setname`) costs the
 //! name only, never the connection.
+//!
+//! Redis Cluster (issue 11): with `redis.cluster_nodes` set, [`Conn`] is the redis
+//! crate's cluster connection instead of one manager. It learns the slot map from the
+//! seed nodes, routes each command by its first key, follows `MOVED`/`ASK`, retries
+//! `TRYAGAIN` and refreshes the map after a failover; a command that still fails (a master
+//! down until its replica is promoted) comes back as an error and the caller's loop
+//! retries it with backoff, as for one server. Blocking reads get a cluster connection of
+//! their own per reader ([`ReaderPool::Cluster`]): a reader reads one queue, whose keys
+//! share one slot, so its connection's traffic all goes to the shard that holds that
+//! queue — a dedicated connection per shard — and a reshard or failover that moves the
+//! slot is followed by the same routing. Cluster connections carry no client name:
+//! `CLIENT SETNAME` would name one node's connection only.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::config::RedisConfig;
 use crate::error::{Error, Result};
@@ -127,6 +142,113 @@ pub fn tls_certificates(cfg: &RedisConfig) -> Result<Option<redis::TlsCertificat
     }))
 }
 
+/// The command connection: to one Redis server, or to a Redis Cluster. Cheap to clone
+/// (clones share the underlying connections).
+#[derive(Clone)]
+pub enum Conn {
+    /// One server, through a manager that reconnects by itself.
+    Single(ConnectionManager),
+    /// A Redis Cluster (`redis.cluster_nodes`): routed by key, following `MOVED`/`ASK`.
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// True on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}
+
+impl From<ConnectionManager> for Conn {
+    fn from(c: ConnectionManager) -> Self {
+        Conn::Single(c)
+    }
+}
+
+impl From<ClusterConnection> for Conn {
+    fn from(c: ClusterConnection) -> Self {
+        Conn::Cluster(c)
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Single(_) => "Conn::Single",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// What the log and errors call the Redis of `cfg`: its URL, or its seed nodes.
+pub fn describe(cfg: &RedisConfig) -> String {
+    if cfg.cluster_nodes.is_empty() {
+        crate::config::redact_url(&cfg.url)
+    } else {
+        let nodes: Vec<String> = cfg
+            .cluster_nodes
+            .iter()
+            .map(|n| crate::config::redact_url(n))
+            .collect();
+        format!("cluster {}", nodes.join(","))
+    }
+}
+
+/// Builds the cluster client for `cfg.cluster_nodes`, whose replies may take `response`.
+/// Same TLS setup as [`client`]; user and password come from the first seed URL.
+fn cluster_client(cfg: &RedisConfig, response: Duration) -> Result<ClusterClient> {
+    let first = cfg.cluster_nodes.first().map(String::as_str).unwrap_or("");
+    if let Ok(info) = redis::IntoConnectionInfo::into_connection_info(first) {
+        super::noperm::configured_user(info.redis_settings().username());
+    }
+    let mut b = ClusterClientBuilder::new(cfg.cluster_nodes.iter().map(String::as_str))
+        .response_timeout(response)
+        // A request may be redirected or retried while a slot moves or a replica takes
+        // over; the whole of it gets a few reply times before it fails to the caller.
+        .overall_response_timeout(Some(response * 3))
+        .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .retries(6)
+        .min_retry_wait(50)
+        .max_retry_wait(2_000);
+    if let Some(certs) = tls_certificates(cfg)? {
+        b = b.certs(certs);
+    }
+    b.build().map_err(|e| {
+        Error::Config(format!(
+            "redis.cluster_nodes {} is not usable: {e}",
+            describe(cfg)
+        ))
+    })
+}
+
 /// Builds the client for `cfg.url`, with the CA and client certificate of `cfg` when set.
 pub fn client(cfg: &RedisConfig) -> Result<redis::Client> {
     let c = build_client(cfg)?;
@@ -180,7 +302,10 @@ pub async fn connect(
     cfg: &RedisConfig,
     cancel: &tokio_util::sync::CancellationToken,
     name: ClientName,
-) -> Result<ConnectionManager> {
+) -> Result<Conn> {
+    if !cfg.cluster_nodes.is_empty() {
+        return connect_cluster(cfg, cancel).await;
+    }
     let client = client(cfg)?;
     let mcfg = ConnectionManagerConfig::new()
         .set_response_timeout(Some(Duration::from_millis(cfg.response_timeout_ms)))
@@ -202,7 +327,7 @@ pub async fn connect(
                     );
                 }
                 crate::health::set_redis_up(true);
-                return Ok(c);
+                return Ok(Conn::Single(c));
             }
             Err(e) => {
                 attempt += 1;
@@ -215,6 +340,43 @@ pub async fn connect(
                     error = %e,
                     hint = tls_hint(&e, cfg).unwrap_or(""),
                     "redis unreachable, retrying with backoff"
+                );
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(Error::Redis(e)),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// [`connect`] for a cluster: retries with backoff until the seed nodes give a slot map.
+async fn connect_cluster(
+    cfg: &RedisConfig,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Conn> {
+    let client = cluster_client(cfg, Duration::from_millis(cfg.response_timeout_ms))?;
+    let mut attempt: u32 = 0;
+    loop {
+        match client.get_async_connection().await {
+            Ok(c) => {
+                if attempt > 0 {
+                    tracing::info!(redis = %describe(cfg), attempts = attempt + 1, "connected to redis cluster");
+                }
+                crate::health::set_redis_up(true);
+                return Ok(Conn::Cluster(c));
+            }
+            Err(e) => {
+                attempt += 1;
+                crate::health::set_redis_up(false);
+                let delay = reconnect_delay(attempt);
+                tracing::warn!(
+                    redis = %describe(cfg),
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    error = %e,
+                    hint = tls_hint(&e, cfg).unwrap_or(""),
+                    "redis cluster unreachable, retrying with backoff"
                 );
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(Error::Redis(e)),
@@ -252,8 +414,89 @@ pub fn reconnect_delay(attempt: u32) -> Duration {
     .delay_random(attempt)
 }
 
-/// Exclusive connections for blocking reads.
-pub type ReaderPool = deadpool_redis::Pool;
+/// Where exclusive connections for blocking reads come from.
+#[derive(Clone)]
+pub enum ReaderPool {
+    /// One server: a pool of plain connections.
+    Single(deadpool_redis::Pool),
+    /// A cluster: every [`ReaderPool::get`] opens a cluster connection of its own, which
+    /// its reader keeps (see the module docs).
+    Cluster(Box<ClusterClient>),
+}
+
+impl std::fmt::Debug for ReaderPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReaderPool::Single(_) => "ReaderPool::Single",
+            ReaderPool::Cluster(_) => "ReaderPool::Cluster",
+        })
+    }
+}
+
+impl ReaderPool {
+    /// An exclusive connection. The error says why none could be had.
+    pub async fn get(&self) -> std::result::Result<ReaderConn, String> {
+        match self {
+            ReaderPool::Single(p) => p
+                .get()
+                .await
+                .map(ReaderConn::Single)
+                .map_err(|e| e.to_string()),
+            ReaderPool::Cluster(c) => c
+                .get_async_connection()
+                .await
+                .map(ReaderConn::Cluster)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// One exclusive connection from a [`ReaderPool`].
+pub enum ReaderConn {
+    /// A pooled connection to one server (back to the pool when dropped).
+    Single(deadpool_redis::Connection),
+    /// A cluster connection of its own (closed when dropped).
+    Cluster(ClusterConnection),
+}
+
+impl ReaderConn {
+    /// Closes the connection instead of returning it to the pool (after a failure it may
+    /// hold a half-read reply).
+    pub fn discard(self) {
+        match self {
+            ReaderConn::Single(c) => drop(deadpool_redis::Connection::take(c)),
+            ReaderConn::Cluster(c) => drop(c),
+        }
+    }
+}
+
+impl ConnectionLike for ReaderConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            ReaderConn::Single(c) => c.req_packed_command(cmd),
+            ReaderConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            ReaderConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            ReaderConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            ReaderConn::Single(c) => c.get_db(),
+            ReaderConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 /// Builds the pool of blocking-read connections, each named `name`; replies may take
 /// `block` plus the normal response timeout. Same TLS setup as [`client`].
@@ -263,6 +506,10 @@ pub fn reader_pool(
     size: usize,
     name: ClientName,
 ) -> Result<ReaderPool> {
+    if !cfg.cluster_nodes.is_empty() {
+        let response = block + Duration::from_millis(cfg.response_timeout_ms);
+        return Ok(ReaderPool::Cluster(Box::new(cluster_client(cfg, response)?)));
+    }
     let conn_cfg = redis::AsyncConnectionConfig::new()
         .set_response_timeout(Some(block + Duration::from_millis(cfg.response_timeout_ms)))
         .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
@@ -280,6 +527,7 @@ pub fn reader_pool(
         .max_size(size.max(1))
         .runtime(deadpool_redis::Runtime::Tokio1)
         .build()
+        .map(ReaderPool::Single)
         .map_err(|e| Error::Pool(e.to_string()))
 }
 

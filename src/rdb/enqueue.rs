@@ -27,6 +27,16 @@ pub(crate) enum Placement {
     },
 }
 
+impl Placement {
+    /// The key the add writes.
+    pub(crate) fn key(&self) -> &str {
+        match self {
+            Placement::Stream { stream, .. } => stream,
+            Placement::Scheduled { set, .. } => set,
+        }
+    }
+}
+
 /// One task to add.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct NewEntry {
@@ -59,57 +69,68 @@ impl Broker {
         Ok(())
     }
 
-    /// Adds every entry in one pipelined round trip; each add is atomic on its own.
+    /// Adds every entry in one pipelined round trip; each add is atomic on its own. On a
+    /// Redis Cluster one pipeline may only touch one slot, so the entries are grouped by
+    /// the slot of their target key and each group goes in its own pipeline, all at once.
     pub(crate) async fn enqueue(&self, entries: &[NewEntry]) -> Result<Vec<Added>> {
-        let mut p = Pipeline::with_capacity(entries.len());
-        for e in entries {
-            match (&e.idem, &e.placement) {
-                (None, Placement::Stream { stream, fields }) => {
-                    let mut c = redis::cmd("XADD");
-                    c.arg(stream).arg("*");
-                    for (k, v) in fields {
-                        c.arg(*k).arg(v);
+        if self.is_cluster() {
+            let mut groups: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+            for (i, e) in entries.iter().enumerate() {
+                groups
+                    .entry(crate::keys::slot(e.placement.key()))
+                    .or_default()
+                    .push(i);
+            }
+            if groups.len() > 1 {
+                let mut set = tokio::task::JoinSet::new();
+                for (_, idx) in groups {
+                    let broker = self.clone();
+                    let part: Vec<NewEntry> = idx.iter().map(|&i| entries[i].clone()).collect();
+                    set.spawn(async move { (idx, broker.enqueue_one_slot(&part).await) });
+                }
+                let mut out: Vec<Option<Added>> = vec![None; entries.len()];
+                while let Some(r) = set.join_next().await {
+                    let (idx, added) = r.map_err(|e| Error::Pool(format!("enqueue task: {e}")))?;
+                    for (i, a) in idx.into_iter().zip(added?) {
+                        out[i] = Some(a);
                     }
-                    p.add_command(c);
                 }
-                (
-                    None,
-                    Placement::Scheduled {
-                        set,
-                        due_ms,
-                        member,
-                    },
-                ) => {
-                    p.cmd("ZADD").arg(set).arg(*due_ms).arg(member);
-                }
-                (Some((key, window_ms)), placement) => {
-                    let window = window_ms.to_string();
-                    let mut args: Vec<&[u8]> = vec![e.task_id.as_bytes(), window.as_bytes()];
-                    let due;
-                    let target = match placement {
-                        Placement::Scheduled {
-                            set,
-                            due_ms,
-                            member,
-                        } => {
-                            due = due_ms.to_string();
-                            args.extend([b"z".as_slice(), due.as_bytes(), member.as_bytes()]);
-                            set
-                        }
-                        Placement::Stream { stream, fields } => {
-                            args.push(b"x");
-                            for (k, v) in fields {
-                                args.push(k.as_bytes());
-                                args.push(v.as_bytes());
-                            }
-                            stream
-                        }
-                    };
-                    p.add_command(super::evalsha(ScriptId::EnqueueIdem, &[key, target], args));
-                }
+                return Ok(out
+                    .into_iter()
+                    .map(|a| a.expect("one reply per entry"))
+                    .collect());
             }
         }
-        let replies: Vec<Value> = self.pipe(&p).await?;
+        self.enqueue_one_slot(entries).await
+    }
+
+    /// [`Broker::enqueue`] of entries that share one slot (or on one server).
+    ///
+    /// The pipeline reports each command's error on its own (`ignore_errors`): a Redis
+    /// that lost its scripts (restarted, failed over, never loaded: a producer does not
+    /// load them) answers NOSCRIPT to the idempotent adds only, while the plain adds
+    /// beside them went in. Only the refused adds are sent again, after loading the
+    /// scripts; resending the whole pipeline, as it once did, added every plain task of
+    /// the batch twice (the first cluster test caught it).
+    async fn enqueue_one_slot(&self, entries: &[NewEntry]) -> Result<Vec<Added>> {
+        let all: Vec<&NewEntry> = entries.iter().collect();
+        let mut replies: Vec<Value> = build(&all).query_async(&mut self.c()).await?;
+        let refused: Vec<usize> = (0..replies.len())
+            .filter(|&i| matches!(&replies[i], Value::ServerError(e) if e.code() == "NOSCRIPT"))
+            .collect();
+        if !refused.is_empty() {
+            self.load_scripts().await?;
+            let again: Vec<&NewEntry> = refused.iter().map(|&i| &entries[i]).collect();
+            let second: Vec<Value> = build(&again).query_async(&mut self.c()).await?;
+            for (i, v) in refused.into_iter().zip(second) {
+                replies[i] = v;
+            }
+        }
+        if let Some(Value::ServerError(e)) =
+            replies.iter().find(|v| matches!(v, Value::ServerError(_)))
+        {
+            return Err(Error::Redis(e.clone().into()));
+        }
         entries
             .iter()
             .zip(replies)
@@ -130,4 +151,58 @@ impl Broker {
             })
             .collect()
     }
+}
+
+/// The pipeline that adds `entries`, errors reported per command.
+fn build(entries: &[&NewEntry]) -> Pipeline {
+    let mut p = Pipeline::with_capacity(entries.len());
+    p.ignore_errors();
+    for e in entries {
+        match (&e.idem, &e.placement) {
+            (None, Placement::Stream { stream, fields }) => {
+                let mut c = redis::cmd("XADD");
+                c.arg(stream).arg("*");
+                for (k, v) in fields {
+                    c.arg(*k).arg(v);
+                }
+                p.add_command(c);
+            }
+            (
+                None,
+                Placement::Scheduled {
+                    set,
+                    due_ms,
+                    member,
+                },
+            ) => {
+                p.cmd("ZADD").arg(set).arg(*due_ms).arg(member);
+            }
+            (Some((key, window_ms)), placement) => {
+                let window = window_ms.to_string();
+                let mut args: Vec<&[u8]> = vec![e.task_id.as_bytes(), window.as_bytes()];
+                let due;
+                let target = match placement {
+                    Placement::Scheduled {
+                        set,
+                        due_ms,
+                        member,
+                    } => {
+                        due = due_ms.to_string();
+                        args.extend([b"z".as_slice(), due.as_bytes(), member.as_bytes()]);
+                        set
+                    }
+                    Placement::Stream { stream, fields } => {
+                        args.push(b"x");
+                        for (k, v) in fields {
+                            args.push(k.as_bytes());
+                            args.push(v.as_bytes());
+                        }
+                        stream
+                    }
+                };
+                p.add_command(super::evalsha(ScriptId::EnqueueIdem, &[key, target], args));
+            }
+        }
+    }
+    p
 }

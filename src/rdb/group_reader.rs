@@ -39,7 +39,7 @@ pub(crate) struct GroupReader {
     /// Metric label of the operation (`xreadgroup`, `saga_replies`).
     op: &'static str,
     /// The connection, while it is trusted.
-    conn: Option<deadpool_redis::Connection>,
+    conn: Option<super::ReaderConn>,
     /// Consecutive failures (the backoff exponent).
     failures: u32,
     /// Set on every new connection until [`GroupReader::take_fresh`] reads it.
@@ -119,7 +119,7 @@ impl GroupReader {
     /// the reply was read completely.
     pub(crate) fn recycle(&mut self) {
         if let Some(c) = self.conn.take() {
-            let _ = deadpool_redis::Connection::take(c);
+            c.discard();
             self.recycled = true;
         }
     }
@@ -184,7 +184,7 @@ impl GroupReader {
                 self.failures += 1;
                 // The connection may hold a half-read reply: never reuse it.
                 if let Some(c) = self.conn.take() {
-                    let _ = deadpool_redis::Connection::take(c);
+                    c.discard();
                 }
                 if e.code() == Some("NOGROUP") {
                     tracing::warn!(reader = %self.what, stream = %self.stream, "consumer group missing (Redis restarted empty, failed over, or the stream was deleted), recreating it");

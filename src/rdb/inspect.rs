@@ -255,15 +255,18 @@ impl Broker {
         if queues.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = Pipeline::new();
-        for q in queues {
-            p.cmd("HMGET")
-                .arg(QueueKeys::new(q).counters)
-                .arg("done")
-                .arg("retried")
-                .arg("dead");
-        }
-        let v: Vec<(Option<u64>, Option<u64>, Option<u64>)> = self.pipe(&p).await?;
+        let keys: Vec<String> = queues.iter().map(|q| QueueKeys::new(q).counters).collect();
+        let cmds = keys.iter().map(|k| {
+            let mut c = redis::cmd("HMGET");
+            c.arg(k).arg("done").arg("retried").arg("dead");
+            (k.as_str(), c)
+        });
+        let v = self.pipe_per_slot(cmds.collect()).await?;
+        let v: Vec<(Option<u64>, Option<u64>, Option<u64>)> = v
+            .into_iter()
+            .map(redis::from_redis_value)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| crate::Error::Redis(e.into()))?;
         Ok(queues
             .iter()
             .zip(v)

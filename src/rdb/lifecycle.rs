@@ -21,11 +21,13 @@ impl Broker {
     /// Records each `(heartbeat set, consumer)` as alive at `score` (Unix ms; 0 marks the
     /// consumer gone, so recoverers take its leftovers without waiting for the lapse).
     pub(crate) async fn beat(&self, members: &[(&str, &str)], score: u64) -> Result<()> {
-        let mut p = Pipeline::with_capacity(members.len());
-        for (set, consumer) in members {
-            p.cmd("ZADD").arg(*set).arg(score).arg(*consumer).ignore();
-        }
-        Ok(p.query_async::<()>(&mut self.c()).await?)
+        let cmds = members.iter().map(|(set, consumer)| {
+            let mut c = redis::cmd("ZADD");
+            c.arg(*set).arg(score).arg(*consumer);
+            (*set, c)
+        });
+        self.pipe_per_slot(cmds.collect()).await?;
+        Ok(())
     }
 
     /// Refreshes the idle time of `ids` on `stream` (still pending for `consumer`), so the

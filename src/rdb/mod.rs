@@ -10,11 +10,12 @@
 //! Hot-path replies (XREADGROUP) are decoded straight from [`redis::Value`], moving the
 //! field bytes out instead of copying them into maps.
 //!
-//! Connections ([`conn`]): commands go through a multiplexed [`ConnectionManager`], which
-//! reconnects by itself; blocking `XREADGROUP … BLOCK` never runs on it (it would stall
-//! every other command), but on an exclusive connection from a [`ReaderPool`] whose reply
-//! timeout is longer than the block time (redis-rs times replies out after 500 ms by
-//! default).
+//! Connections ([`conn`]): commands go through a multiplexed [`Conn`] — a
+//! `ConnectionManager`, which reconnects by itself, or on a Redis Cluster the cluster
+//! connection, which routes by key; blocking `XREADGROUP … BLOCK` never runs on it (it
+//! would stall every other command), but on an exclusive connection from a [`ReaderPool`]
+//! whose reply timeout is longer than the block time (redis-rs times replies out after
+//! 500 ms by default).
 //!
 //! Permission refusals ([`noperm`]): every reply of the command connection and of the
 //! group readers is watched for `NOPERM`; a refusal is logged with the command and the
@@ -40,7 +41,6 @@ mod inspect;
 mod preflight;
 mod signals;
 
-use redis::aio::ConnectionManager;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -49,8 +49,8 @@ use redis::{Pipeline, RedisError, Value};
 pub(crate) use claim::ClaimScope;
 pub(crate) use conn::hostname;
 pub use conn::{
-    answers_ping, client, connect, reader_pool, reconnect_delay, tls_certificates, ClientName,
-    ReaderPool, Role, NAME_REFRESH,
+    answers_ping, client, connect, describe, reader_pool, reconnect_delay, tls_certificates,
+    ClientName, Conn, ReaderConn, ReaderPool, Role, NAME_REFRESH,
 };
 pub(crate) use enqueue::{Added, NewEntry, Placement};
 pub(crate) use group_reader::GroupReader;
@@ -67,8 +67,8 @@ use crate::keys::QueueKeys;
 /// multiplexed connection inside is shared).
 #[derive(Clone)]
 pub struct Broker {
-    /// The multiplexed command connection.
-    conn: ConnectionManager,
+    /// The multiplexed command connection (one server or a cluster).
+    conn: Conn,
     /// Its ACL user, learned at the first permission refusal (see [`noperm`]).
     user: Arc<OnceLock<String>>,
 }
@@ -81,9 +81,9 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// A broker over an established command connection.
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: impl Into<Conn>) -> Self {
         Broker {
-            conn,
+            conn: conn.into(),
             user: Arc::default(),
         }
     }
@@ -99,13 +99,18 @@ impl Broker {
 
     /// A handle on the command connection, for the methods of this module; its replies
     /// are watched for permission refusals ([`noperm`]).
-    pub(crate) fn c(&self) -> Watched<ConnectionManager> {
+    pub(crate) fn c(&self) -> Watched<Conn> {
         Watched::new(self.conn.clone(), self.user.clone())
+    }
+
+    /// True on a Redis Cluster (pipelines must then stay within one slot).
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
     }
 
     /// The command connection unwatched, for the few commands whose refusal costs nothing
     /// by design (`CONFIG GET` in the preflight, `XINFO STREAM` for the arrival counter).
-    pub(crate) fn raw(&self) -> ConnectionManager {
+    pub(crate) fn raw(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -114,10 +119,50 @@ impl Broker {
         Ok(scripts::load_all(&mut self.c()).await?)
     }
 
+    /// Runs independent commands, each named with the key it touches, and returns their
+    /// replies in order: in one pipeline on one server; on a Redis Cluster in one pipeline
+    /// per slot, all at once (a pipeline may not span slots there). For the few batches
+    /// that span queues (heartbeats of every queue, counters of every queue).
+    pub(crate) async fn pipe_per_slot(&self, cmds: Vec<(&str, redis::Cmd)>) -> Result<Vec<Value>> {
+        let mut groups: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+        if self.is_cluster() {
+            for (i, (key, _)) in cmds.iter().enumerate() {
+                groups.entry(crate::keys::slot(key)).or_default().push(i);
+            }
+        } else {
+            groups.insert(0, (0..cmds.len()).collect());
+        }
+        let cmds: Vec<redis::Cmd> = cmds.into_iter().map(|(_, c)| c).collect();
+        let mut set = tokio::task::JoinSet::new();
+        for (_, idx) in groups {
+            let mut p = Pipeline::with_capacity(idx.len());
+            for &i in &idx {
+                p.add_command(cmds[i].clone());
+            }
+            let mut c = self.c();
+            set.spawn(async move { (idx, p.query_async::<Vec<Value>>(&mut c).await) });
+        }
+        let mut out = vec![Value::Nil; cmds.len()];
+        while let Some(r) = set.join_next().await {
+            let (idx, replies) =
+                r.map_err(|e| crate::Error::Pool(format!("pipeline task: {e}")))?;
+            for (i, v) in idx.into_iter().zip(replies?) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs `pipe`, loading the scripts and retrying once if Redis had lost them.
     pub(crate) async fn pipe<T: redis::FromRedisValue>(&self, pipe: &Pipeline) -> Result<T> {
         Ok(scripts::query_pipe(&mut self.c(), pipe).await?)
     }
+}
+
+/// `(file, source)` of every Lua script the broker runs (for tests and audits that check
+/// where the scripts run, e.g. that each stays within one cluster slot).
+pub fn script_sources() -> impl Iterator<Item = (&'static str, &'static str)> {
+    scripts::TABLE.iter().map(|(_, file, src)| (*file, *src))
 }
 
 /// True when Redis answered NOSCRIPT (scripts flushed, e.g. by a restart).
@@ -126,15 +171,12 @@ pub fn is_noscript(e: &RedisError) -> bool {
 }
 
 /// Loads every script (used after NOSCRIPT).
-pub async fn load_scripts(conn: &mut ConnectionManager) -> Result<()> {
+pub async fn load_scripts(conn: &mut Conn) -> Result<()> {
     Broker::new(conn.clone()).load_scripts().await
 }
 
 /// Runs `pipe`, loading the scripts and retrying once if Redis had lost them.
-pub async fn query_pipe<T: redis::FromRedisValue>(
-    conn: &mut ConnectionManager,
-    pipe: &Pipeline,
-) -> Result<T> {
+pub async fn query_pipe<T: redis::FromRedisValue>(conn: &mut Conn, pipe: &Pipeline) -> Result<T> {
     Broker::new(conn.clone()).pipe(pipe).await
 }
 
@@ -170,11 +212,7 @@ pub async fn ensure_group(
 }
 
 /// Creates every group of a queue on both lanes and records the queue in the registry.
-pub async fn ensure_queue(
-    conn: &mut ConnectionManager,
-    keys: &QueueKeys,
-    groups: &[String],
-) -> Result<()> {
+pub async fn ensure_queue(conn: &mut Conn, keys: &QueueKeys, groups: &[String]) -> Result<()> {
     Broker::new(conn.clone()).ensure_queue(keys, groups).await
 }
 

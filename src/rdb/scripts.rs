@@ -121,9 +121,10 @@ pub(crate) fn script(id: ScriptId) -> &'static Script {
     &COMPILED[id as usize]
 }
 
-/// True when Redis answered NOSCRIPT (scripts flushed, e.g. by a restart).
+/// True when Redis answered NOSCRIPT (scripts flushed, e.g. by a restart). A pipeline's
+/// failures come back as one error that lists them, spelled `NoScript` by the redis crate.
 pub(crate) fn is_noscript(e: &RedisError) -> bool {
-    e.code() == Some("NOSCRIPT") || e.to_string().contains("NOSCRIPT")
+    e.code() == Some("NOSCRIPT") || e.to_string().to_ascii_uppercase().contains("NOSCRIPT")
 }
 
 /// An `EVALSHA` of script `id` with `keys` and `args`, for pipelines.
@@ -143,13 +144,19 @@ pub(crate) fn evalsha<A: redis::ToRedisArgs>(
     c
 }
 
-/// Loads every script of the table (at start and after NOSCRIPT).
+/// Loads every script of the table (at start and after NOSCRIPT). One command per script,
+/// not a pipeline: on a Redis Cluster a lone `SCRIPT LOAD` goes to every node, while a
+/// pipeline without keys would go to one random node and leave the others without the
+/// scripts (the first cluster test caught that).
 pub(crate) async fn load_all(conn: &mut impl ConnectionLike) -> redis::RedisResult<()> {
-    let mut p = Pipeline::with_capacity(TABLE.len());
     for (_, _, src) in TABLE {
-        p.cmd("SCRIPT").arg("LOAD").arg(*src).ignore();
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(*src)
+            .query_async::<()>(conn)
+            .await?;
     }
-    p.query_async::<()>(conn).await
+    Ok(())
 }
 
 /// Runs `pipe`, loading the scripts and retrying once if Redis had lost them.

@@ -218,11 +218,12 @@ impl Broker {
         scope: SettleScope<'_>,
         batch: &[Settlement],
     ) -> Result<()> {
-        let Ok(c) = pool.get().await else {
+        let Ok(mut c) = pool.get().await else {
             return self.settle(scope, batch).await;
         };
-        let mut c = deadpool_redis::Connection::take(c);
-        Ok(super::scripts::query_pipe(&mut c, &build(scope, batch)).await?)
+        let r = super::scripts::query_pipe(&mut c, &build(scope, batch)).await;
+        c.discard();
+        Ok(r?)
     }
 
     /// How many entries of `batch` are still pending for the group (none after a settle

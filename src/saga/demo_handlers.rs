@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::rdb::Conn;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -128,7 +128,7 @@ async fn compensation(ctx: TaskContext, broker: Broker) -> HandlerResult {
 }
 
 /// Registers the seven demo handlers; compensations record themselves through `conn`.
-pub fn register(reg: &mut Registry, conn: ConnectionManager) {
+pub fn register(reg: &mut Registry, conn: Conn) {
     for t in ACTIONS {
         reg.register(t, handler_fn(action));
     }

@@ -5,7 +5,7 @@
 //! event through the same compare-and-set path the orchestrator uses, so an abort racing
 //! a step's reply is settled by the saga's revision, never applied on top of it.
 
-use redis::aio::ConnectionManager;
+use crate::rdb::Conn;
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -51,12 +51,7 @@ fn not_found(id: &str) -> Error {
 /// returns its id. The saga is created and its first step enqueued atomically (to the
 /// stream of the pool serving the step's type, if one does); an orchestrator drives it
 /// from there.
-pub async fn start(
-    conn: &mut ConnectionManager,
-    defs: &[SagaDef],
-    name: &str,
-    input: Value,
-) -> Result<String> {
+pub async fn start(conn: &mut Conn, defs: &[SagaDef], name: &str, input: Value) -> Result<String> {
     let def = find(defs, name)?;
     let w = decide::start_write(def, input, now_ms())?;
     let id = w.id.clone();
@@ -71,7 +66,7 @@ pub async fn start(
 /// Starts one saga `name` per input, pipelined (for load tests and batch jobs); returns
 /// their ids in input order.
 pub async fn start_many(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     defs: &[SagaDef],
     name: &str,
     inputs: Vec<Value>,
@@ -174,7 +169,7 @@ fn view_of(rec: Record, history: Vec<HistoryEntry>, ttl_ms: i64) -> SagaView {
 
 /// Everything about saga `id`: state, steps with status, attempts and timings, errors,
 /// history. [`SagaView::render`] formats it for a terminal.
-pub async fn show(conn: &mut ConnectionManager, id: &str) -> Result<SagaView> {
+pub async fn show(conn: &mut Conn, id: &str) -> Result<SagaView> {
     let d = Broker::new(conn.clone())
         .saga_dump(id)
         .await?
@@ -184,11 +179,7 @@ pub async fn show(conn: &mut ConnectionManager, id: &str) -> Result<SagaView> {
 
 /// Sagas in `state` (a name of [`STATES`], or `active` for those not ended; `None` for
 /// all), those that entered their state most recently first, at most `limit`.
-pub async fn list(
-    conn: &mut ConnectionManager,
-    state: Option<&str>,
-    limit: usize,
-) -> Result<Vec<SagaSummary>> {
+pub async fn list(conn: &mut Conn, state: Option<&str>, limit: usize) -> Result<Vec<SagaSummary>> {
     let states: Vec<&str> = match state {
         None => STATES.to_vec(),
         Some("active") => vec!["pending", "running", "compensating"],
@@ -208,12 +199,7 @@ pub async fn list(
 /// `compensating`, `rolled_back`, or `compensating` already (aborting a rollback changes
 /// nothing). An ended saga cannot be aborted ([`Error::SagaEnded`]); an unknown one is
 /// [`Error::NotFound`].
-pub async fn abort(
-    conn: &mut ConnectionManager,
-    defs: &[SagaDef],
-    id: &str,
-    reason: &str,
-) -> Result<String> {
+pub async fn abort(conn: &mut Conn, defs: &[SagaDef], id: &str, reason: &str) -> Result<String> {
     let trig = Trigger::Abort {
         reason: reason.to_string(),
     };
@@ -242,6 +228,6 @@ pub async fn abort(
 
 /// Counts sagas per state (dropping index entries of finished sagas past the retention)
 /// and overdue ones; the orchestrator samples the gauges with it.
-pub async fn counts(conn: &mut ConnectionManager) -> Result<SagaCounts> {
+pub async fn counts(conn: &mut Conn) -> Result<SagaCounts> {
     Broker::new(conn.clone()).saga_counts(now_ms()).await
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 /// Serializes the heavy tests of one test binary (many processes on a 2-core machine).
 /// An async mutex: every `#[tokio::test]` runs its own runtime, and the guard is held
 /// across awaits for the whole test.
@@ -112,6 +114,22 @@ impl RedisServer {
         );
     }
 
+    /// Starts one on `port`; None when it does not come up there (port taken).
+    pub fn try_start_on(port: u16, args: &[&str]) -> Option<Self> {
+        let mut s = RedisServer {
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        s.spawn().then_some(s)
+    }
+
+    /// True while its process runs.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Starts one on a port chosen now but not yet started (for "Redis down at start").
     pub fn reserve() -> Self {
         let mut s = Self::start();
@@ -185,10 +203,10 @@ impl RedisServer {
             .unwrap()
     }
 
-    /// An async connection manager.
-    pub async fn conn(&self) -> redis::aio::ConnectionManager {
+    /// An async command connection (a connection manager).
+    pub async fn conn(&self) -> taskstream::rdb::Conn {
         let c = redis::Client::open(self.url()).unwrap();
-        redis::aio::ConnectionManager::new(c).await.unwrap()
+        redis::aio::ConnectionManager::new(c).await.unwrap().into()
     }
 
     /// Kills the server with SIGKILL.
