@@ -49,6 +49,12 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port/db` or `rediss://` for TLS.
     pub url: String,
+    /// Replicas that must have each enqueue and each settle before it counts as done
+    /// (`WAIT`); 0 (the default) waits for none. See "Durability across failover".
+    pub wait_replicas: u32,
+    /// How long a write waits for `wait_replicas`, in ms; past it the write is reported as
+    /// not replicated ([`crate::Error::NotReplicated`]).
+    pub wait_timeout_ms: u64,
     /// Seed nodes of a Redis Cluster (`redis://host:port`, or `rediss://`), instead of
     /// `url`: any reachable one gives the slot map. User and password come from the first.
     pub cluster_nodes: Vec<String>,
@@ -72,6 +78,8 @@ impl Default for RedisConfig {
         RedisConfig {
             url: DEFAULT_REDIS_URL.into(),
             cluster_nodes: Vec::new(),
+            wait_replicas: 0,
+            wait_timeout_ms: 1_000,
             response_timeout_ms: 2_000,
             connect_timeout_ms: 2_000,
             preflight: PreflightMode::Warn,
@@ -550,6 +558,15 @@ impl Config {
         if let Some(v) = get("TASKSTREAM_REDIS_URL") {
             self.redis.url = v;
         }
+        if let Some(v) = get("TASKSTREAM_REDIS_WAIT_REPLICAS") {
+            match v.parse() {
+                Ok(n) => self.redis.wait_replicas = n,
+                Err(_) => problems.push(env_problem(
+                    "TASKSTREAM_REDIS_WAIT_REPLICAS",
+                    format!("must be a number of replicas, got {v:?}"),
+                )),
+            }
+        }
         if let Some(v) = get("TASKSTREAM_REDIS_CLUSTER_NODES") {
             self.redis.cluster_nodes = v
                 .split(',')
@@ -715,6 +732,7 @@ impl Config {
         for (key, v) in [
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
+            ("redis.wait_timeout_ms", self.redis.wait_timeout_ms),
             ("worker.block_ms", self.worker.block_ms),
             (
                 "worker.heartbeat_interval_ms",
@@ -741,6 +759,17 @@ impl Config {
             if v == 0 {
                 bad(key.into(), "must be positive".into());
             }
+        }
+        if self.redis.wait_replicas > 0
+            && self.redis.wait_timeout_ms >= self.redis.response_timeout_ms
+        {
+            bad(
+                "redis.wait_timeout_ms".into(),
+                format!(
+                    "must be below redis.response_timeout_ms ({} ms), or the reply times out before WAIT answers; got {}",
+                    self.redis.response_timeout_ms, self.redis.wait_timeout_ms
+                ),
+            );
         }
         let w = &self.worker;
         let mut too_long = |key: String, v: u64| {

@@ -21,6 +21,18 @@ pub enum Error {
         /// The fix: the `ACL SETUSER` line that grants it, and where the roles are documented.
         fix: String,
     },
+    /// The write went to the master but fewer than `redis.wait_replicas` replicas had it
+    /// within `redis.wait_timeout_ms` (`WAIT`): a failover now could lose it. It may still
+    /// replicate later; retrying an enqueue with the same idempotency key is safe.
+    #[error("the write reached {got} of {wanted} replicas within {timeout_ms} ms (redis.wait_replicas): a master failover could lose it; retry with the same idempotency key, or check the replicas (INFO replication)")]
+    NotReplicated {
+        /// Replicas that acknowledged the write.
+        got: u64,
+        /// `redis.wait_replicas`.
+        wanted: u32,
+        /// `redis.wait_timeout_ms`.
+        timeout_ms: u64,
+    },
     /// A connection could not be taken from the pool.
     #[error("redis connection pool: {0}")]
     Pool(String),

@@ -83,6 +83,9 @@ pub const PAUSED: &str = "taskstream_queue_paused";
 /// Runs cut off by shutdown (or held by a pause at shutdown) and handed back at once, on
 /// the same attempt. Labels: queue. Counter.
 pub const HANDED_BACK_TOTAL: &str = "taskstream_tasks_handed_back_total";
+/// Settle batches that fewer than `redis.wait_replicas` replicas acknowledged in time: a
+/// failover then may run those tasks again (never lose them). Labels: queue. Counter.
+pub const SETTLES_NOT_REPLICATED_TOTAL: &str = "taskstream_settles_not_replicated_total";
 /// Tasks that waited for a rate limit before starting. Labels: queue, type.
 pub const THROTTLED_TOTAL: &str = "taskstream_tasks_throttled_total";
 /// Concurrency the SLA controller currently allows. Labels: queue. Gauge.

@@ -152,6 +152,8 @@ pub struct Producer {
     /// [`ROUTES_TTL`]: a task sent with a stale copy lands in the default stream and the
     /// default pool forwards it; nothing is lost.
     routes: RouteCache,
+    /// Replicas every enqueue waits for (`redis.wait_replicas`), if any.
+    wait: Option<rdb::WaitFor>,
 }
 
 pub use crate::routing::ROUTES_TTL;
@@ -172,7 +174,19 @@ impl Producer {
             cfg,
             known_queues: Arc::new(Mutex::new(HashSet::new())),
             routes: RouteCache::default(),
+            wait: None,
         }
+    }
+
+    /// Enqueues return only once `replicas` replicas have the tasks, or fail with
+    /// [`Error::NotReplicated`] after `timeout` (`redis.wait_replicas`, which
+    /// [`Producer::connect`] applies by itself).
+    pub fn wait_replicas(mut self, replicas: u32, timeout: std::time::Duration) -> Self {
+        self.wait = (replicas > 0).then_some(rdb::WaitFor {
+            replicas,
+            timeout_ms: timeout.as_millis().max(1) as u64,
+        });
+        self
     }
 
     /// Connects to Redis (retrying with backoff until it answers).
@@ -184,7 +198,9 @@ impl Producer {
             rdb::ClientName::process(rdb::Role::Producer),
         )
         .await?;
-        Ok(Self::new(conn, cfg.producer.clone()))
+        let mut p = Self::new(conn, cfg.producer.clone());
+        p.wait = rdb::WaitFor::of(&cfg.redis);
+        Ok(p)
     }
 
     /// The connection, for callers that need other commands.
@@ -193,7 +209,7 @@ impl Producer {
     }
 
     fn broker(&self) -> rdb::Broker {
-        rdb::Broker::new(self.conn.clone())
+        rdb::Broker::new(self.conn.clone()).with_wait(self.wait)
     }
 
     fn check(&self, t: &NewTask) -> Result<()> {

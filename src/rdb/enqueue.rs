@@ -114,14 +114,16 @@ impl Broker {
     /// the batch twice (the first cluster test caught it).
     async fn enqueue_one_slot(&self, entries: &[NewEntry]) -> Result<Vec<Added>> {
         let all: Vec<&NewEntry> = entries.iter().collect();
-        let mut replies: Vec<Value> = build(&all).query_async(&mut self.c()).await?;
+        let mut replies: Vec<Value> = self.send(build(&all)).await?;
+        let mut waited = self.wait.and_then(|_| replies.pop());
         let refused: Vec<usize> = (0..replies.len())
             .filter(|&i| matches!(&replies[i], Value::ServerError(e) if e.code() == "NOSCRIPT"))
             .collect();
         if !refused.is_empty() {
             self.load_scripts().await?;
             let again: Vec<&NewEntry> = refused.iter().map(|&i| &entries[i]).collect();
-            let second: Vec<Value> = build(&again).query_async(&mut self.c()).await?;
+            let mut second: Vec<Value> = self.send(build(&again)).await?;
+            waited = self.wait.and_then(|_| second.pop());
             for (i, v) in refused.into_iter().zip(second) {
                 replies[i] = v;
             }
@@ -130,6 +132,10 @@ impl Broker {
             replies.iter().find(|v| matches!(v, Value::ServerError(_)))
         {
             return Err(Error::Redis(e.clone().into()));
+        }
+        if let (Some(w), Some(v)) = (self.wait, waited) {
+            let got: u64 = redis::from_redis_value(v).map_err(|e| Error::Redis(e.into()))?;
+            w.judge(got)?;
         }
         entries
             .iter()
@@ -150,6 +156,17 @@ impl Broker {
                 }
             })
             .collect()
+    }
+}
+
+impl Broker {
+    /// Sends an add pipeline, with `WAIT` at its end when replicas must have the adds
+    /// (its reply is then the last).
+    async fn send(&self, mut p: Pipeline) -> Result<Vec<Value>> {
+        if let Some(w) = &self.wait {
+            p.add_command(w.cmd());
+        }
+        Ok(p.query_async(&mut self.c()).await?)
     }
 }
 

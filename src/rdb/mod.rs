@@ -71,6 +71,54 @@ pub struct Broker {
     conn: Conn,
     /// Its ACL user, learned at the first permission refusal (see [`noperm`]).
     user: Arc<OnceLock<String>>,
+    /// Replicas each enqueue and settle waits for (`redis.wait_replicas`), if any.
+    wait: Option<WaitFor>,
+}
+
+/// `WAIT replicas timeout` after each write that must survive a failover
+/// (`redis.wait_replicas`, `redis.wait_timeout_ms`).
+///
+/// Why: replication is asynchronous, so a master that fails right after acknowledging an
+/// enqueue may take it with it — the promoted replica never saw it (sidekiq#3811, dapr#7291
+/// lost a quarter of its messages on a Sentinel failover). `WAIT` in the same pipeline as
+/// the write holds the reply until that many replicas have it; on a cluster the pipeline
+/// goes to the slot's master, so it waits for that master's replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitFor {
+    /// Replicas that must acknowledge.
+    pub replicas: u32,
+    /// How long to wait for them, in ms.
+    pub timeout_ms: u64,
+}
+
+impl WaitFor {
+    /// The setting of `cfg`: None when `wait_replicas` is 0.
+    pub fn of(cfg: &crate::config::RedisConfig) -> Option<WaitFor> {
+        (cfg.wait_replicas > 0).then_some(WaitFor {
+            replicas: cfg.wait_replicas,
+            timeout_ms: cfg.wait_timeout_ms,
+        })
+    }
+
+    /// The `WAIT` command.
+    pub(crate) fn cmd(&self) -> redis::Cmd {
+        let mut c = redis::cmd("WAIT");
+        c.arg(self.replicas).arg(self.timeout_ms);
+        c
+    }
+
+    /// Ok when `got` replicas are enough.
+    pub(crate) fn judge(&self, got: u64) -> Result<()> {
+        if got >= self.replicas as u64 {
+            Ok(())
+        } else {
+            Err(crate::Error::NotReplicated {
+                got,
+                wanted: self.replicas,
+                timeout_ms: self.timeout_ms,
+            })
+        }
+    }
 }
 
 impl std::fmt::Debug for Broker {
@@ -85,7 +133,14 @@ impl Broker {
         Broker {
             conn: conn.into(),
             user: Arc::default(),
+            wait: None,
         }
+    }
+
+    /// The same broker, waiting for `wait` replicas after each enqueue and settle.
+    pub fn with_wait(mut self, wait: Option<WaitFor>) -> Self {
+        self.wait = wait;
+        self
     }
 
     /// Connects to `cfg`, retrying with backoff until Redis answers or `cancel` fires.
@@ -94,7 +149,7 @@ impl Broker {
         cancel: &tokio_util::sync::CancellationToken,
         name: ClientName,
     ) -> Result<Self> {
-        Ok(Broker::new(connect(cfg, cancel, name).await?))
+        Ok(Broker::new(connect(cfg, cancel, name).await?).with_wait(WaitFor::of(cfg)))
     }
 
     /// A handle on the command connection, for the methods of this module; its replies

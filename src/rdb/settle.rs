@@ -204,7 +204,27 @@ impl Broker {
     /// Settles a batch of deliveries in one pipelined round trip (each settlement atomic on
     /// its own; resending the same batch is harmless).
     pub(crate) async fn settle(&self, scope: SettleScope<'_>, batch: &[Settlement]) -> Result<()> {
-        self.pipe(&build(scope, batch)).await
+        let mut p = build(scope, batch);
+        match self.wait {
+            None => self.pipe(&p).await,
+            Some(w) => {
+                p.add_command(w.cmd());
+                let (got,): (u64,) = self.pipe(&p).await?;
+                self.judge_settle(w, got, scope);
+                Ok(())
+            }
+        }
+    }
+
+    /// A settle that fewer replicas than asked acknowledged is logged and counted, not
+    /// retried: it went through on the master, and if a failover loses it the tasks run
+    /// again (at least once still holds) — blocking every ack while a replica is away would
+    /// stall the workers for no gain in safety.
+    fn judge_settle(&self, w: super::WaitFor, got: u64, scope: SettleScope<'_>) {
+        if let Err(e) = w.judge(got) {
+            tracing::warn!(queue = %scope.keys.queue, error = %e, "settle not replicated in time");
+            metrics::counter!(crate::metrics::SETTLES_NOT_REPLICATED_TOTAL, "queue" => scope.keys.queue.clone()).increment(1);
+        }
     }
 
     /// Like [`Broker::settle`], on an exclusive connection from `pool` that is closed
@@ -221,9 +241,16 @@ impl Broker {
         let Ok(mut c) = pool.get().await else {
             return self.settle(scope, batch).await;
         };
-        let r = super::scripts::query_pipe(&mut c, &build(scope, batch)).await;
+        let mut p = build(scope, batch);
+        if let Some(w) = &self.wait {
+            p.add_command(w.cmd());
+        }
+        let r = super::scripts::query_pipe::<Vec<u64>>(&mut c, &p).await;
         c.discard();
-        Ok(r?)
+        if let (Some(w), Some(got)) = (self.wait, r.as_ref().ok().and_then(|v| v.first())) {
+            self.judge_settle(w, *got, scope);
+        }
+        r.map(|_| ()).map_err(Into::into)
     }
 
     /// How many entries of `batch` are still pending for the group (none after a settle

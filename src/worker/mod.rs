@@ -176,7 +176,7 @@ impl Worker {
             Err(_) if shutdown.is_cancelled() => return Ok(()),
             Err(e) => return Err(e),
         };
-        let broker = rdb::Broker::new(conn.clone());
+        let broker = rdb::Broker::new(conn.clone()).with_wait(rdb::WaitFor::of(&cfg.redis));
         // Preflight, scripts and groups: retried until Redis lets us run them. A refused
         // permission is logged by the broker (command and fix) and shown by /ready.
         let mut attempt = 0;
