@@ -233,3 +233,171 @@ async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
     );
     println!("scripts run on the cluster: {ran:?}; server errors: {errors:?}");
 }
+
+/// A queue name (from `prefix0`, `prefix1`, …) whose slot lives on `master`.
+fn queue_on(cluster: &Cluster, prefix: &str, master: u16) -> String {
+    (0..1000)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|q| cluster.master_of(&format!("{{{q}}}")) == master)
+        .expect("a name on that master")
+}
+
+/// Enqueues `record` tasks in batches of 20 until `stop`, retrying after any error (a
+/// batch that failed is not counted: its tasks may or may not exist). Returns the ids of
+/// every task whose enqueue the producer saw succeed.
+async fn enqueue_until(
+    producer: Producer,
+    queue: String,
+    hits: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) -> (u64, u64) {
+    let (mut ok, mut failed) = (0, 0);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let batch: Vec<NewTask> = (0..20)
+            .map(|_| record(&queue, &hits, serde_json::json!({})))
+            .collect();
+        match producer.enqueue_batch(batch).await {
+            Ok(sent) => {
+                ok += 1;
+                acked
+                    .lock()
+                    .unwrap()
+                    .extend(sent.into_iter().map(|e| e.task_id));
+            }
+            Err(_) => {
+                failed += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await; // back off after an error
+            }
+        }
+    }
+    (ok, failed)
+}
+
+/// One failover drill: a worker and a producer on `queue`, the queue's master killed with
+/// SIGKILL once 1,000 enqueues were acknowledged, enqueueing on until 3,000 more were;
+/// returns (acknowledged, acknowledged but never executed, failed batches).
+async fn failover_drill(
+    cluster: &mut Cluster,
+    queue: &str,
+    hits: &str,
+    wait: bool,
+) -> (usize, Vec<String>, u64) {
+    let extra = if wait {
+        "[redis]\nwait_replicas = 1\nwait_timeout_ms = 500\n"
+    } else {
+        ""
+    };
+    let toml = cluster
+        .worker_toml(
+            queue,
+            "recovery_interval_ms = 200\nheartbeat_interval_ms = 100\nheartbeat_lapse_ms = 800",
+            "",
+        )
+        .replace(
+            "response_timeout_ms = 1000",
+            &format!(
+                "response_timeout_ms = 1000\n{}",
+                extra.trim_start_matches("[redis]\n")
+            ),
+        );
+    let _w = WorkerProc::spawn_named(&toml, &format!("{queue}-w"));
+    let mut cfg = cluster.config();
+    if wait {
+        cfg.redis.wait_replicas = 1;
+        cfg.redis.wait_timeout_ms = 500;
+    }
+    let producer = Producer::connect(&cfg).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let run = tokio::spawn(enqueue_until(
+        producer,
+        queue.to_string(),
+        hits.to_string(),
+        stop.clone(),
+        acked.clone(),
+    ));
+    let count = |a: &std::sync::Arc<std::sync::Mutex<Vec<String>>>| a.lock().unwrap().len();
+    poll(
+        "1,000 enqueues acknowledged",
+        Duration::from_secs(30),
+        || {
+            let n = count(&acked);
+            async move { (n >= 1000).then_some(()) }
+        },
+    )
+    .await;
+    let victim = cluster.master_of(&format!("{{{queue}}}"));
+    cluster.kill(victim);
+    // The replica is promoted; the old master comes back as its replica (with
+    // `wait_replicas = 1` a master without a replica refuses every enqueue, by design).
+    let tag = format!("{{{queue}}}");
+    poll("the replica promoted", Duration::from_secs(30), || {
+        let m = cluster.masters().contains(&victim) || cluster.masters().len() < 3;
+        async move { (!m).then_some(()) }
+    })
+    .await;
+    assert_ne!(cluster.master_of(&tag), victim);
+    cluster.restart(victim);
+    let before = count(&acked);
+    poll(
+        "3,000 more enqueues acknowledged after the failover",
+        Duration::from_secs(60),
+        || {
+            let n = count(&acked);
+            async move { (n >= before + 3000).then_some(()) }
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (_, failed) = run.await.unwrap();
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    // Everything acknowledged that still exists is executed; what a failover lost never
+    // will be. Wait for the first, then count the second.
+    let lost = |ran: &HashMap<String, u64>| -> Vec<String> {
+        acked
+            .iter()
+            .filter(|id| !ran.contains_key(*id))
+            .cloned()
+            .collect()
+    };
+    let mut conn = cluster.sync_conn();
+    let stream = taskstream::keys::QueueKeys::new(queue).stream;
+    poll("the backlog drained", Duration::from_secs(60), || {
+        let n: u64 = redis::cmd("XLEN")
+            .arg(&stream)
+            .query(&mut conn)
+            .unwrap_or(u64::MAX);
+        async move { (n == 0).then_some(()) }
+    })
+    .await;
+    let missing = lost(&cluster.executions(hits));
+    (acked.len(), missing, failed)
+}
+
+/// A master killed mid-run: its replica is promoted, the worker and the producer carry
+/// on. With `wait_replicas = 1` every acknowledged enqueue is executed; without it the
+/// test counts and prints what the failover lost (asynchronous replication may lose the
+/// last writes: the difference is the point of the setting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_mid_run_loses_no_acknowledged_enqueue_with_wait_replicas() {
+    let _g = common::heavy().await;
+    let mut cluster = Cluster::start(3, 1);
+    let masters = cluster.masters();
+    let rec = (0..1000)
+        .map(|i| format!("{{rec{i}}}:hits"))
+        .find(|k| cluster.master_of(k) == masters[2])
+        .unwrap();
+    let safe = queue_on(&cluster, "safe", masters[0]);
+    let (acked, missing, failed) = failover_drill(&mut cluster, &safe, &rec, true).await;
+    println!("wait_replicas = 1: {acked} acknowledged, {} lost, {failed} batches refused during the failover", missing.len());
+    assert!(
+        missing.is_empty(),
+        "acknowledged with wait_replicas = 1 and lost: {missing:?}"
+    );
+    cluster.wait_healthy(3, Duration::from_secs(30));
+
+    let fast = queue_on(&cluster, "fast", masters[1]);
+    let (acked, missing, failed) = failover_drill(&mut cluster, &fast, &rec, false).await;
+    println!("wait_replicas = 0: {acked} acknowledged, {} lost, {failed} batches refused during the failover", missing.len());
+}

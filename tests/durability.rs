@@ -29,7 +29,10 @@ fn master_and_replica() -> (RedisServer, RedisServer) {
         if info.contains("master_link_status:up") {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "replica never synced: {info}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replica never synced: {info}"
+        );
         std::thread::sleep(Duration::from_millis(20)); // poll
     }
     (master, replica)
@@ -61,7 +64,11 @@ async fn an_enqueue_returns_once_the_replica_has_it_and_fails_when_none_does() {
     let mut rc = replica.sync_conn();
     for i in 1..=50u64 {
         p.enqueue(NewTask::raw(q, "t", "{}")).await.unwrap();
-        assert_eq!(xlen(&mut rc, &stream), i, "enqueue {i} returned before the replica had it");
+        assert_eq!(
+            xlen(&mut rc, &stream),
+            i,
+            "enqueue {i} returned before the replica had it"
+        );
     }
     // A batch, idempotent adds included.
     let batch: Vec<NewTask> = (0..20)
@@ -75,12 +82,23 @@ async fn an_enqueue_returns_once_the_replica_has_it_and_fails_when_none_does() {
     let unreplicated = plain.enqueue(NewTask::raw(q, "t", "{}")).await;
     signal(replica.pid(), "CONT");
     match r {
-        Err(taskstream::Error::NotReplicated { got: 0, wanted: 1, timeout_ms: 300 }) => {}
+        Err(taskstream::Error::NotReplicated {
+            got: 0,
+            wanted: 1,
+            timeout_ms: 300,
+        }) => {}
         other => panic!("expected NotReplicated, got {other:?}"),
     }
-    assert!(unreplicated.is_ok(), "without wait_replicas the enqueue does not wait");
+    assert!(
+        unreplicated.is_ok(),
+        "without wait_replicas the enqueue does not wait"
+    );
     p.enqueue(NewTask::raw(q, "t", "{}")).await.unwrap();
-    assert_eq!(xlen(&mut rc, &stream), 73, "the replica caught up with all three");
+    assert_eq!(
+        xlen(&mut rc, &stream),
+        73,
+        "the replica caught up with all three"
+    );
 }
 
 /// A worker with `wait_replicas = 1` sends `WAIT` with its settles: with the replica
@@ -102,11 +120,19 @@ async fn a_worker_settles_through_wait_and_carries_on_when_the_replica_is_away()
         let mut mc = master.sync_conn();
         let key = keys.counters.clone();
         async move {
-            let d: Option<u64> = redis::cmd("HGET").arg(&key).arg("done").query(&mut mc).unwrap();
+            let d: Option<u64> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("done")
+                .query(&mut mc)
+                .unwrap();
             (d == Some(n)).then_some(())
         }
     };
-    let tasks = |n| (0..n).map(|_| NewTask::raw(q, "builtin.noop", "{}")).collect::<Vec<_>>();
+    let tasks = |n| {
+        (0..n)
+            .map(|_| NewTask::raw(q, "builtin.noop", "{}"))
+            .collect::<Vec<_>>()
+    };
     p.enqueue_batch(tasks(100)).await.unwrap();
     poll("100 tasks done", Duration::from_secs(30), || done(100)).await;
     assert!(
@@ -122,11 +148,20 @@ async fn a_worker_settles_through_wait_and_carries_on_when_the_replica_is_away()
 
     signal(replica.pid(), "STOP");
     p.enqueue_batch(tasks(20)).await.unwrap();
-    poll("20 more done with the replica stopped", Duration::from_secs(30), || done(120)).await;
-    poll("the unreplicated settles reported", Duration::from_secs(10), || {
-        let seen = w.log_text().contains("settle not replicated");
-        async move { seen.then_some(()) }
-    })
+    poll(
+        "20 more done with the replica stopped",
+        Duration::from_secs(30),
+        || done(120),
+    )
+    .await;
+    poll(
+        "the unreplicated settles reported",
+        Duration::from_secs(10),
+        || {
+            let seen = w.log_text().contains("settle not replicated");
+            async move { seen.then_some(()) }
+        },
+    )
     .await;
     signal(replica.pid(), "CONT");
 }

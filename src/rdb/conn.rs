@@ -508,7 +508,9 @@ pub fn reader_pool(
 ) -> Result<ReaderPool> {
     if !cfg.cluster_nodes.is_empty() {
         let response = block + Duration::from_millis(cfg.response_timeout_ms);
-        return Ok(ReaderPool::Cluster(Box::new(cluster_client(cfg, response)?)));
+        return Ok(ReaderPool::Cluster(Box::new(cluster_client(
+            cfg, response,
+        )?)));
     }
     let conn_cfg = redis::AsyncConnectionConfig::new()
         .set_response_timeout(Some(block + Duration::from_millis(cfg.response_timeout_ms)))

@@ -335,6 +335,12 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Starts killed node `port` again (same port and `nodes.conf`: it rejoins the
+    /// cluster, as a replica when its slots were failed over meanwhile).
+    pub fn restart(&mut self, port: u16) {
+        self.nodes.get_mut(&port).expect("a node").restart();
+    }
+
     /// Kills node `port` with SIGKILL.
     pub fn kill(&mut self, port: u16) {
         self.nodes.get_mut(&port).expect("a node").kill();
