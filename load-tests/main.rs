@@ -90,6 +90,16 @@ enum Mode {
         #[arg(long, default_value_t = 10)]
         fail_every: usize,
     },
+    /// End-to-end throughput with `redis.wait_replicas = 1` against 0, on a private master
+    /// with one replica, alternated over rounds (the cost of surviving a failover).
+    Durability {
+        /// Tasks per round.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        /// Rounds of each setting.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+    },
     /// Re-delivery delay after SIGKILL of the worker holding a task.
     Recovery {
         /// Kills.
@@ -245,8 +255,10 @@ async fn end_to_end(
     n: usize,
     concurrency: usize,
     queue: &str,
+    wait_replicas: u32,
 ) -> Result<(f64, Vec<f64>, Vec<(u64, u64)>)> {
-    let cfg = base_config(url, queue, concurrency);
+    let mut cfg = base_config(url, queue, concurrency);
+    cfg.redis.wait_replicas = wait_replicas;
     let done = Arc::new(AtomicU64::new(0));
     let lat: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let rss: Arc<Mutex<Vec<(u64, u64)>>> = Default::default();
@@ -329,7 +341,7 @@ async fn throughput(
 ) -> Result<()> {
     println!("throughput: {tasks} no-op tasks, concurrency {concurrency}, producer + worker + Redis on this machine ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     let bound1 = lua_bound(url, script, tasks).await?;
-    let (tps, mut lat, _) = end_to_end(url, tasks, concurrency, "bench").await?;
+    let (tps, mut lat, _) = end_to_end(url, tasks, concurrency, "bench", 0).await?;
     let bound2 = lua_bound(url, script, tasks).await?;
     let bound = (bound1 + bound2) / 2.0;
     println!("  end to end:        {tps:>10.0} tasks/s");
@@ -344,9 +356,79 @@ async fn throughput(
     Ok(())
 }
 
+/// A replica of the Redis at `url` (a private `redis-server --replicaof`), in sync.
+fn start_replica(url: &str) -> Result<Child> {
+    let master_port = url
+        .rsplit(':')
+        .next()
+        .unwrap_or("6379")
+        .trim_end_matches('/')
+        .to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--replicaof", "127.0.0.1", &master_port])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("redis-server must be installed")?;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut c) = client.get_connection() {
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut c)?;
+            if info.contains("master_link_status:up") {
+                return Ok(child);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the replica did not sync within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn durability(url: &str, tasks: usize, rounds: usize) -> Result<()> {
+    println!("durability: {tasks} no-op tasks per round, master + 1 replica on this machine, wait_replicas 0 and 1 alternated");
+    let mut replica = start_replica(url)?;
+    let mut figures: Vec<(u32, f64, f64)> = Vec::new();
+    for r in 0..rounds {
+        for wait in [0u32, 1] {
+            let q = format!("dur{r}w{wait}");
+            let (tps, mut lat, _) = end_to_end(url, tasks, 512, &q, wait).await?;
+            let p99 = pct(&mut lat, 0.99);
+            println!("  round {r} wait_replicas={wait}: {tps:>9.0} tasks/s, enqueue→start p99 {p99:.2} ms");
+            figures.push((wait, tps, p99));
+        }
+    }
+    let _ = replica.kill();
+    let _ = replica.wait();
+    let med = |w: u32| {
+        let mut v: Vec<f64> = figures.iter().filter(|f| f.0 == w).map(|f| f.1).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (off, on) = (med(0), med(1));
+    println!(
+        "RESULT wait0_tasks_per_s={off:.0} wait1_tasks_per_s={on:.0} ratio={:.3}",
+        on / off
+    );
+    Ok(())
+}
+
 async fn memory(url: &str, tasks: usize) -> Result<()> {
     println!("memory: {tasks} no-op tasks through one in-process worker");
-    let (tps, _, rss) = end_to_end(url, tasks, 256, "mem").await?;
+    let (tps, _, rss) = end_to_end(url, tasks, 256, "mem", 0).await?;
     for (k, r) in &rss {
         println!("  after {k:>8} tasks: RSS {:>7} KiB", r);
     }
@@ -689,6 +771,7 @@ async fn main() -> Result<()> {
             bound_script,
         } => throughput(&url, tasks, concurrency, bound_script.as_ref()).await,
         Mode::Memory { tasks } => memory(&url, tasks).await,
+        Mode::Durability { tasks, rounds } => durability(&url, tasks, rounds).await,
         Mode::Recovery { kills } => recovery(&url, kills).await,
         Mode::Express { backlog, express } => express_bench(&url, backlog, express).await,
         Mode::Saga {
