@@ -1319,6 +1319,46 @@ mod tests {
     }
 
     #[test]
+    fn cluster_nodes_exclude_a_url_and_are_checked() {
+        assert_eq!(
+            problems("[redis]\ncluster_nodes = [\"redis://h:7000\", \"redis://h:7001\"]\n"),
+            []
+        );
+        let p = problems("[redis]\nurl = \"redis://h:1\"\ncluster_nodes = [\"redis://h:7000\"]\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "redis.cluster_nodes");
+        let p = problems("[redis]\ncluster_nodes = [\"h:7000\"]\n");
+        assert_eq!(p[0].0, "redis.cluster_nodes[0]", "{p:?}");
+        let p = problems("[redis]\ncluster_nodes = [\"redis://h:7000\", \"rediss://h:7001\"]\n");
+        assert!(p.iter().any(|x| x.1.contains("mixes")), "{p:?}");
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| match k {
+            "TASKSTREAM_REDIS_CLUSTER_NODES" => Some("redis://a:1, redis://b:2,".into()),
+            "TASKSTREAM_REDIS_WAIT_REPLICAS" => Some("2".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.redis.cluster_nodes, ["redis://a:1", "redis://b:2"]);
+        assert_eq!(cfg.redis.wait_replicas, 2);
+        assert!(Config::default()
+            .apply_env(|k| (k == "TASKSTREAM_REDIS_WAIT_REPLICAS").then(|| "x".into()))
+            .is_err());
+    }
+
+    #[test]
+    fn wait_timeout_must_be_below_the_reply_timeout() {
+        assert_eq!(
+            problems("[redis]\nwait_replicas = 1\nwait_timeout_ms = 500\n"),
+            []
+        );
+        let p = problems("[redis]\nwait_replicas = 1\nwait_timeout_ms = 2000\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "redis.wait_timeout_ms");
+        let p = problems("[redis]\nwait_replicas = 1\nwait_timeout_ms = 0\n");
+        assert!(p.iter().any(|x| x.0 == "redis.wait_timeout_ms"), "{p:?}");
+    }
+
+    #[test]
     fn tls_files_need_rediss_and_come_in_pairs() {
         let p = problems("[redis]\nurl = \"redis://h:1\"\ntls_ca_file = \"/ca.pem\"\n");
         assert_eq!(p.len(), 1, "{p:?}");
