@@ -401,3 +401,86 @@ async fn a_master_killed_mid_run_loses_no_acknowledged_enqueue_with_wait_replica
     let (acked, missing, failed) = failover_drill(&mut cluster, &fast, &rec, false).await;
     println!("wait_replicas = 0: {acked} acknowledged, {} lost, {failed} batches refused during the failover", missing.len());
 }
+
+/// One hot queue over the whole cluster: 50,000 tasks into a queue of 6 partitions, read
+/// by 3 worker processes (each reads every partition). Every task runs exactly once, and
+/// every master served some (the partitions' hash tags are spread over the slot ring).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_of_six_partitions_spreads_over_every_master_and_runs_each_task_once() {
+    let _g = common::heavy().await;
+    let cluster = Cluster::start(3, 1);
+    let q = "hot";
+    let hits = "{rec}:hot";
+    let toml = cluster.worker_toml(q, "", "partitions = 6");
+    let workers: Vec<WorkerProc> = (0..3)
+        .map(|i| WorkerProc::spawn_named(&toml, &format!("p{i}")))
+        .collect();
+    let producer = Producer::connect(&cluster.config()).await.unwrap();
+    // The workers record the partition count; the producer learns it before it sends.
+    let mut conn = cluster.sync_conn();
+    let key = taskstream::keys::QueueKeys::new(q).partitions_key();
+    poll(
+        "the workers recorded 6 partitions",
+        Duration::from_secs(20),
+        || {
+            let n: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap_or(None);
+            async move { (n.as_deref() == Some("6")).then_some(()) }
+        },
+    )
+    .await;
+    let mut ids = Vec::with_capacity(50_000);
+    for _ in 0..50 {
+        let batch: Vec<NewTask> = (0..1000)
+            .map(|_| record(q, hits, serde_json::json!({})))
+            .collect();
+        ids.extend(
+            producer
+                .enqueue_batch(batch)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.task_id),
+        );
+    }
+    poll("50,000 tasks run", Duration::from_secs(120), || {
+        let n = cluster.executions(hits).len();
+        async move { (n >= 50_000).then_some(()) }
+    })
+    .await;
+    let ran = cluster.executions(hits);
+    let twice: Vec<_> = ran.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "tasks that ran more than once: {}",
+        twice.len()
+    );
+    assert!(ids.iter().all(|id| ran.contains_key(id)));
+    // Which master served which partition (each partition's `done` counter).
+    let mut served = BTreeSet::new();
+    let mut per_partition = Vec::new();
+    for p in 0..6 {
+        let k = taskstream::keys::QueueKeys::partition(q, p);
+        let done: Option<u64> = redis::cmd("HGET")
+            .arg(&k.counters)
+            .arg("done")
+            .query(&mut cluster.sync_conn())
+            .unwrap();
+        let master = cluster.master_of(&k.stream);
+        per_partition.push((p, master, done.unwrap_or(0)));
+        if done.unwrap_or(0) > 0 {
+            served.insert(master);
+        }
+    }
+    println!("partition, master, tasks done: {per_partition:?}");
+    assert!(
+        per_partition.iter().all(|(_, _, d)| *d > 0),
+        "a partition got nothing: {per_partition:?}"
+    );
+    let masters: BTreeSet<u16> = cluster.masters().into_iter().collect();
+    assert_eq!(served, masters, "every master serves part of the queue");
+    let s = taskstream::stats::queue_stats(&mut producer.connection(), q, 2000)
+        .await
+        .unwrap();
+    assert_eq!(s.partitions, 6);
+    drop(workers);
+}
