@@ -274,8 +274,7 @@ impl Producer {
 
     fn entry(&self, t: NewTask, now: u64) -> Result<(NewEntry, bool)> {
         self.check(&t)?;
-        let pool = self.routes.pool_of(&t.queue, &t.task_type);
-        let n = self.routes.partitions_of(&t.queue);
+        let (pool, n) = self.routes.route(&t.queue, &t.task_type);
         let keys = if n > 1 {
             // An idempotency key lives in its partition's slot, so a key must always pick
             // the same partition or a duplicate would slip through another one.

@@ -60,10 +60,14 @@ impl RouteCache {
         r.get(queue).and_then(|(_, m, _)| m.get(task_type).cloned())
     }
 
-    /// How many partitions `queue` has, per the cached copy (1 when unknown).
-    pub(crate) fn partitions_of(&self, queue: &str) -> u32 {
+    /// The pool serving `task_type` in `queue` and how many partitions `queue` has (1
+    /// when unknown), per the cached copy, in one look.
+    pub(crate) fn route(&self, queue: &str, task_type: &str) -> (Option<String>, u32) {
         let r = self.inner.lock().expect("poisoned");
-        r.get(queue).map(|(_, _, n)| *n).unwrap_or(1)
+        match r.get(queue) {
+            Some((_, m, n)) => (m.get(task_type).cloned(), *n),
+            None => (None, 1),
+        }
     }
 
     /// Re-reads the routes of those of `queues` whose copy is missing or stale, in one
