@@ -395,17 +395,34 @@ struct BenchCluster {
 
 impl BenchCluster {
     fn start(masters: usize) -> Result<BenchCluster> {
-        let dir = std::env::temp_dir().join(format!("ts-bench-cluster-{}-{masters}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("ts-bench-cluster-{}-{masters}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut nodes = Vec::new();
         while nodes.len() < masters {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
             if port > 55000 || std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_err() {
                 continue;
             }
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                ])
                 .args(["--maxmemory-policy", "noeviction"])
                 .arg("--dir")
                 .arg(&dir)
@@ -418,7 +435,9 @@ impl BenchCluster {
         let conn = |port: u16| -> Result<redis::Connection> {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                if let Ok(c) = redis::Client::open(format!("redis://127.0.0.1:{port}"))?.get_connection() {
+                if let Ok(c) =
+                    redis::Client::open(format!("redis://127.0.0.1:{port}"))?.get_connection()
+                {
                     return Ok(c);
                 }
                 if Instant::now() > deadline {
@@ -431,10 +450,22 @@ impl BenchCluster {
         for (i, (port, _)) in c.nodes.iter().enumerate() {
             let mut k = conn(*port)?;
             let lo = i * per;
-            let hi = if i + 1 == masters { 16383 } else { lo + per - 1 };
-            let _: () = redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(lo).arg(hi).query(&mut k)?;
+            let hi = if i + 1 == masters {
+                16383
+            } else {
+                lo + per - 1
+            };
+            let _: () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(lo)
+                .arg(hi)
+                .query(&mut k)?;
             if i > 0 {
-                let _: () = redis::cmd("CLUSTER").arg("MEET").arg("127.0.0.1").arg(c.nodes[0].0).query(&mut k)?;
+                let _: () = redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(c.nodes[0].0)
+                    .query(&mut k)?;
             }
         }
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -457,11 +488,17 @@ impl BenchCluster {
     }
 
     fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|(p, _)| format!("redis://127.0.0.1:{p}")).collect()
+        self.nodes
+            .iter()
+            .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+            .collect()
     }
 
     fn cpu_micros(&self) -> u64 {
-        self.nodes.iter().map(|(_, c)| cpu_micros(&c.id().to_string())).sum()
+        self.nodes
+            .iter()
+            .map(|(_, c)| cpu_micros(&c.id().to_string()))
+            .sum()
     }
 }
 
@@ -476,11 +513,20 @@ impl Drop for BenchCluster {
 }
 
 /// One measured run: (tasks/s, Redis µs per task, client µs per task).
-async fn measured(cfg: Config, n: usize, queue: &str, redis_cpu: &dyn Fn() -> u64) -> Result<(f64, f64, f64)> {
+async fn measured(
+    cfg: Config,
+    n: usize,
+    queue: &str,
+    redis_cpu: &dyn Fn() -> u64,
+) -> Result<(f64, f64, f64)> {
     let (r0, c0) = (redis_cpu(), cpu_micros("self"));
     let (tps, _, _) = end_to_end_cfg(cfg, n, queue).await?;
     let (r1, c1) = (redis_cpu(), cpu_micros("self"));
-    Ok((tps, (r1 - r0) as f64 / n as f64, (c1 - c0) as f64 / n as f64))
+    Ok((
+        tps,
+        (r1 - r0) as f64 / n as f64,
+        (c1 - c0) as f64 / n as f64,
+    ))
 }
 
 async fn cluster_bench(url: &str, tasks: usize) -> Result<()> {
@@ -508,9 +554,17 @@ async fn cluster_bench(url: &str, tasks: usize) -> Result<()> {
         cfg.queues[0].partitions = partitions;
         let cpu = || cl.cpu_micros();
         let r = measured(cfg, tasks, &q, &cpu).await?;
-        rows.push((format!("cluster, {masters} master(s), {partitions} partition(s)"), r.0, r.1, r.2));
+        rows.push((
+            format!("cluster, {masters} master(s), {partitions} partition(s)"),
+            r.0,
+            r.1,
+            r.2,
+        ));
     }
-    println!("  {:<40} {:>10} {:>14} {:>15}", "setup", "tasks/s", "Redis µs/task", "client µs/task");
+    println!(
+        "  {:<40} {:>10} {:>14} {:>15}",
+        "setup", "tasks/s", "Redis µs/task", "client µs/task"
+    );
     for (what, tps, r, c) in &rows {
         println!("  {what:<40} {tps:>10.0} {r:>14.2} {c:>15.2}");
     }

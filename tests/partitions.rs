@@ -176,6 +176,13 @@ async fn stats_dead_letters_and_pause_cover_every_partition() {
             .unwrap();
         assert!(paused, "partition {part} is paused");
     }
+    // `queue keys` lists the streams of every recorded partition.
+    let (code, out, err) = run_cli(&["--redis-url", &url, "queue", "keys", q], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    for part in 0..4 {
+        let k = QueueKeys::partition(q, part);
+        assert!(out.contains(&k.stream) && out.contains(&k.express), "{out}");
+    }
     let (code, out, err) = run_cli(&["--redis-url", &url, "queue", "resume", q], &[]);
     assert_eq!(code, 0, "{out}{err}");
     let s = taskstream::stats::queue_stats(&mut conn, q, 2000)
