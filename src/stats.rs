@@ -49,6 +49,30 @@ pub struct QueueStats {
     pub groups: Vec<GroupStats>,
     /// Partitions the figures add up (1 for a queue that is not partitioned).
     pub partitions: u32,
+    /// Each partition's own backlog and the node that holds it (partitioned queues only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_partition: Vec<PartitionStats>,
+}
+
+/// One partition of a partitioned queue.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PartitionStats {
+    /// Partition number (0 holds the queue's original keys).
+    pub partition: u32,
+    /// Its hash tag (`Q`, `Q#p.k`).
+    pub tag: String,
+    /// Its Redis Cluster slot.
+    pub slot: u16,
+    /// The master that holds the slot (`host:port`), on a Redis Cluster.
+    pub node: Option<String>,
+    /// Entries in its bulk stream.
+    pub bulk_length: u64,
+    /// Entries in its express stream.
+    pub express_length: u64,
+    /// Its delayed or retrying tasks.
+    pub scheduled: u64,
+    /// Its dead letters.
+    pub dead_letters: u64,
 }
 
 impl QueueStats {
@@ -138,6 +162,24 @@ pub fn render_table(stats: &[QueueStats], rates: Option<&[f64]>) -> String {
             if s.paused { "yes" } else { "no" },
             rate
         ));
+        for p in &s.by_partition {
+            out.push_str(&format!(
+                "  #{:<17} {:>9} {:>8} {:>9} {:>8} {:>8} {:>9}  {} slot {}{}\n",
+                p.partition,
+                p.bulk_length,
+                p.express_length,
+                "",
+                "",
+                p.scheduled,
+                p.dead_letters,
+                p.tag,
+                p.slot,
+                p.node
+                    .as_deref()
+                    .map(|n| format!(" on {n}"))
+                    .unwrap_or_default()
+            ));
+        }
     }
     out
 }

@@ -487,6 +487,16 @@ async fn a_queue_of_six_partitions_spreads_over_every_master_and_runs_each_task_
         .await
         .unwrap();
     assert_eq!(s.partitions, 6);
+    // `stats` names the master of each partition.
+    assert_eq!(s.by_partition.len(), 6);
+    for (p, master, _) in &per_partition {
+        assert_eq!(
+            s.by_partition[*p as usize].node.as_deref(),
+            Some(format!("127.0.0.1:{master}").as_str()),
+            "{:?}",
+            s.by_partition
+        );
+    }
     drop(workers);
 }
 

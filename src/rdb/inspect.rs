@@ -128,10 +128,37 @@ impl Broker {
         let mut total = self
             .partition_stats(&QueueKeys::new(queue), lapse_ms, ids_only)
             .await?;
+        let owners = if n > 1 && !ids_only {
+            self.slot_owners().await.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut by_partition = Vec::new();
+        let mut add = |p: u32, s: &QueueStats| {
+            if n > 1 && !ids_only {
+                let tag = crate::keys::partition_tag(queue, p);
+                let slot = crate::keys::slot(&tag);
+                by_partition.push(crate::stats::PartitionStats {
+                    partition: p,
+                    node: owners
+                        .iter()
+                        .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
+                        .map(|(_, _, n)| n.clone()),
+                    tag,
+                    slot,
+                    bulk_length: s.bulk_length,
+                    express_length: s.express_length,
+                    scheduled: s.scheduled,
+                    dead_letters: s.dead_letters,
+                });
+            }
+        };
+        add(0, &total);
         for p in 1..n {
             let s = self
                 .partition_stats(&QueueKeys::partition(queue, p), lapse_ms, ids_only)
                 .await?;
+            add(p, &s);
             total.bulk_length += s.bulk_length;
             total.express_length += s.express_length;
             total.scheduled += s.scheduled;
@@ -161,7 +188,43 @@ impl Broker {
             }
         }
         total.partitions = n;
+        total.by_partition = by_partition;
         Ok(total)
+    }
+
+    /// The slot ranges of a Redis Cluster and the master (`host:port`) of each; empty on
+    /// one server (`CLUSTER SLOTS` refused there).
+    pub(crate) async fn slot_owners(&self) -> Result<Vec<(u16, u16, String)>> {
+        if !self.is_cluster() {
+            return Ok(Vec::new());
+        }
+        let v: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut self.c())
+            .await?;
+        let mut out = Vec::new();
+        if let Value::Array(ranges) = v {
+            for r in ranges {
+                let Value::Array(r) = r else { continue };
+                let (Some(lo), Some(hi), Some(Value::Array(node))) =
+                    (r.first(), r.get(1), r.get(2))
+                else {
+                    continue;
+                };
+                let lo: u16 = redis::from_redis_value(lo.clone()).unwrap_or(0);
+                let hi: u16 = redis::from_redis_value(hi.clone()).unwrap_or(0);
+                let host: String = node
+                    .first()
+                    .and_then(|h| redis::from_redis_value(h.clone()).ok())
+                    .unwrap_or_default();
+                let port: u16 = node
+                    .get(1)
+                    .and_then(|p| redis::from_redis_value(p.clone()).ok())
+                    .unwrap_or(0);
+                out.push((lo, hi, format!("{host}:{port}")));
+            }
+        }
+        Ok(out)
     }
 
     async fn partition_stats(
@@ -227,6 +290,7 @@ impl Broker {
             paused: paused > 0,
             groups,
             partitions: 1,
+            by_partition: Vec::new(),
         })
     }
 
