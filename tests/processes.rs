@@ -213,9 +213,13 @@ fn bad_config_is_reported_with_file_and_key() {
     assert_eq!(code, 2);
     assert!(err.contains("nope.toml: -: cannot read the file"), "{err}");
 
-    let good = concat!(env!("CARGO_MANIFEST_DIR"), "/config/taskstream.toml");
-    let (code, out, err) = run_cli(&["config", "check", good], &[]);
-    assert_eq!(code, 0, "{out}{err}");
+    for good in [
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/taskstream.toml"),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/taskstream-cluster.toml"),
+    ] {
+        let (code, out, err) = run_cli(&["config", "check", good], &[]);
+        assert_eq!(code, 0, "{good}: {out}{err}");
+    }
 }
 
 #[test]
