@@ -107,6 +107,9 @@ enum Mode {
         /// Tasks per run.
         #[arg(long, default_value_t = 100_000)]
         tasks: usize,
+        /// Rounds (the setups are interleaved within each; medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Re-delivery delay after SIGKILL of the worker holding a task.
     Recovery {
@@ -529,9 +532,8 @@ async fn measured(
     ))
 }
 
-async fn cluster_bench(url: &str, tasks: usize) -> Result<()> {
-    println!("cluster: {tasks} no-op tasks per run, producer + worker in this process, every Redis on this machine ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    let mut rows: Vec<(String, f64, f64, f64)> = Vec::new();
+async fn cluster_bench(url: &str, tasks: usize, rounds: usize) -> Result<()> {
+    println!("cluster: {tasks} no-op tasks per run, {rounds} rounds with the setups interleaved (medians), producer + worker in this process, every Redis on this machine ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     // The standalone server: its pid from INFO.
     let mut c = redis::Client::open(url)?.get_connection()?;
     let info: String = redis::cmd("INFO").arg("server").query(&mut c)?;
@@ -541,42 +543,53 @@ async fn cluster_bench(url: &str, tasks: usize) -> Result<()> {
         .unwrap_or("0")
         .trim()
         .to_string();
-    let single = || cpu_micros(&pid);
-    let cfg = base_config(url, "cl-single", 512);
-    let r = measured(cfg, tasks, "cl-single", &single).await?;
-    rows.push(("standalone, 1 partition".into(), r.0, r.1, r.2));
-    for (masters, partitions) in [(1usize, 1u32), (1, 3), (2, 3), (3, 3)] {
-        let cl = BenchCluster::start(masters)?;
-        let q = format!("cl-{masters}m{partitions}p");
-        let mut cfg = base_config(url, &q, 512);
-        cfg.redis.url = taskstream::config::DEFAULT_REDIS_URL.into();
-        cfg.redis.cluster_nodes = cl.urls();
-        cfg.queues[0].partitions = partitions;
-        let cpu = || cl.cpu_micros();
-        let r = measured(cfg, tasks, &q, &cpu).await?;
-        rows.push((
-            format!("cluster, {masters} master(s), {partitions} partition(s)"),
-            r.0,
-            r.1,
-            r.2,
-        ));
-    }
-    println!(
-        "  {:<40} {:>10} {:>14} {:>15}",
-        "setup", "tasks/s", "Redis µs/task", "client µs/task"
+    let setups = [(1usize, 1u32), (1, 3), (2, 3), (3, 3)];
+    let clusters: Vec<BenchCluster> = setups
+        .iter()
+        .map(|(m, _)| BenchCluster::start(*m))
+        .collect::<Result<_>>()?;
+    let mut names = vec!["standalone, 1 partition".to_string()];
+    names.extend(
+        setups
+            .iter()
+            .map(|(m, p)| format!("cluster, {m} master(s), {p} partition(s)")),
     );
-    for (what, tps, r, c) in &rows {
-        println!("  {what:<40} {tps:>10.0} {r:>14.2} {c:>15.2}");
+    let mut runs: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); names.len()];
+    for round in 0..rounds {
+        let q = format!("cl-single-{round}");
+        let single = || cpu_micros(&pid);
+        runs[0].push(measured(base_config(url, &q, 512), tasks, &q, &single).await?);
+        for (i, ((masters, partitions), cl)) in setups.iter().zip(&clusters).enumerate() {
+            let q = format!("cl-{masters}m{partitions}p-{round}");
+            let mut cfg = base_config(url, &q, 512);
+            cfg.redis.url = taskstream::config::DEFAULT_REDIS_URL.into();
+            cfg.redis.cluster_nodes = cl.urls();
+            cfg.queues[0].partitions = *partitions;
+            let cpu = || cl.cpu_micros();
+            runs[i + 1].push(measured(cfg, tasks, &q, &cpu).await?);
+        }
     }
-    let base = rows[0].1;
+    let median = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(|a, b| a.total_cmp(b));
+        x[x.len() / 2]
+    };
+    println!("  {:<40} {:>10} {:>14} {:>15}   tasks/s of each round", "setup", "tasks/s", "Redis µs/task", "client µs/task");
+    let mut med = Vec::new();
+    for (name, r) in names.iter().zip(&runs) {
+        let (t, rc, cc) = (median(r, |x| x.0), median(r, |x| x.1), median(r, |x| x.2));
+        let each: Vec<String> = r.iter().map(|x| format!("{:.0}", x.0)).collect();
+        println!("  {name:<40} {t:>10.0} {rc:>14.2} {cc:>15.2}   {}", each.join(" "));
+        med.push(t);
+    }
     println!(
         "RESULT standalone={:.0} cluster1m1p={:.0} overhead={:.3} cluster1m3p={:.0} cluster2m3p={:.0} cluster3m3p={:.0}",
-        base,
-        rows[1].1,
-        1.0 - rows[1].1 / base,
-        rows[2].1,
-        rows[3].1,
-        rows[4].1
+        med[0],
+        med[1],
+        1.0 - med[1] / med[0],
+        med[2],
+        med[3],
+        med[4]
     );
     Ok(())
 }
@@ -997,7 +1010,7 @@ async fn main() -> Result<()> {
         } => throughput(&url, tasks, concurrency, bound_script.as_ref()).await,
         Mode::Memory { tasks } => memory(&url, tasks).await,
         Mode::Durability { tasks, rounds } => durability(&url, tasks, rounds).await,
-        Mode::Cluster { tasks } => cluster_bench(&url, tasks).await,
+        Mode::Cluster { tasks, rounds } => cluster_bench(&url, tasks, rounds).await,
         Mode::Recovery { kills } => recovery(&url, kills).await,
         Mode::Express { backlog, express } => express_bench(&url, backlog, express).await,
         Mode::Saga {
