@@ -100,6 +100,14 @@ enum Mode {
         #[arg(long, default_value_t = 2)]
         rounds: usize,
     },
+    /// Redis Cluster: standalone vs a 1-master cluster (the client cost of cluster mode),
+    /// then 1, 2 and 3 masters with a queue of 3 partitions; tasks/s and CPU-µs per task
+    /// for Redis and for the client (producer + worker in this process).
+    Cluster {
+        /// Tasks per run.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+    },
     /// Re-delivery delay after SIGKILL of the worker holding a task.
     Recovery {
         /// Kills.
@@ -259,6 +267,15 @@ async fn end_to_end(
 ) -> Result<(f64, Vec<f64>, Vec<(u64, u64)>)> {
     let mut cfg = base_config(url, queue, concurrency);
     cfg.redis.wait_replicas = wait_replicas;
+    end_to_end_cfg(cfg, n, queue).await
+}
+
+/// [`end_to_end`] with a prepared configuration (its first queue is `queue`).
+async fn end_to_end_cfg(
+    cfg: Config,
+    n: usize,
+    queue: &str,
+) -> Result<(f64, Vec<f64>, Vec<(u64, u64)>)> {
     let done = Arc::new(AtomicU64::new(0));
     let lat: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let rss: Arc<Mutex<Vec<(u64, u64)>>> = Default::default();
@@ -353,6 +370,214 @@ async fn throughput(
     println!("  Lua lifecycle bound: {bound:>8.0} tasks/s (before {bound1:.0}, after {bound2:.0}; inside Redis, same server)");
     println!("  ratio to bound:    {:>10.3}", tps / bound);
     println!("RESULT throughput_tasks_per_s={tps:.0} bound_tasks_per_s={bound:.0} ratio={:.3} p50_ms={:.2} p99_ms={:.2}", tps / bound, pct(&mut lat, 0.5), pct(&mut lat, 0.99));
+    Ok(())
+}
+
+/// CPU time (user + system) of process `pid` so far, in µs (`/proc/PID/stat`).
+fn cpu_micros(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks * 10_000 // USER_HZ is 100 on Linux
+}
+
+/// A private cluster of `masters` masters without replicas, slots split evenly, built by
+/// hand (`redis-cli --cluster create` wants three masters at least).
+struct BenchCluster {
+    nodes: Vec<(u16, Child)>,
+    dir: PathBuf,
+}
+
+impl BenchCluster {
+    fn start(masters: usize) -> Result<BenchCluster> {
+        let dir =
+            std::env::temp_dir().join(format!("ts-bench-cluster-{}-{masters}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut nodes = Vec::new();
+        while nodes.len() < masters {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            if port > 55000 || std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_err() {
+                continue;
+            }
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                ])
+                .args(["--maxmemory-policy", "noeviction"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("redis-server must be installed")?;
+            nodes.push((port, child));
+        }
+        let c = BenchCluster { nodes, dir };
+        let conn = |port: u16| -> Result<redis::Connection> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(c) =
+                    redis::Client::open(format!("redis://127.0.0.1:{port}"))?.get_connection()
+                {
+                    return Ok(c);
+                }
+                if Instant::now() > deadline {
+                    bail!("cluster node {port} did not start");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        let per = 16384 / masters;
+        for (i, (port, _)) in c.nodes.iter().enumerate() {
+            let mut k = conn(*port)?;
+            let lo = i * per;
+            let hi = if i + 1 == masters {
+                16383
+            } else {
+                lo + per - 1
+            };
+            let _: () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(lo)
+                .arg(hi)
+                .query(&mut k)?;
+            if i > 0 {
+                let _: () = redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(c.nodes[0].0)
+                    .query(&mut k)?;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut ok = true;
+            for (port, _) in &c.nodes {
+                let mut k = conn(*port)?;
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut k)?;
+                let known: String = redis::cmd("CLUSTER").arg("NODES").query(&mut k)?;
+                ok &= info.contains("cluster_state:ok") && known.lines().count() == masters;
+            }
+            if ok {
+                return Ok(c);
+            }
+            if Instant::now() > deadline {
+                bail!("cluster of {masters} did not come up");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    fn cpu_micros(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|(_, c)| cpu_micros(&c.id().to_string()))
+            .sum()
+    }
+}
+
+impl Drop for BenchCluster {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One measured run: (tasks/s, Redis µs per task, client µs per task).
+async fn measured(
+    cfg: Config,
+    n: usize,
+    queue: &str,
+    redis_cpu: &dyn Fn() -> u64,
+) -> Result<(f64, f64, f64)> {
+    let (r0, c0) = (redis_cpu(), cpu_micros("self"));
+    let (tps, _, _) = end_to_end_cfg(cfg, n, queue).await?;
+    let (r1, c1) = (redis_cpu(), cpu_micros("self"));
+    Ok((
+        tps,
+        (r1 - r0) as f64 / n as f64,
+        (c1 - c0) as f64 / n as f64,
+    ))
+}
+
+async fn cluster_bench(url: &str, tasks: usize) -> Result<()> {
+    println!("cluster: {tasks} no-op tasks per run, producer + worker in this process, every Redis on this machine ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    let mut rows: Vec<(String, f64, f64, f64)> = Vec::new();
+    // The standalone server: its pid from INFO.
+    let mut c = redis::Client::open(url)?.get_connection()?;
+    let info: String = redis::cmd("INFO").arg("server").query(&mut c)?;
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .unwrap_or("0")
+        .trim()
+        .to_string();
+    let single = || cpu_micros(&pid);
+    let cfg = base_config(url, "cl-single", 512);
+    let r = measured(cfg, tasks, "cl-single", &single).await?;
+    rows.push(("standalone, 1 partition".into(), r.0, r.1, r.2));
+    for (masters, partitions) in [(1usize, 1u32), (1, 3), (2, 3), (3, 3)] {
+        let cl = BenchCluster::start(masters)?;
+        let q = format!("cl-{masters}m{partitions}p");
+        let mut cfg = base_config(url, &q, 512);
+        cfg.redis.url = taskstream::config::DEFAULT_REDIS_URL.into();
+        cfg.redis.cluster_nodes = cl.urls();
+        cfg.queues[0].partitions = partitions;
+        let cpu = || cl.cpu_micros();
+        let r = measured(cfg, tasks, &q, &cpu).await?;
+        rows.push((
+            format!("cluster, {masters} master(s), {partitions} partition(s)"),
+            r.0,
+            r.1,
+            r.2,
+        ));
+    }
+    println!(
+        "  {:<40} {:>10} {:>14} {:>15}",
+        "setup", "tasks/s", "Redis µs/task", "client µs/task"
+    );
+    for (what, tps, r, c) in &rows {
+        println!("  {what:<40} {tps:>10.0} {r:>14.2} {c:>15.2}");
+    }
+    let base = rows[0].1;
+    println!(
+        "RESULT standalone={:.0} cluster1m1p={:.0} overhead={:.3} cluster1m3p={:.0} cluster2m3p={:.0} cluster3m3p={:.0}",
+        base,
+        rows[1].1,
+        1.0 - rows[1].1 / base,
+        rows[2].1,
+        rows[3].1,
+        rows[4].1
+    );
     Ok(())
 }
 
@@ -772,6 +997,7 @@ async fn main() -> Result<()> {
         } => throughput(&url, tasks, concurrency, bound_script.as_ref()).await,
         Mode::Memory { tasks } => memory(&url, tasks).await,
         Mode::Durability { tasks, rounds } => durability(&url, tasks, rounds).await,
+        Mode::Cluster { tasks } => cluster_bench(&url, tasks).await,
         Mode::Recovery { kills } => recovery(&url, kills).await,
         Mode::Express { backlog, express } => express_bench(&url, backlog, express).await,
         Mode::Saga {

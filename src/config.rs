@@ -280,6 +280,10 @@ pub struct QueueConfig {
     pub sla_p95_wait_ms: Option<u64>,
     /// Lowest concurrency the SLA controller may set (default: express_concurrency + 1).
     pub min_concurrency: Option<usize>,
+    /// Partitions the queue is split into, each under its own hash tag so they spread over
+    /// the masters of a Redis Cluster (1: the queue's keys as they always were). Every
+    /// worker reads every partition; producers pick one round-robin, or by partition key.
+    pub partitions: u32,
 }
 
 impl Default for QueueConfig {
@@ -299,6 +303,7 @@ impl Default for QueueConfig {
             serves: Vec::new(),
             sla_p95_wait_ms: None,
             min_concurrency: None,
+            partitions: 1,
         }
     }
 }
@@ -939,6 +944,28 @@ impl Config {
                 bad(k("name"), e);
             } else if !names.insert(q.name.clone()) {
                 bad(k("name"), format!("queue {:?} is listed twice", q.name));
+            }
+            if q.partitions == 0 || q.partitions > crate::keys::MAX_PARTITIONS {
+                bad(
+                    k("partitions"),
+                    format!(
+                        "must be 1 to {}, got {}",
+                        crate::keys::MAX_PARTITIONS,
+                        q.partitions
+                    ),
+                );
+            } else if q.partitions > 1
+                && (q.concurrency <= 2 * q.partitions as usize
+                    || q.concurrency.saturating_sub(q.express_concurrency) <= q.partitions as usize)
+            {
+                bad(
+                    k("concurrency"),
+                    format!(
+                        "must be above 2 × partitions ({}) with more than {} bulk slots (concurrency - express_concurrency): each partition's two readers hold a slot while they wait for work",
+                        2 * q.partitions,
+                        q.partitions
+                    ),
+                );
             }
             if q.concurrency == 0 {
                 bad(k("concurrency"), "must be at least 1".into());

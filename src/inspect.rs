@@ -141,6 +141,14 @@ impl Inspector {
     }
 
     /// Statistics of one queue.
+    /// How many partitions `queue` has, as workers recorded it (1 when none did).
+    pub async fn partitions(&self, queue: &str) -> Result<u32> {
+        self.broker
+            .partitions(&crate::keys::QueueKeys::new(queue))
+            .await
+    }
+
+    /// One queue's figures, all partitions added up.
     pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
         self.broker.queue_stats(queue, self.lapse_ms).await
     }

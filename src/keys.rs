@@ -15,6 +15,52 @@ pub const DEFAULT_GROUP: &str = "taskstream";
 /// Longest queue name accepted.
 pub const MAX_QUEUE_NAME: usize = 64;
 
+/// Most partitions one queue may have.
+pub const MAX_PARTITIONS: u32 = 64;
+
+/// How far (in slots, either way) a partition's hash tag may land from its target slot.
+const TAG_TOLERANCE: u16 = 256;
+
+/// The hash tag of partition `p` of `queue`: the queue name itself for partition 0 (the
+/// keys every queue always had, so a queue of one partition is unchanged and raw
+/// producers keep working), and `Q#p.k` for the others.
+///
+/// Why not just `Q#p`: CRC16 scatters tags at random, and six random slots miss one of three
+/// masters a quarter of the time, leaving that master idle. Partition `p`'s tag is instead
+/// aimed at a slot: partition 0's slot plus the van der Corput fraction of `p` (½, ¼, ¾,
+/// ⅛, …) of the ring, so any N partitions sit evenly spaced around the 16,384 slots — four
+/// or more always reach each third of the ring, where a default `redis-cli --cluster
+/// create` puts each of three masters — and raising N adds partitions between the existing
+/// ones without moving any. `k` is the smallest integer from 0 whose tag lands within
+/// 256 slots of the target (about 32 CRC16s, computed once per queue).
+pub fn partition_tag(queue: &str, p: u32) -> String {
+    if p == 0 {
+        return queue.to_string();
+    }
+    let target = ((slot(queue) as u32 + (van_der_corput(p) * 16384.0) as u32) % 16384) as u16;
+    (0u32..)
+        .map(|k| format!("{queue}#{p}.{k}"))
+        .find(|t| ring_distance(slot(t), target) <= TAG_TOLERANCE)
+        .expect("some k lands near any slot")
+}
+
+/// The bit-reversed fraction of `n` in [0, 1): 1 → ½, 2 → ¼, 3 → ¾, 4 → ⅛, …
+fn van_der_corput(mut n: u32) -> f64 {
+    let (mut v, mut denom) = (0.0, 1.0);
+    while n > 0 {
+        denom *= 2.0;
+        v += (n & 1) as f64 / denom;
+        n >>= 1;
+    }
+    v
+}
+
+/// Distance between two slots around the ring of 16,384.
+fn ring_distance(a: u16, b: u16) -> u16 {
+    let d = a.abs_diff(b);
+    d.min(16384 - d)
+}
+
 /// The two lanes of a queue: express work has its own stream and reserved capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lane {
@@ -89,12 +135,20 @@ pub struct QueueKeys {
     pub routes: String,
     /// The pool these keys read (`None`: the default streams).
     pub pool: Option<String>,
+    /// The partition these keys belong to (0 for a queue of one partition).
+    pub partition: u32,
 }
 
 impl QueueKeys {
     /// Builds the key set for `queue`. The name should have passed [`validate_queue_name`].
     pub fn new(queue: &str) -> QueueKeys {
-        let base = format!("{PREFIX}:{{{queue}}}");
+        QueueKeys::partition(queue, 0)
+    }
+
+    /// The keys of partition `p` of `queue`: today's layout under the partition's hash tag
+    /// ([`partition_tag`]); partition 0 is [`QueueKeys::new`].
+    pub fn partition(queue: &str, p: u32) -> QueueKeys {
+        let base = format!("{PREFIX}:{{{}}}", partition_tag(queue, p));
         QueueKeys {
             queue: queue.to_string(),
             stream: format!("{base}:stream"),
@@ -112,14 +166,27 @@ impl QueueKeys {
             pause_acks: format!("{base}:pause_acks"),
             routes: format!("{base}:routes"),
             pool: None,
+            partition: p,
         }
+    }
+
+    /// The keys of every partition `0..n` of `queue`, as read by `pool`.
+    pub fn partitions(queue: &str, pool: Option<&str>, n: u32) -> Vec<QueueKeys> {
+        (0..n.max(1))
+            .map(|p| QueueKeys::pooled_partition(queue, pool, p))
+            .collect()
     }
 
     /// The keys as a worker pool sees them: `stream`/`express` become the pool's own
     /// streams (`ts:{q}:pool:<pool>` and `ts:{q}:pool:<pool>:express`) and heartbeats are
     /// kept per pool; every other key (schedule, dead letters, signals) is shared.
     pub fn pooled(queue: &str, pool: Option<&str>) -> QueueKeys {
-        let mut k = QueueKeys::new(queue);
+        QueueKeys::pooled_partition(queue, pool, 0)
+    }
+
+    /// [`QueueKeys::pooled`] for partition `p`.
+    pub fn pooled_partition(queue: &str, pool: Option<&str>, p: u32) -> QueueKeys {
+        let mut k = QueueKeys::partition(queue, p);
         if let Some(p) = pool {
             k.stream = k.pool_stream(p, Lane::Bulk);
             k.express = k.pool_stream(p, Lane::Express);
@@ -131,7 +198,16 @@ impl QueueKeys {
 
     /// Prefix of pool streams: `ts:{q}:pool:`.
     pub fn pool_prefix(&self) -> String {
-        format!("{PREFIX}:{{{}}}:pool:", self.queue)
+        format!(
+            "{PREFIX}:{{{}}}:pool:",
+            partition_tag(&self.queue, self.partition)
+        )
+    }
+
+    /// How many partitions the queue has (a string, `ts:{q}:partitions`; missing means 1),
+    /// written by workers from `partitions` and read by producers.
+    pub fn partitions_key(&self) -> String {
+        format!("{PREFIX}:{{{}}}:partitions", self.queue)
     }
 
     /// The stream of `pool`'s `lane`.
@@ -196,6 +272,12 @@ pub fn slot(key: &str) -> u16 {
         None => b,
     };
     crc16(hashed) % 16384
+}
+
+/// The partition of `n` that a partition key (or idempotency key) picks: CRC16 of the key
+/// modulo `n`, so any producer, in any language, picks the same one.
+pub fn partition_of(key: &str, n: u32) -> u32 {
+    crc16(key.as_bytes()) as u32 % n.max(1)
 }
 
 /// CRC16-CCITT (XMODEM: polynomial 0x1021, initial 0), the hash of Redis Cluster slots.
@@ -265,6 +347,44 @@ mod tests {
         let k = QueueKeys::new("orders");
         assert_eq!(slot(&k.stream), slot(&k.express));
         assert_eq!(slot(&k.stream), slot("orders"));
+    }
+
+    #[test]
+    fn partition_zero_is_the_queue_and_the_others_spread_over_the_ring() {
+        assert_eq!(QueueKeys::partition("orders", 0), QueueKeys::new("orders"));
+        assert_eq!(
+            QueueKeys::partition("orders", 3).stream,
+            format!("ts:{{{}}}:stream", partition_tag("orders", 3))
+        );
+        for q in ["orders", "a", "emails.v2", "x-1"] {
+            let tags: Vec<String> = (0..8).map(|p| partition_tag(q, p)).collect();
+            let unique: std::collections::HashSet<_> = tags.iter().collect();
+            assert_eq!(unique.len(), 8, "{tags:?}");
+            assert_eq!(
+                partition_tag(q, 5),
+                tags[5],
+                "the tag of a partition never changes"
+            );
+            for n in 4..=8usize {
+                // Every third of the ring (a default 3-master cluster) holds a partition.
+                for third in 0..3u32 {
+                    let (lo, hi) = (third * 16384 / 3, (third + 1) * 16384 / 3);
+                    assert!(
+                        tags[..n]
+                            .iter()
+                            .any(|t| (lo..hi).contains(&(slot(t) as u32))),
+                        "{q} with {n} partitions leaves slots {lo}..{hi} empty"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn van_der_corput_halves_the_gaps() {
+        let v: Vec<f64> = (1..=4).map(van_der_corput).collect();
+        assert_eq!(v, [0.5, 0.25, 0.75, 0.125]);
+        assert_eq!(ring_distance(10, 16380), 14);
     }
 
     #[test]

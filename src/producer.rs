@@ -49,6 +49,9 @@ pub struct NewTask {
     pub correlation: Option<String>,
     /// W3C traceparent; a new trace is started when not set.
     pub traceparent: Option<String>,
+    /// Tasks with the same partition key go to the same partition of a partitioned queue
+    /// (otherwise: round-robin, or by idempotency key when there is one).
+    pub partition_key: Option<String>,
 }
 
 impl NewTask {
@@ -81,6 +84,7 @@ impl NewTask {
             reply_to: None,
             correlation: None,
             traceparent: None,
+            partition_key: None,
         }
     }
 
@@ -154,6 +158,8 @@ pub struct Producer {
     routes: RouteCache,
     /// Replicas every enqueue waits for (`redis.wait_replicas`), if any.
     wait: Option<rdb::WaitFor>,
+    /// Round-robin position over the partitions of partitioned queues.
+    next_partition: Arc<std::sync::atomic::AtomicU32>,
 }
 
 pub use crate::routing::ROUTES_TTL;
@@ -175,6 +181,7 @@ impl Producer {
             known_queues: Arc::new(Mutex::new(HashSet::new())),
             routes: RouteCache::default(),
             wait: None,
+            next_partition: Arc::default(),
         }
     }
 
@@ -267,8 +274,23 @@ impl Producer {
 
     fn entry(&self, t: NewTask, now: u64) -> Result<(NewEntry, bool)> {
         self.check(&t)?;
-        let pool = self.routes.pool_of(&t.queue, &t.task_type);
-        let keys = QueueKeys::new(&t.queue);
+        let (pool, n) = self.routes.route(&t.queue, &t.task_type);
+        let keys = if n > 1 {
+            // An idempotency key lives in its partition's slot, so a key must always pick
+            // the same partition or a duplicate would slip through another one.
+            let by = t.partition_key.as_deref().or(t.idempotency_key.as_deref());
+            let p = match by {
+                Some(k) => crate::keys::partition_of(k, n),
+                None => {
+                    self.next_partition
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        % n
+                }
+            };
+            QueueKeys::partition(&t.queue, p)
+        } else {
+            QueueKeys::new(&t.queue)
+        };
         let lane = t.lane();
         let task_id =
             t.id.clone()

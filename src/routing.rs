@@ -36,12 +36,14 @@ pub(crate) fn target_stream(
 pub(crate) fn stream_of(keys: &QueueKeys, pool: Option<&str>, lane: Lane) -> String {
     match pool {
         Some(pool) => keys.pool_stream(pool, lane),
-        None => QueueKeys::new(&keys.queue).lane_stream(lane).to_string(),
+        None => QueueKeys::partition(&keys.queue, keys.partition)
+            .lane_stream(lane)
+            .to_string(),
     }
 }
 
-/// Queue → (when read, task type → pool).
-type Copies = HashMap<String, (Instant, HashMap<String, String>)>;
+/// Queue → (when read, task type → pool, partitions).
+type Copies = HashMap<String, (Instant, HashMap<String, String>, u32)>;
 
 /// Copies of the routes tables of several queues, each refreshed when older than
 /// [`ROUTES_TTL`]. Shared by clones.
@@ -55,7 +57,17 @@ impl RouteCache {
     /// The pool serving `task_type` in `queue`, per the cached copy.
     pub(crate) fn pool_of(&self, queue: &str, task_type: &str) -> Option<String> {
         let r = self.inner.lock().expect("poisoned");
-        r.get(queue).and_then(|(_, m)| m.get(task_type).cloned())
+        r.get(queue).and_then(|(_, m, _)| m.get(task_type).cloned())
+    }
+
+    /// The pool serving `task_type` in `queue` and how many partitions `queue` has (1
+    /// when unknown), per the cached copy, in one look.
+    pub(crate) fn route(&self, queue: &str, task_type: &str) -> (Option<String>, u32) {
+        let r = self.inner.lock().expect("poisoned");
+        match r.get(queue) {
+            Some((_, m, n)) => (m.get(task_type).cloned(), *n),
+            None => (None, 1),
+        }
     }
 
     /// Re-reads the routes of those of `queues` whose copy is missing or stale, in one
@@ -68,7 +80,7 @@ impl RouteCache {
         let stale: Vec<String> = {
             let r = self.inner.lock().expect("poisoned");
             let mut v: Vec<String> = queues
-                .filter(|q| r.get(*q).is_none_or(|(t, _)| t.elapsed() > ROUTES_TTL))
+                .filter(|q| r.get(*q).is_none_or(|(t, _, _)| t.elapsed() > ROUTES_TTL))
                 .map(str::to_string)
                 .collect();
             v.sort();
@@ -79,9 +91,10 @@ impl RouteCache {
             return Ok(());
         }
         let maps = broker.routes_of(&stale).await?;
+        let parts = broker.partitions_of(&stale).await?;
         let mut r = self.inner.lock().expect("poisoned");
-        for (q, m) in stale.into_iter().zip(maps) {
-            r.insert(q, (Instant::now(), m));
+        for ((q, m), n) in stale.into_iter().zip(maps).zip(parts) {
+            r.insert(q, (Instant::now(), m, n));
         }
         Ok(())
     }

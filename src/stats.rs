@@ -47,6 +47,8 @@ pub struct QueueStats {
     pub paused: bool,
     /// Consumer groups of both lanes.
     pub groups: Vec<GroupStats>,
+    /// Partitions the figures add up (1 for a queue that is not partitioned).
+    pub partitions: u32,
 }
 
 impl QueueStats {

@@ -251,6 +251,7 @@ async fn enqueue_until(
     hits: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pace: Option<Duration>,
 ) -> (u64, u64) {
     let (mut ok, mut failed) = (0, 0);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -260,6 +261,9 @@ async fn enqueue_until(
         match producer.enqueue_batch(batch).await {
             Ok(sent) => {
                 ok += 1;
+                if let Some(p) = pace {
+                    tokio::time::sleep(p).await; // pacing the producer, not waiting for an event
+                }
                 acked
                     .lock()
                     .unwrap()
@@ -316,6 +320,7 @@ async fn failover_drill(
         hits.to_string(),
         stop.clone(),
         acked.clone(),
+        None,
     ));
     let count = |a: &std::sync::Arc<std::sync::Mutex<Vec<String>>>| a.lock().unwrap().len();
     poll(
@@ -400,4 +405,275 @@ async fn a_master_killed_mid_run_loses_no_acknowledged_enqueue_with_wait_replica
     let fast = queue_on(&cluster, "fast", masters[1]);
     let (acked, missing, failed) = failover_drill(&mut cluster, &fast, &rec, false).await;
     println!("wait_replicas = 0: {acked} acknowledged, {} lost, {failed} batches refused during the failover", missing.len());
+}
+
+/// One hot queue over the whole cluster: 50,000 tasks into a queue of 6 partitions, read
+/// by 3 worker processes (each reads every partition). Every task runs exactly once, and
+/// every master served some (the partitions' hash tags are spread over the slot ring).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_of_six_partitions_spreads_over_every_master_and_runs_each_task_once() {
+    let _g = common::heavy().await;
+    let cluster = Cluster::start(3, 1);
+    let q = "hot";
+    let hits = "{rec}:hot";
+    let toml = cluster.worker_toml(q, "", "partitions = 6");
+    let workers: Vec<WorkerProc> = (0..3)
+        .map(|i| WorkerProc::spawn_named(&toml, &format!("p{i}")))
+        .collect();
+    let producer = Producer::connect(&cluster.config()).await.unwrap();
+    // The workers record the partition count; the producer learns it before it sends.
+    let mut conn = cluster.sync_conn();
+    let key = taskstream::keys::QueueKeys::new(q).partitions_key();
+    poll(
+        "the workers recorded 6 partitions",
+        Duration::from_secs(20),
+        || {
+            let n: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap_or(None);
+            async move { (n.as_deref() == Some("6")).then_some(()) }
+        },
+    )
+    .await;
+    let mut ids = Vec::with_capacity(50_000);
+    for _ in 0..50 {
+        let batch: Vec<NewTask> = (0..1000)
+            .map(|_| record(q, hits, serde_json::json!({})))
+            .collect();
+        ids.extend(
+            producer
+                .enqueue_batch(batch)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.task_id),
+        );
+    }
+    poll("50,000 tasks run", Duration::from_secs(120), || {
+        let n = cluster.executions(hits).len();
+        async move { (n >= 50_000).then_some(()) }
+    })
+    .await;
+    let ran = cluster.executions(hits);
+    let twice: Vec<_> = ran.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "tasks that ran more than once: {}",
+        twice.len()
+    );
+    assert!(ids.iter().all(|id| ran.contains_key(id)));
+    // Which master served which partition (each partition's `done` counter).
+    let mut served = BTreeSet::new();
+    let mut per_partition = Vec::new();
+    for p in 0..6 {
+        let k = taskstream::keys::QueueKeys::partition(q, p);
+        let done: Option<u64> = redis::cmd("HGET")
+            .arg(&k.counters)
+            .arg("done")
+            .query(&mut cluster.sync_conn())
+            .unwrap();
+        let master = cluster.master_of(&k.stream);
+        per_partition.push((p, master, done.unwrap_or(0)));
+        if done.unwrap_or(0) > 0 {
+            served.insert(master);
+        }
+    }
+    println!("partition, master, tasks done: {per_partition:?}");
+    assert!(
+        per_partition.iter().all(|(_, _, d)| *d > 0),
+        "a partition got nothing: {per_partition:?}"
+    );
+    let masters: BTreeSet<u16> = cluster.masters().into_iter().collect();
+    assert_eq!(served, masters, "every master serves part of the queue");
+    let s = taskstream::stats::queue_stats(&mut producer.connection(), q, 2000)
+        .await
+        .unwrap();
+    assert_eq!(s.partitions, 6);
+    drop(workers);
+}
+
+/// Pending entries of `consumer` in the default group of `stream`.
+fn pending_of(conn: &mut redis::cluster::ClusterConnection, stream: &str, consumer: &str) -> u64 {
+    let v: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg("taskstream")
+        .arg("-")
+        .arg("+")
+        .arg(10_000)
+        .arg(consumer)
+        .query(conn)
+        .unwrap_or(redis::Value::Nil);
+    match v {
+        redis::Value::Array(a) => a.len() as u64,
+        _ => 0,
+    }
+}
+
+/// A worker killed with SIGKILL on a cluster while it holds tasks in every partition: the
+/// survivor takes them over in every partition, each killed task runs again, nothing stays
+/// pending for the dead consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_on_a_cluster_gets_its_tasks_recovered_in_every_partition() {
+    let _g = common::heavy().await;
+    let cluster = Cluster::start(3, 1);
+    let q = "crash";
+    let hits = "{rec}:crash";
+    let toml = cluster.worker_toml(
+        q,
+        "recovery_interval_ms = 200\nheartbeat_interval_ms = 100\nheartbeat_lapse_ms = 800",
+        "partitions = 3",
+    );
+    let mut a = WorkerProc::spawn_named(&toml, "crash-a");
+    let producer = Producer::connect(&cluster.config()).await.unwrap();
+    let mut conn = cluster.sync_conn();
+    let key = taskstream::keys::QueueKeys::new(q).partitions_key();
+    poll("3 partitions recorded", Duration::from_secs(20), || {
+        let n: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap_or(None);
+        async move { (n.as_deref() == Some("3")).then_some(()) }
+    })
+    .await;
+    let ids: Vec<String> = producer
+        .enqueue_batch(
+            (0..24)
+                .map(|_| record(q, hits, serde_json::json!({"ms": 1500})))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.task_id)
+        .collect();
+    poll(
+        "all 24 started on worker a",
+        Duration::from_secs(20),
+        || {
+            let ran = cluster.executions(hits);
+            let all = ids.iter().all(|id| ran.contains_key(id));
+            async move { all.then_some(()) }
+        },
+    )
+    .await;
+    let streams: Vec<String> = (0..3)
+        .map(|p| taskstream::keys::QueueKeys::partition(q, p).stream)
+        .collect();
+    let held: Vec<u64> = streams
+        .iter()
+        .map(|s| pending_of(&mut conn, s, &a.consumer()))
+        .collect();
+    assert!(
+        held.iter().all(|n| *n > 0),
+        "worker a holds tasks in every partition: {held:?}"
+    );
+    a.kill9();
+    let _b = WorkerProc::spawn_named(&toml, "crash-b");
+    poll(
+        "every killed task ran again",
+        Duration::from_secs(30),
+        || {
+            let ran = cluster.executions(hits);
+            let all = ids.iter().all(|id| ran.get(id) == Some(&2));
+            async move { all.then_some(()) }
+        },
+    )
+    .await;
+    poll(
+        "nothing left pending for the dead consumer",
+        Duration::from_secs(30),
+        || {
+            let left: u64 = streams
+                .iter()
+                .map(|s| pending_of(&mut conn, s, &a.consumer()))
+                .sum();
+            async move { (left == 0).then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// `redis-cli --cluster reshard` moves every slot of the master that holds partition 0 to
+/// another master while a producer enqueues and a worker runs: nothing acknowledged is
+/// lost, nothing stays stuck, and the moved partition is read on its new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_during_a_run_loses_nothing_and_leaves_nothing_stuck() {
+    let _g = common::heavy().await;
+    let cluster = Cluster::start(3, 1);
+    let q = "moving";
+    let hits = "{rec}:moving";
+    let toml = cluster.worker_toml(q, "", "partitions = 3");
+    let _w = WorkerProc::spawn_named(&toml, "mover");
+    let producer = Producer::connect(&cluster.config()).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let run = tokio::spawn(enqueue_until(
+        producer,
+        q.to_string(),
+        hits.to_string(),
+        stop.clone(),
+        acked.clone(),
+        Some(Duration::from_millis(5)),
+    ));
+    let count = |a: &std::sync::Arc<std::sync::Mutex<Vec<String>>>| a.lock().unwrap().len();
+    poll(
+        "1,000 enqueues acknowledged",
+        Duration::from_secs(30),
+        || {
+            let n = count(&acked);
+            async move { (n >= 1000).then_some(()) }
+        },
+    )
+    .await;
+    let tag = format!("{{{q}}}");
+    let from = cluster.master_of(&tag);
+    let to = *cluster.masters().iter().find(|m| **m != from).unwrap();
+    let id = |port: u16| cluster.query(port, &["CLUSTER", "MYID"]).unwrap();
+    let (from_id, to_id) = (id(from), id(to));
+    let seed = format!("127.0.0.1:{from}");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &seed])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", "16384", "--cluster-yes"])
+            .output()
+            .expect("redis-cli")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "reshard failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cluster.master_of(&tag), to, "partition 0 moved");
+    let before = count(&acked);
+    poll(
+        "1,000 more enqueues acknowledged after the reshard",
+        Duration::from_secs(60),
+        || {
+            let n = count(&acked);
+            async move { (n >= before + 1000).then_some(()) }
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (_, failed) = run.await.unwrap();
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    poll(
+        "every acknowledged task ran",
+        Duration::from_secs(60),
+        || {
+            let ran = cluster.executions(hits);
+            let missing = acked.iter().filter(|id| !ran.contains_key(*id)).count();
+            async move { (missing == 0).then_some(()) }
+        },
+    )
+    .await;
+    let mut conn = cluster.sync_conn();
+    for p in 0..3 {
+        let k = taskstream::keys::QueueKeys::partition(q, p);
+        let stuck: u64 = redis::cmd("XLEN").arg(&k.stream).query(&mut conn).unwrap();
+        assert_eq!(stuck, 0, "partition {p} left entries behind");
+    }
+    println!(
+        "reshard: {} acknowledged, {failed} batches refused while slots moved",
+        acked.len()
+    );
 }

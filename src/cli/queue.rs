@@ -1,4 +1,6 @@
 //! `taskstream queue pause|resume Q`: stop or restart delivery on every replica.
+//! `taskstream queue keys Q [--partitions N]`: the keys of each partition, for raw
+//! producers and autoscalers (KEDA triggers name streams).
 //!
 //! `pause` waits (10 s by default, `--wait`; `--no-wait` not at all) until every live
 //! consumer of the queue reports the pause applied — a replica reports it only once
@@ -34,9 +36,48 @@ pub(crate) enum Action {
         /// Queue name.
         queue: String,
     },
+    /// Print the hash tag, cluster slot and lane streams of each partition of the queue.
+    Keys {
+        /// Queue name.
+        queue: String,
+        /// Partitions to list (default: as the workers recorded them in Redis).
+        #[arg(long)]
+        partitions: Option<u32>,
+    },
+}
+
+/// The keys table of `queue` with `n` partitions.
+fn keys_table(queue: &str, n: u32) -> String {
+    let mut out = format!(
+        "{:<9} {:<24} {:>5}  {:<34} express\n",
+        "partition", "hash tag", "slot", "bulk stream"
+    );
+    for p in 0..n {
+        let k = crate::keys::QueueKeys::partition(queue, p);
+        let tag = crate::keys::partition_tag(queue, p);
+        out.push_str(&format!(
+            "{p:<9} {tag:<24} {:>5}  {:<34} {}\n",
+            crate::keys::slot(&tag),
+            k.stream,
+            k.express
+        ));
+    }
+    out
 }
 
 pub(crate) async fn run(cfg: Config, action: Action) -> anyhow::Result<()> {
+    if let Action::Keys {
+        queue,
+        partitions: Some(n),
+    } = &action
+    {
+        crate::keys::validate_queue_name(queue).map_err(|e| anyhow::anyhow!(e))?;
+        if *n == 0 || *n > crate::keys::MAX_PARTITIONS {
+            anyhow::bail!("--partitions must be 1 to {}", crate::keys::MAX_PARTITIONS);
+        }
+        super::output::out!("{}", keys_table(queue, *n));
+        return Ok(());
+    }
     let insp = Inspector::connect(&cfg.redis, &CancellationToken::new())
         .await?
         .with_heartbeat_lapse(cfg.worker.heartbeat_lapse_ms);
@@ -70,6 +111,10 @@ pub(crate) async fn run(cfg: Config, action: Action) -> anyhow::Result<()> {
         Action::Resume { queue } => {
             insp.resume(&queue).await?;
             outln!("queue {queue:?} resumed");
+        }
+        Action::Keys { queue, .. } => {
+            let n = insp.partitions(&queue).await?;
+            super::output::out!("{}", keys_table(&queue, n));
         }
     }
     Ok(())

@@ -115,13 +115,62 @@ impl Broker {
         self.queue_stats_by(queue, lapse_ms, true).await
     }
 
+    /// The stats of every partition of `queue`, added up: lengths and counts summed,
+    /// oldest ages the oldest, paused when any partition is, live workers as partition 0
+    /// counts them (every worker reads every partition), groups merged by name and lane.
     async fn queue_stats_by(
         &self,
         queue: &str,
         lapse_ms: u64,
         ids_only: bool,
     ) -> Result<QueueStats> {
-        let k = QueueKeys::new(queue);
+        let n = self.partitions(&QueueKeys::new(queue)).await?;
+        let mut total = self
+            .partition_stats(&QueueKeys::new(queue), lapse_ms, ids_only)
+            .await?;
+        for p in 1..n {
+            let s = self
+                .partition_stats(&QueueKeys::partition(queue, p), lapse_ms, ids_only)
+                .await?;
+            total.bulk_length += s.bulk_length;
+            total.express_length += s.express_length;
+            total.scheduled += s.scheduled;
+            total.dead_letters += s.dead_letters;
+            total.oldest_bulk_age_seconds =
+                total.oldest_bulk_age_seconds.max(s.oldest_bulk_age_seconds);
+            total.oldest_express_age_seconds = total
+                .oldest_express_age_seconds
+                .max(s.oldest_express_age_seconds);
+            total.paused |= s.paused;
+            for g in s.groups {
+                match total
+                    .groups
+                    .iter_mut()
+                    .find(|t| t.name == g.name && t.lane == g.lane)
+                {
+                    Some(t) => {
+                        t.consumers = t.consumers.max(g.consumers);
+                        t.pending += g.pending;
+                        t.lag = match (t.lag, g.lag) {
+                            (Some(a), Some(b)) => Some(a + b),
+                            _ => None,
+                        };
+                    }
+                    None => total.groups.push(g),
+                }
+            }
+        }
+        total.partitions = n;
+        Ok(total)
+    }
+
+    async fn partition_stats(
+        &self,
+        k: &QueueKeys,
+        lapse_ms: u64,
+        ids_only: bool,
+    ) -> Result<QueueStats> {
+        let queue = k.queue.as_str();
         let now = now_ms();
         let mut p = Pipeline::new();
         p.cmd("XLEN").arg(&k.stream);
@@ -177,6 +226,7 @@ impl Broker {
             live_workers: live,
             paused: paused > 0,
             groups,
+            partitions: 1,
         })
     }
 
@@ -216,11 +266,24 @@ impl Broker {
         &self,
         queue: &str,
     ) -> Result<std::collections::HashMap<String, bool>> {
-        let m: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(QueueKeys::new(queue).pause_acks)
-            .query_async(&mut self.c())
-            .await?;
-        Ok(m.into_iter().map(|(k, v)| (k, v == "paused")).collect())
+        // On a partitioned queue each partition's readers report on their own: a consumer
+        // is paused once every partition says so.
+        let n = self.partitions(&QueueKeys::new(queue)).await?;
+        let mut out: std::collections::HashMap<String, bool> = Default::default();
+        for part in 0..n {
+            let m: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(QueueKeys::partition(queue, part).pause_acks)
+                .query_async(&mut self.c())
+                .await?;
+            if part == 0 {
+                out = m.into_iter().map(|(k, v)| (k, v == "paused")).collect();
+            } else {
+                for (c, paused) in out.iter_mut() {
+                    *paused &= m.get(c).is_some_and(|v| v == "paused");
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The heartbeat sets of `queue`: one per consumer group of its bulk stream (the
@@ -288,7 +351,31 @@ impl Broker {
         end: &str,
         count: usize,
     ) -> Result<(Vec<DeadLetter>, u64)> {
-        let k = QueueKeys::new(queue);
+        let n = self.partitions(&QueueKeys::new(queue)).await?;
+        let (mut all, mut total) = (Vec::new(), 0);
+        for part in 0..n {
+            let (dl, t) = self
+                .partition_dead_letters(&QueueKeys::partition(queue, part), start, end, count)
+                .await?;
+            all.extend(dl);
+            total += t;
+        }
+        if n > 1 {
+            // One page in id order over every partition: the next page's `(id` start
+            // continues it in each partition alike.
+            all.sort_by_key(|d: &DeadLetter| entry_order(&d.dlq_id));
+            all.truncate(count);
+        }
+        Ok((all, total))
+    }
+
+    async fn partition_dead_letters(
+        &self,
+        k: &QueueKeys,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<(Vec<DeadLetter>, u64)> {
         let mut p = Pipeline::new();
         p.cmd("XRANGE")
             .arg(&k.dlq)
@@ -306,21 +393,46 @@ impl Broker {
 
     /// The id of the newest dead letter of `queue`, if any.
     pub(crate) async fn newest_dead_letter_id(&self, queue: &str) -> Result<Option<String>> {
-        let v: Value = redis::cmd("XREVRANGE")
-            .arg(QueueKeys::new(queue).dlq)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.c())
-            .await?;
-        Ok(parse::entries(v).pop().map(|e| e.id))
+        let n = self.partitions(&QueueKeys::new(queue)).await?;
+        let mut newest: Option<String> = None;
+        for part in 0..n {
+            let v: Value = redis::cmd("XREVRANGE")
+                .arg(QueueKeys::partition(queue, part).dlq)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut self.c())
+                .await?;
+            if let Some(id) = parse::entries(v).pop().map(|e| e.id) {
+                if newest
+                    .as_deref()
+                    .is_none_or(|n| entry_order(&id) > entry_order(n))
+                {
+                    newest = Some(id);
+                }
+            }
+        }
+        Ok(newest)
     }
 
     /// Moves dead letter `dlq_id` back to its lane with attempt 1 (`requeue.lua`).
     /// Returns 1 when requeued, 0 when gone, -1 when it holds no task.
+    /// On a partitioned queue each partition is tried in turn until one holds the id.
     pub(crate) async fn requeue_dead_letter(&self, queue: &str, dlq_id: &str) -> Result<i64> {
-        let k = QueueKeys::new(queue);
+        let n = self.partitions(&QueueKeys::new(queue)).await?;
+        for part in 0..n {
+            let r = self
+                .requeue_in(&QueueKeys::partition(queue, part), dlq_id)
+                .await?;
+            if r != 0 {
+                return Ok(r);
+            }
+        }
+        Ok(0)
+    }
+
+    async fn requeue_in(&self, k: &QueueKeys, dlq_id: &str) -> Result<i64> {
         let mut p = Pipeline::new();
         p.add_command(super::evalsha(
             super::ScriptId::Requeue,
@@ -337,17 +449,28 @@ impl Broker {
     /// Deletes the dead-letter stream of `queue` in one transaction; returns how many
     /// entries it held.
     pub(crate) async fn purge_dead_letters(&self, queue: &str) -> Result<u64> {
-        let k = QueueKeys::new(queue);
-        let mut p = Pipeline::new();
-        p.atomic()
-            .cmd("XLEN")
-            .arg(&k.dlq)
-            .cmd("DEL")
-            .arg(&k.dlq)
-            .ignore();
-        let (n,): (u64,) = self.pipe(&p).await?;
-        Ok(n)
+        let parts = self.partitions(&QueueKeys::new(queue)).await?;
+        let mut purged = 0;
+        for part in 0..parts {
+            let k = QueueKeys::partition(queue, part);
+            let mut p = Pipeline::new();
+            p.atomic()
+                .cmd("XLEN")
+                .arg(&k.dlq)
+                .cmd("DEL")
+                .arg(&k.dlq)
+                .ignore();
+            let (n,): (u64,) = self.pipe(&p).await?;
+            purged += n;
+        }
+        Ok(purged)
     }
+}
+
+/// A stream entry id as (ms, seq), for ordering ids of different streams.
+fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 #[cfg(test)]

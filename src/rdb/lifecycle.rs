@@ -123,6 +123,28 @@ impl Broker {
         Ok(())
     }
 
+    /// How many partitions the queue of `keys` has (`ts:{q}:partitions`; 1 when unset or
+    /// unreadable as a number in range).
+    pub(crate) async fn partitions(&self, keys: &QueueKeys) -> Result<u32> {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(keys.partitions_key())
+            .query_async(&mut self.c())
+            .await?;
+        Ok(v.and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|n| (1..=crate::keys::MAX_PARTITIONS).contains(n))
+            .unwrap_or(1))
+    }
+
+    /// Records that the queue of `keys` has `n` partitions.
+    pub(crate) async fn set_partitions(&self, keys: &QueueKeys, n: u32) -> Result<()> {
+        redis::cmd("SET")
+            .arg(keys.partitions_key())
+            .arg(n)
+            .query_async::<()>(&mut self.c())
+            .await?;
+        Ok(())
+    }
+
     /// Whether the queue is paused, and the signals after `after` (at most 1000).
     pub(crate) async fn poll_signals(
         &self,

@@ -2,8 +2,6 @@
 
 use std::collections::HashMap;
 
-use redis::Pipeline;
-
 use super::Broker;
 use crate::error::Result;
 use crate::keys::QueueKeys;
@@ -14,11 +12,44 @@ impl Broker {
         &self,
         queues: &[String],
     ) -> Result<Vec<HashMap<String, String>>> {
-        let mut p = Pipeline::with_capacity(queues.len());
-        for q in queues {
-            p.cmd("HGETALL").arg(QueueKeys::new(q).routes);
-        }
-        Ok(p.query_async(&mut self.c()).await?)
+        let keys: Vec<String> = queues.iter().map(|q| QueueKeys::new(q).routes).collect();
+        let cmds = keys.iter().map(|k| {
+            let mut c = redis::cmd("HGETALL");
+            c.arg(k);
+            (k.as_str(), c)
+        });
+        self.pipe_per_slot(cmds.collect())
+            .await?
+            .into_iter()
+            .map(|v| redis::from_redis_value(v).map_err(|e| crate::Error::Redis(e.into())))
+            .collect()
+    }
+
+    /// How many partitions each of `queues` has (`ts:{q}:partitions`, 1 when unset), in
+    /// order, in one round trip per slot.
+    pub(crate) async fn partitions_of(&self, queues: &[String]) -> Result<Vec<u32>> {
+        let keys: Vec<String> = queues
+            .iter()
+            .map(|q| QueueKeys::new(q).partitions_key())
+            .collect();
+        let cmds = keys.iter().map(|k| {
+            let mut c = redis::cmd("GET");
+            c.arg(k);
+            (k.as_str(), c)
+        });
+        Ok(self
+            .pipe_per_slot(cmds.collect())
+            .await?
+            .into_iter()
+            .map(|v| {
+                redis::from_redis_value::<Option<String>>(v)
+                    .ok()
+                    .flatten()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                    .filter(|n| (1..=crate::keys::MAX_PARTITIONS).contains(n))
+                    .unwrap_or(1)
+            })
+            .collect())
     }
 
     /// The pool that serves `task_type` in the queue of `keys`, if one registered it.

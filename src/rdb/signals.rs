@@ -12,14 +12,26 @@ use crate::signal::{Signal, SignalEntry, SIGNALS_MAXLEN};
 impl Broker {
     /// Appends `signal` to `queue`'s signals stream (capped at about
     /// [`SIGNALS_MAXLEN`]); a pause sets `ts:{q}:paused` to `at_ms` and a resume deletes
-    /// it in the same transaction. Returns the signal's entry id.
+    /// it in the same transaction. A partitioned queue gets it in every partition (each
+    /// partition's readers follow their own). Returns the entry id in partition 0.
     pub(crate) async fn send_signal(
         &self,
         queue: &str,
         signal: &Signal,
         at_ms: u64,
     ) -> Result<String> {
-        let k = QueueKeys::new(queue);
+        let n = self.partitions(&QueueKeys::new(queue)).await?;
+        let mut first = String::new();
+        for p in (0..n).rev() {
+            first = self
+                .send_signal_to(&QueueKeys::partition(queue, p), signal, at_ms)
+                .await?;
+        }
+        Ok(first)
+    }
+
+    /// [`Broker::send_signal`] to one partition.
+    async fn send_signal_to(&self, k: &QueueKeys, signal: &Signal, at_ms: u64) -> Result<String> {
         let mut p = Pipeline::new();
         p.atomic();
         match signal {

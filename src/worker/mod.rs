@@ -65,6 +65,21 @@ async fn register_routes(broker: &rdb::Broker, rt: &QueueRuntime, pool: &str) ->
     Ok(())
 }
 
+/// Records how many partitions `q` has (`ts:{q}:partitions`), so producers spread over
+/// them. Only raised: a worker configured with fewer partitions than Redis records says
+/// so and reads its own number, leaving the rest to workers that know them (lowering
+/// needs a drain, see the README).
+async fn publish_partitions(broker: &rdb::Broker, q: &crate::config::QueueConfig) -> Result<()> {
+    let keys = crate::keys::QueueKeys::new(&q.name);
+    let known = broker.partitions(&keys).await?;
+    if q.partitions > known {
+        broker.set_partitions(&keys, q.partitions).await?;
+    } else if q.partitions < known {
+        tracing::warn!(queue = %q.name, configured = q.partitions, recorded = known, "the queue has more partitions in Redis than this worker is configured for: partitions {}..{} are not read by it (lowering partitions needs a drain, see README)", q.partitions, known - 1);
+    }
+    Ok(())
+}
+
 pub use builder::WorkerBuilder;
 
 /// A worker process' queues and handlers.
@@ -189,8 +204,12 @@ impl Worker {
                 }
                 broker.load_scripts().await?;
                 for q in &cfg.queues {
-                    let keys = crate::keys::QueueKeys::pooled(&q.name, q.pool.as_deref());
-                    broker.ensure_queue(&keys, &q.all_groups()).await?;
+                    for keys in
+                        crate::keys::QueueKeys::partitions(&q.name, q.pool.as_deref(), q.partitions)
+                    {
+                        broker.ensure_queue(&keys, &q.all_groups()).await?;
+                    }
+                    publish_partitions(&broker, q).await?;
                 }
                 Ok(())
             }
@@ -224,8 +243,12 @@ impl Worker {
         let pool = rdb::reader_pool(
             &cfg.redis,
             block,
-            // Two lane readers per queue, plus a settler's detached connection per queue.
-            cfg.queues.len() * 3 + 2,
+            // Two lane readers per partition, plus a settler's detached connection each.
+            cfg.queues
+                .iter()
+                .map(|q| q.partitions as usize * 3)
+                .sum::<usize>()
+                + 2,
             rdb::ClientName::new(&self.consumer, rdb::Role::Reader),
         )?;
         let tracker = TaskTracker::new();
@@ -236,30 +259,36 @@ impl Worker {
         let ackers = TaskTracker::new();
         let mut runtimes = Vec::new();
         for q in &cfg.queues {
-            let (rt, rx) = QueueRuntime::new(RuntimeParts {
-                cfg: q.clone(),
-                consumer: self.consumer.clone(),
-                registry: self.registry.clone(),
-                max_payload: cfg.producer.max_payload_bytes,
-                max_deliveries: w.max_deliveries,
-                tracker: tracker.clone(),
-                hard_stop: hard_stop.clone(),
-                stopping: stop_reading.clone(),
-                broker: broker.clone(),
-            });
-            let rt = Arc::new(rt);
-            let settler = settler::Settler {
-                broker: broker.clone(),
-                keys: rt.keys.clone(),
-                group: rt.group.clone(),
-                delete_on_ack: rt.delete_on_ack,
-                batch: w.ack_batch,
-                tracked: rt.tracked.clone(),
-                pool: pool.clone(),
-                backlog: rt.settler.backlog(),
-            };
-            ackers.spawn(settler.run(rx, acker_stop.clone()));
-            runtimes.push(rt);
+            let capacity = runtime::Capacity::of(q);
+            for keys in crate::keys::QueueKeys::partitions(&q.name, q.pool.as_deref(), q.partitions)
+            {
+                let (rt, rx) = QueueRuntime::new(RuntimeParts {
+                    cfg: q.clone(),
+                    keys,
+                    capacity: capacity.clone(),
+                    consumer: self.consumer.clone(),
+                    registry: self.registry.clone(),
+                    max_payload: cfg.producer.max_payload_bytes,
+                    max_deliveries: w.max_deliveries,
+                    tracker: tracker.clone(),
+                    hard_stop: hard_stop.clone(),
+                    stopping: stop_reading.clone(),
+                    broker: broker.clone(),
+                });
+                let rt = Arc::new(rt);
+                let settler = settler::Settler {
+                    broker: broker.clone(),
+                    keys: rt.keys.clone(),
+                    group: rt.group.clone(),
+                    delete_on_ack: rt.delete_on_ack,
+                    batch: w.ack_batch,
+                    tracked: rt.tracked.clone(),
+                    pool: pool.clone(),
+                    backlog: rt.settler.backlog(),
+                };
+                ackers.spawn(settler.run(rx, acker_stop.clone()));
+                runtimes.push(rt);
+            }
         }
         // Heartbeat first, so no reader takes work before the process is known alive.
         heartbeat::mark_alive(&broker, &runtimes).await;
@@ -294,7 +323,10 @@ impl Worker {
                 }
             };
             loops.spawn(signal_loop::run(rt.clone(), last, stop_reading.clone()));
-            loops.spawn(sla::run(rt.clone(), stop_reading.clone()));
+            // One controller per queue: the partitions share its slots.
+            if rt.keys.partition == 0 {
+                loops.spawn(sla::run(rt.clone(), stop_reading.clone()));
+            }
             for lane in [Lane::Bulk, Lane::Express] {
                 loops.spawn(reader::run(
                     rt.clone(),

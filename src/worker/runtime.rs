@@ -47,10 +47,37 @@ pub(crate) struct TypeMetrics {
     pub dead: Counter,
 }
 
+/// The slots of one queue, shared by the runtimes of all its partitions: `concurrency`
+/// and the express reservation hold for the queue as a whole, however many partitions it
+/// has.
+#[derive(Clone)]
+pub(crate) struct Capacity {
+    /// All slots.
+    pub total: Arc<Semaphore>,
+    /// Slots bulk work may use.
+    pub bulk: Arc<Semaphore>,
+}
+
+impl Capacity {
+    /// The slots `cfg` asks for.
+    pub(crate) fn of(cfg: &QueueConfig) -> Capacity {
+        Capacity {
+            total: Arc::new(Semaphore::new(cfg.concurrency)),
+            bulk: Arc::new(Semaphore::new(
+                cfg.concurrency.saturating_sub(cfg.express_concurrency),
+            )),
+        }
+    }
+}
+
 /// What a queue's runtime is made of.
 pub(crate) struct RuntimeParts {
     /// Queue configuration.
     pub cfg: QueueConfig,
+    /// The keys of the partition this runtime reads.
+    pub keys: QueueKeys,
+    /// The queue's slots (shared by its partitions).
+    pub capacity: Capacity,
     /// This process' consumer name.
     pub consumer: String,
     /// Handlers.
@@ -135,6 +162,8 @@ impl QueueRuntime {
     pub(crate) fn new(p: RuntimeParts) -> (Self, tokio::sync::mpsc::UnboundedReceiver<Settlement>) {
         let RuntimeParts {
             cfg,
+            keys,
+            capacity,
             consumer,
             registry,
             max_payload,
@@ -144,7 +173,6 @@ impl QueueRuntime {
             stopping,
             broker,
         } = p;
-        let keys = QueueKeys::pooled(&cfg.name, cfg.pool.as_deref());
         let q = cfg.name.clone();
         metrics::gauge!(m::CONCURRENCY, "queue" => q.clone()).set(cfg.concurrency as f64);
         let tracked = Arc::new(Tracked::default());
@@ -153,10 +181,8 @@ impl QueueRuntime {
             group: cfg.group.clone(),
             heartbeats: keys.heartbeats_for(&cfg.group),
             delete_on_ack: !cfg.is_fanout(),
-            total: Arc::new(Semaphore::new(cfg.concurrency)),
-            bulk: Arc::new(Semaphore::new(
-                cfg.concurrency.saturating_sub(cfg.express_concurrency),
-            )),
+            total: capacity.total,
+            bulk: capacity.bulk,
             concurrency: AtomicUsize::new(cfg.concurrency),
             tracked,
             cancels: Cancels::default(),
