@@ -58,6 +58,18 @@ pub struct RedisConfig {
     /// Seed nodes of a Redis Cluster (`redis://host:port`, or `rediss://`), instead of
     /// `url`: any reachable one gives the slot map. User and password come from the first.
     pub cluster_nodes: Vec<String>,
+    /// Redis Sentinels (`redis://host:port`, or `rediss://`) watching the master named
+    /// `sentinel_master`, instead of `url`: the master is whichever node they name, and a
+    /// failover is followed (see `rdb::sentinel`). The URLs' user and password (from the
+    /// first) authenticate to the sentinels, and to the data nodes unless
+    /// `master_username` / `master_password` are set.
+    pub sentinels: Vec<String>,
+    /// The master name the sentinels monitor (`sentinel monitor <name> …`), with `sentinels`.
+    pub sentinel_master: Option<String>,
+    /// With `sentinels`: the ACL user of the data nodes, when it is not the sentinel URLs'.
+    pub master_username: Option<String>,
+    /// With `sentinels`: the password of the data nodes, when it is not the sentinel URLs'.
+    pub master_password: Option<String>,
     /// Time limit for one (non-blocking) command's reply, in ms.
     pub response_timeout_ms: u64,
     /// Time limit for establishing a connection, in ms.
@@ -78,6 +90,10 @@ impl Default for RedisConfig {
         RedisConfig {
             url: DEFAULT_REDIS_URL.into(),
             cluster_nodes: Vec::new(),
+            sentinels: Vec::new(),
+            sentinel_master: None,
+            master_username: None,
+            master_password: None,
             wait_replicas: 0,
             wait_timeout_ms: 1_000,
             response_timeout_ms: 2_000,
@@ -580,6 +596,23 @@ impl Config {
                 .map(String::from)
                 .collect();
         }
+        if let Some(v) = get("TASKSTREAM_REDIS_SENTINELS") {
+            self.redis.sentinels = v
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = get("TASKSTREAM_REDIS_SENTINEL_MASTER") {
+            self.redis.sentinel_master = Some(v);
+        }
+        if let Some(v) = get("TASKSTREAM_REDIS_MASTER_USERNAME") {
+            self.redis.master_username = Some(v);
+        }
+        if let Some(v) = get("TASKSTREAM_REDIS_MASTER_PASSWORD") {
+            self.redis.master_password = Some(v);
+        }
         if let Some(v) = get("TASKSTREAM_HTTP_LISTEN") {
             self.http.listen = v;
         }
@@ -641,7 +674,26 @@ impl Config {
                 || u.starts_with("unix://")
                 || u.starts_with("redis+unix://")
         };
-        if !self.redis.cluster_nodes.is_empty() {
+        let r = &self.redis;
+        let sentinel_mode = !r.sentinels.is_empty() || r.sentinel_master.is_some();
+        if !sentinel_mode {
+            for (key, v) in [
+                ("redis.master_username", &r.master_username),
+                ("redis.master_password", &r.master_password),
+            ] {
+                if v.is_some() {
+                    bad(
+                        key.into(),
+                        "is only used with redis.sentinels (the data nodes' credentials); with redis.url or redis.cluster_nodes put them in the URL".into(),
+                    );
+                }
+            }
+        }
+        if sentinel_mode {
+            for p in sentinel_problems(r) {
+                bad(p.0, p.1);
+            }
+        } else if !self.redis.cluster_nodes.is_empty() {
             if self.redis.url != DEFAULT_REDIS_URL {
                 bad(
                     "redis.cluster_nodes".into(),
@@ -690,22 +742,24 @@ impl Config {
                 ),
             );
         }
-        let r = &self.redis;
         let tls_set =
             r.tls_ca_file.is_some() || r.tls_cert_file.is_some() || r.tls_key_file.is_some();
-        let tls_url = if r.cluster_nodes.is_empty() {
-            r.url.starts_with("rediss://")
+        let (tls_url, tls_key) = if sentinel_mode {
+            (
+                r.sentinels.iter().all(|n| n.starts_with("rediss://")),
+                "redis.sentinels",
+            )
+        } else if r.cluster_nodes.is_empty() {
+            (r.url.starts_with("rediss://"), "redis.url")
         } else {
-            r.cluster_nodes.iter().all(|n| n.starts_with("rediss://"))
+            (
+                r.cluster_nodes.iter().all(|n| n.starts_with("rediss://")),
+                "redis.cluster_nodes",
+            )
         };
         if tls_set && !tls_url {
             bad(
-                if r.cluster_nodes.is_empty() {
-                    "redis.url"
-                } else {
-                    "redis.cluster_nodes"
-                }
-                .into(),
+                tls_key.into(),
                 "must be rediss:// when redis.tls_ca_file, tls_cert_file or tls_key_file is set"
                     .into(),
             );
@@ -1155,6 +1209,78 @@ fn key_at(text: &str, offset: Option<usize>) -> String {
     }
 }
 
+/// The problems of a Sentinel setup (`redis.sentinels` or `redis.sentinel_master` set), as
+/// (key, reason): both set, no other way of reaching Redis, every sentinel a `redis://` or
+/// `rediss://` URL without a database (a sentinel has none), all with TLS or none.
+fn sentinel_problems(r: &RedisConfig) -> Vec<(String, String)> {
+    let mut p = Vec::new();
+    let mut bad = |k: &str, reason: &str| p.push((k.to_string(), reason.to_string()));
+    if r.sentinels.is_empty() {
+        bad(
+            "redis.sentinels",
+            "must list the sentinels (redis://host:port, env TASKSTREAM_REDIS_SENTINELS) when redis.sentinel_master is set",
+        );
+    }
+    match r.sentinel_master.as_deref() {
+        None => bad(
+            "redis.sentinel_master",
+            "must name the master the sentinels monitor (`sentinel monitor <name> …`) when redis.sentinels is set",
+        ),
+        Some(m) if m.is_empty() || m.chars().any(|c| c.is_whitespace() || c.is_control()) => bad(
+            "redis.sentinel_master",
+            "must be the master's name as in `sentinel monitor <name> …` (no spaces)",
+        ),
+        Some(_) => {}
+    }
+    if r.url != DEFAULT_REDIS_URL {
+        bad(
+            "redis.sentinels",
+            "set either redis.url (one server) or redis.sentinels (a master under Redis Sentinel), not both",
+        );
+    }
+    if !r.cluster_nodes.is_empty() {
+        bad(
+            "redis.sentinels",
+            "set either redis.cluster_nodes (a Redis Cluster) or redis.sentinels (a master under Redis Sentinel), not both",
+        );
+    }
+    for (i, n) in r.sentinels.iter().enumerate() {
+        let key = format!("redis.sentinels[{i}]");
+        let client = (n.starts_with("redis://") || n.starts_with("rediss://"))
+            .then(|| redis::Client::open(n.as_str()).ok())
+            .flatten();
+        match client {
+            None => p.push((
+                key,
+                format!(
+                    "must be a redis:// or rediss:// URL of a sentinel, got {:?}",
+                    redact_url(n)
+                ),
+            )),
+            Some(c) if c.get_connection_info().redis_settings().db() != 0 => p.push((
+                key,
+                format!(
+                    "a sentinel has no databases: leave the /db path out of {:?} (taskstream uses database 0 of the master)",
+                    redact_url(n)
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    let tls = r
+        .sentinels
+        .iter()
+        .filter(|n| n.starts_with("rediss://"))
+        .count();
+    if tls != 0 && tls != r.sentinels.len() {
+        p.push((
+            "redis.sentinels".into(),
+            "mixes redis:// and rediss:// sentinels; they and the data nodes are reached with TLS or all without it".into(),
+        ));
+    }
+    p
+}
+
 /// `a.b.c` with `[n]` after every prefix that is an array of tables seen `n + 1` times.
 fn indexed_path(path: &str, counts: &BTreeMap<String, usize>) -> String {
     let mut out = String::new();
@@ -1518,6 +1644,115 @@ url = "ftp://x"
             .apply_env(|k| (k == "TASKSTREAM_LOG_FORMAT").then(|| "xml".into()))
             .unwrap_err();
         assert_eq!(errs[0].key, "TASKSTREAM_LOG_FORMAT");
+    }
+
+    #[test]
+    fn sentinels_need_a_master_name_and_exclude_url_and_cluster() {
+        let ok = "[redis]\nsentinels = [\"redis://127.0.0.1:26379\", \"redis://u:pw@h2:26379\"]\nsentinel_master = \"mymaster\"\n";
+        assert_eq!(problems(ok), []);
+        let cfg = Config::parse("f", ok).unwrap();
+        assert_eq!(cfg.redis.sentinels.len(), 2);
+        assert_eq!(cfg.redis.sentinel_master.as_deref(), Some("mymaster"));
+        // With data-node credentials of their own, and over TLS.
+        assert_eq!(
+            problems("[redis]\nsentinels = [\"rediss://h:26379\"]\nsentinel_master = \"m\"\nmaster_username = \"app\"\nmaster_password = \"pw\"\ntls_ca_file = \"/ca.pem\"\n"),
+            []
+        );
+        for (text, key, want) in [
+            (
+                "[redis]\nsentinels = [\"redis://h:26379\"]\n",
+                "redis.sentinel_master",
+                "must name the master",
+            ),
+            (
+                "[redis]\nsentinel_master = \"m\"\n",
+                "redis.sentinels",
+                "must list the sentinels",
+            ),
+            (
+                "[redis]\nsentinels = [\"redis://h:26379\"]\nsentinel_master = \"my master\"\n",
+                "redis.sentinel_master",
+                "no spaces",
+            ),
+            (
+                "[redis]\nurl = \"redis://other:6379\"\nsentinels = [\"redis://h:26379\"]\nsentinel_master = \"m\"\n",
+                "redis.sentinels",
+                "either redis.url",
+            ),
+            (
+                "[redis]\ncluster_nodes = [\"redis://c:7000\"]\nsentinels = [\"redis://h:26379\"]\nsentinel_master = \"m\"\n",
+                "redis.sentinels",
+                "either redis.cluster_nodes",
+            ),
+            (
+                "[redis]\nsentinels = [\"http://h:26379\"]\nsentinel_master = \"m\"\n",
+                "redis.sentinels[0]",
+                "redis:// or rediss://",
+            ),
+            (
+                "[redis]\nsentinels = [\"redis://h:26379\", \"redis://h2:26379/2\"]\nsentinel_master = \"m\"\n",
+                "redis.sentinels[1]",
+                "no databases",
+            ),
+            (
+                "[redis]\nsentinels = [\"redis://h:26379\", \"rediss://h2:26379\"]\nsentinel_master = \"m\"\n",
+                "redis.sentinels",
+                "mixes redis:// and rediss://",
+            ),
+            (
+                "[redis]\nsentinels = [\"redis://h:26379\"]\nsentinel_master = \"m\"\ntls_ca_file = \"/ca.pem\"\n",
+                "redis.sentinels",
+                "must be rediss://",
+            ),
+            (
+                "[redis]\nmaster_password = \"pw\"\n",
+                "redis.master_password",
+                "only used with redis.sentinels",
+            ),
+        ] {
+            let p = problems(text);
+            assert_eq!(p.len(), 1, "{text}: {p:?}");
+            assert_eq!(p[0].0, key, "{text}: {p:?}");
+            assert!(p[0].1.contains(want), "{text}: {p:?}");
+        }
+        // A password in a sentinel URL never reaches the message.
+        let p = problems(
+            "[redis]\nsentinels = [\"redis://u:s3cret@h:26379/1\"]\nsentinel_master = \"m\"\n",
+        );
+        assert!(!format!("{p:?}").contains("s3cret"), "{p:?}");
+    }
+
+    #[test]
+    fn sentinel_env_overrides_apply() {
+        let mut cfg = Config::default();
+        cfg.apply_env(|k| match k {
+            "TASKSTREAM_REDIS_SENTINELS" => {
+                Some(" redis://127.0.0.1:26379, redis://127.0.0.1:26380 ,,".into())
+            }
+            "TASKSTREAM_REDIS_SENTINEL_MASTER" => Some("mymaster".into()),
+            "TASKSTREAM_REDIS_MASTER_USERNAME" => Some("app".into()),
+            "TASKSTREAM_REDIS_MASTER_PASSWORD" => Some("pw".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            cfg.redis.sentinels,
+            ["redis://127.0.0.1:26379", "redis://127.0.0.1:26380"]
+        );
+        assert_eq!(cfg.redis.sentinel_master.as_deref(), Some("mymaster"));
+        assert_eq!(cfg.redis.master_username.as_deref(), Some("app"));
+        assert_eq!(cfg.redis.master_password.as_deref(), Some("pw"));
+        cfg.validate("env").unwrap();
+        // The environment combined with a file that sets redis.url is refused by the check.
+        let mut cfg = Config::parse("f", "[redis]\nurl = \"redis://h:6379\"\n").unwrap();
+        cfg.apply_env(|k| match k {
+            "TASKSTREAM_REDIS_SENTINELS" => Some("redis://127.0.0.1:26379".into()),
+            "TASKSTREAM_REDIS_SENTINEL_MASTER" => Some("m".into()),
+            _ => None,
+        })
+        .unwrap();
+        let e = cfg.validate("f").unwrap_err().to_string();
+        assert!(e.contains("redis.sentinels"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, Config};
+use crate::config::Config;
 use crate::inspect::Inspector;
 
 use super::output::{escape_controls, out, outln};
@@ -34,7 +34,12 @@ pub(crate) async fn run(cfg: Config, a: Args) -> anyhow::Result<()> {
         Inspector::connect(&cfg.redis, &never),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("redis at {} does not answer", redact_url(&cfg.redis.url)))??
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "redis at {} does not answer",
+            crate::rdb::describe(&cfg.redis)
+        )
+    })??
     .with_heartbeat_lapse(cfg.worker.heartbeat_lapse_ms);
     let configured: Vec<String> = cfg.queues.iter().map(|q| q.name.clone()).collect();
     let mut prev: Option<(std::time::Instant, Vec<(String, u64)>)> = None;
@@ -70,7 +75,7 @@ pub(crate) async fn run(cfg: Config, a: Args) -> anyhow::Result<()> {
                 out!("\x1b[2J\x1b[H");
                 outln!(
                     "taskstream stats — {} — every {:?} (Ctrl-C to quit)\n",
-                    redact_url(&cfg.redis.url),
+                    crate::rdb::describe(&cfg.redis),
                     a.interval
                 );
             }

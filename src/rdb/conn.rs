@@ -33,6 +33,11 @@
 //! queue — a dedicated connection per shard — and a reshard or failover that moves the
 //! slot is followed by the same routing. Cluster connections carry no client name:
 //! `CLIENT SETNAME` would name one node's connection only.
+//!
+//! Redis Sentinel (issue 11): with `redis.sentinels` set, [`Conn::Sentinel`] and
+//! [`ReaderPool::Sentinel`] connect to the master the sentinels name, check that it is one,
+//! and move to the promoted replica after a failover; how and why is in
+//! [`super::sentinel`]. Their connections are named as for one server.
 
 use std::time::Duration;
 
@@ -41,6 +46,7 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
+use super::sentinel::{SentinelConn, SentinelReaderConn, SentinelReaders, Sentinels};
 use crate::config::RedisConfig;
 use crate::error::{Error, Result};
 
@@ -150,6 +156,8 @@ pub enum Conn {
     Single(ConnectionManager),
     /// A Redis Cluster (`redis.cluster_nodes`): routed by key, following `MOVED`/`ASK`.
     Cluster(ClusterConnection),
+    /// The master named by Redis Sentinel (`redis.sentinels`), followed across failovers.
+    Sentinel(SentinelConn),
 }
 
 impl Conn {
@@ -176,6 +184,7 @@ impl std::fmt::Debug for Conn {
         f.write_str(match self {
             Conn::Single(_) => "Conn::Single",
             Conn::Cluster(_) => "Conn::Cluster",
+            Conn::Sentinel(_) => "Conn::Sentinel",
         })
     }
 }
@@ -185,6 +194,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -197,6 +207,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -204,13 +215,26 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
         }
     }
 }
 
-/// What the log and errors call the Redis of `cfg`: its URL, or its seed nodes.
+/// What the log and errors call the Redis of `cfg`: its URL, its seed nodes, or its
+/// sentinels.
 pub fn describe(cfg: &RedisConfig) -> String {
-    if cfg.cluster_nodes.is_empty() {
+    if !cfg.sentinels.is_empty() {
+        let nodes: Vec<String> = cfg
+            .sentinels
+            .iter()
+            .map(|n| crate::config::redact_url(n))
+            .collect();
+        format!(
+            "master {:?} of sentinels {}",
+            cfg.sentinel_master.as_deref().unwrap_or(""),
+            nodes.join(",")
+        )
+    } else if cfg.cluster_nodes.is_empty() {
         crate::config::redact_url(&cfg.url)
     } else {
         let nodes: Vec<String> = cfg
@@ -303,16 +327,14 @@ pub async fn connect(
     cancel: &tokio_util::sync::CancellationToken,
     name: ClientName,
 ) -> Result<Conn> {
+    if !cfg.sentinels.is_empty() {
+        return connect_sentinel(cfg, cancel, name).await;
+    }
     if !cfg.cluster_nodes.is_empty() {
         return connect_cluster(cfg, cancel).await;
     }
     let client = client(cfg)?;
-    let mcfg = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_millis(cfg.response_timeout_ms)))
-        .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(2));
+    let mcfg = manager_config(cfg);
     let mut attempt: u32 = 0;
     loop {
         match ConnectionManager::new_with_config(client.clone(), mcfg.clone()).await {
@@ -344,6 +366,60 @@ pub async fn connect(
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(Error::Redis(e)),
                     _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The command connection's manager settings.
+fn manager_config(cfg: &RedisConfig) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_millis(cfg.response_timeout_ms)))
+        .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)))
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(2))
+}
+
+/// [`connect`] under Sentinel: retries with backoff until the sentinels name a master
+/// that answers as one (the sentinel module logs each failed attempt and why).
+async fn connect_sentinel(
+    cfg: &RedisConfig,
+    cancel: &tokio_util::sync::CancellationToken,
+    name: ClientName,
+) -> Result<Conn> {
+    let sentinels = Sentinels::shared(cfg)?;
+    let mcfg = manager_config(cfg);
+    let manager_name = name.clone();
+    let conn = SentinelConn::new(
+        sentinels,
+        Box::new(move |client| {
+            let (mcfg, name) = (mcfg.clone(), manager_name.clone());
+            Box::pin(async move {
+                let mut c = ConnectionManager::new_with_config(client, mcfg).await?;
+                set_name(&mut c, &name).await;
+                Ok(c)
+            })
+        }),
+    );
+    let mut attempt: u32 = 0;
+    loop {
+        match conn.ready().await {
+            Ok(()) => {
+                keep_sentinel_name(conn.downgrade(), name, cancel.clone());
+                if attempt > 0 {
+                    tracing::info!(redis = %describe(cfg), attempts = attempt + 1, "connected to redis");
+                }
+                crate::health::set_redis_up(true);
+                return Ok(Conn::Sentinel(conn));
+            }
+            Err(e) => {
+                attempt += 1;
+                crate::health::set_redis_up(false);
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(Error::Redis(e)),
+                    _ = tokio::time::sleep(reconnect_delay(attempt)) => {}
                 }
             }
         }
@@ -405,6 +481,28 @@ fn keep_name(
     });
 }
 
+/// [`keep_name`] under Sentinel, on whichever master the connection uses; it also ends
+/// when the connection is dropped, so a dropped producer does not keep its sentinel
+/// subscriptions open.
+fn keep_sentinel_name(
+    conn: std::sync::Weak<super::sentinel::Follow<ConnectionManager>>,
+    name: ClientName,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(NAME_REFRESH) => {}
+            }
+            let Some(mut c) = SentinelConn::upgrade(&conn) else {
+                break;
+            };
+            set_name(&mut c, &name).await;
+        }
+    });
+}
+
 /// Backoff for reconnects: 100 ms doubling to 5 s, full jitter on the upper half.
 pub fn reconnect_delay(attempt: u32) -> Duration {
     crate::backoff::Backoff {
@@ -422,6 +520,9 @@ pub enum ReaderPool {
     /// A cluster: every [`ReaderPool::get`] opens a cluster connection of its own, which
     /// its reader keeps (see the module docs).
     Cluster(Box<ClusterClient>),
+    /// Under Sentinel: a pool of connections to the current master, replaced when the
+    /// master moves.
+    Sentinel(SentinelReaders),
 }
 
 impl std::fmt::Debug for ReaderPool {
@@ -429,6 +530,7 @@ impl std::fmt::Debug for ReaderPool {
         f.write_str(match self {
             ReaderPool::Single(_) => "ReaderPool::Single",
             ReaderPool::Cluster(_) => "ReaderPool::Cluster",
+            ReaderPool::Sentinel(_) => "ReaderPool::Sentinel",
         })
     }
 }
@@ -447,6 +549,7 @@ impl ReaderPool {
                 .await
                 .map(ReaderConn::Cluster)
                 .map_err(|e| e.to_string()),
+            ReaderPool::Sentinel(r) => r.get().await.map(ReaderConn::Sentinel),
         }
     }
 }
@@ -457,6 +560,8 @@ pub enum ReaderConn {
     Single(deadpool_redis::Connection),
     /// A cluster connection of its own (closed when dropped).
     Cluster(ClusterConnection),
+    /// A pooled connection to the master the sentinels named.
+    Sentinel(SentinelReaderConn),
 }
 
 impl ReaderConn {
@@ -466,6 +571,7 @@ impl ReaderConn {
         match self {
             ReaderConn::Single(c) => drop(deadpool_redis::Connection::take(c)),
             ReaderConn::Cluster(c) => drop(c),
+            ReaderConn::Sentinel(c) => c.discard(),
         }
     }
 }
@@ -475,6 +581,7 @@ impl ConnectionLike for ReaderConn {
         match self {
             ReaderConn::Single(c) => c.req_packed_command(cmd),
             ReaderConn::Cluster(c) => c.req_packed_command(cmd),
+            ReaderConn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -487,6 +594,7 @@ impl ConnectionLike for ReaderConn {
         match self {
             ReaderConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             ReaderConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            ReaderConn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -494,6 +602,7 @@ impl ConnectionLike for ReaderConn {
         match self {
             ReaderConn::Single(c) => c.get_db(),
             ReaderConn::Cluster(c) => c.get_db(),
+            ReaderConn::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -515,8 +624,41 @@ pub fn reader_pool(
     let conn_cfg = redis::AsyncConnectionConfig::new()
         .set_response_timeout(Some(block + Duration::from_millis(cfg.response_timeout_ms)))
         .set_connection_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+    if !cfg.sentinels.is_empty() {
+        let sentinels = Sentinels::shared(cfg)?;
+        return Ok(ReaderPool::Sentinel(SentinelReaders::new(
+            sentinels,
+            Box::new(move |client| {
+                let pool = pool_for(
+                    client.get_connection_info().clone(),
+                    conn_cfg.clone(),
+                    size,
+                    name.clone(),
+                );
+                Box::pin(async move {
+                    pool.map_err(|e| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::Client,
+                            "reader pool",
+                            e.to_string(),
+                        ))
+                    })
+                })
+            }),
+        )));
+    }
     // The connection info of the TLS-aware client carries the CA and client certificate.
     let info = client(cfg)?.get_connection_info().clone();
+    pool_for(info, conn_cfg, size, name).map(ReaderPool::Single)
+}
+
+/// A pool of up to `size` connections to `info`, each named `name`.
+fn pool_for(
+    info: redis::ConnectionInfo,
+    conn_cfg: redis::AsyncConnectionConfig,
+    size: usize,
+    name: ClientName,
+) -> Result<deadpool_redis::Pool> {
     let manager = deadpool_redis::Manager::new_with_config(info, conn_cfg)?;
     deadpool_redis::Pool::builder(manager)
         .post_create(deadpool_redis::Hook::async_fn(move |conn, _| {
@@ -529,7 +671,6 @@ pub fn reader_pool(
         .max_size(size.max(1))
         .runtime(deadpool_redis::Runtime::Tokio1)
         .build()
-        .map(ReaderPool::Single)
         .map_err(|e| Error::Pool(e.to_string()))
 }
 

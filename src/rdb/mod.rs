@@ -12,7 +12,9 @@
 //!
 //! Connections ([`conn`]): commands go through a multiplexed [`Conn`] — a
 //! `ConnectionManager`, which reconnects by itself, or on a Redis Cluster the cluster
-//! connection, which routes by key; blocking `XREADGROUP … BLOCK` never runs on it (it
+//! connection, which routes by key, or under Redis Sentinel a manager to the master the
+//! sentinels name, replaced when it moves ([`sentinel`]); blocking `XREADGROUP … BLOCK`
+//! never runs on it (it
 //! would stall every other command), but on an exclusive connection from a [`ReaderPool`]
 //! whose reply timeout is longer than the block time (redis-rs times replies out after
 //! 500 ms by default).
@@ -31,6 +33,7 @@ mod noperm;
 mod parse;
 mod routes;
 pub(crate) mod scripts;
+mod sentinel;
 mod settle;
 
 #[cfg(feature = "cli")]
