@@ -574,12 +574,18 @@ async fn cluster_bench(url: &str, tasks: usize, rounds: usize) -> Result<()> {
         x.sort_by(|a, b| a.total_cmp(b));
         x[x.len() / 2]
     };
-    println!("  {:<40} {:>10} {:>14} {:>15}   tasks/s of each round", "setup", "tasks/s", "Redis µs/task", "client µs/task");
+    println!(
+        "  {:<40} {:>10} {:>14} {:>15}   tasks/s of each round",
+        "setup", "tasks/s", "Redis µs/task", "client µs/task"
+    );
     let mut med = Vec::new();
     for (name, r) in names.iter().zip(&runs) {
         let (t, rc, cc) = (median(r, |x| x.0), median(r, |x| x.1), median(r, |x| x.2));
         let each: Vec<String> = r.iter().map(|x| format!("{:.0}", x.0)).collect();
-        println!("  {name:<40} {t:>10.0} {rc:>14.2} {cc:>15.2}   {}", each.join(" "));
+        println!(
+            "  {name:<40} {t:>10.0} {rc:>14.2} {cc:>15.2}   {}",
+            each.join(" ")
+        );
         med.push(t);
     }
     println!(

@@ -215,7 +215,10 @@ fn bad_config_is_reported_with_file_and_key() {
 
     for good in [
         concat!(env!("CARGO_MANIFEST_DIR"), "/config/taskstream.toml"),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/config/taskstream-cluster.toml"),
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/taskstream-cluster.toml"
+        ),
     ] {
         let (code, out, err) = run_cli(&["config", "check", good], &[]);
         assert_eq!(code, 0, "{good}: {out}{err}");

@@ -192,30 +192,32 @@ impl Cluster {
 
     /// The port of the master that holds `key`'s slot.
     pub fn master_of(&self, key: &str) -> u16 {
-        let port = *self.masters().first().expect("a master");
+        self.try_master_of(key)
+            .unwrap_or_else(|| panic!("no master holds the slot of {key}"))
+    }
+
+    /// [`Cluster::master_of`], or None while the cluster cannot tell (a failover).
+    pub fn try_master_of(&self, key: &str) -> Option<u16> {
+        let port = *self.masters().first()?;
         let slot = self
-            .query(port, &["CLUSTER", "KEYSLOT", key])
-            .expect("CLUSTER KEYSLOT")
+            .query(port, &["CLUSTER", "KEYSLOT", key])?
             .parse::<u16>()
-            .expect("a slot number");
-        let slots = self
-            .query_value(port, &["CLUSTER", "SLOTS"])
-            .expect("CLUSTER SLOTS");
-        let redis::Value::Array(ranges) = slots else {
-            panic!("CLUSTER SLOTS: {slots:?}")
+            .ok()?;
+        let redis::Value::Array(ranges) = self.query_value(port, &["CLUSTER", "SLOTS"])? else {
+            return None;
         };
         for r in ranges {
             let redis::Value::Array(r) = r else { continue };
-            let lo: u16 = redis::from_redis_value(r[0].clone()).unwrap();
-            let hi: u16 = redis::from_redis_value(r[1].clone()).unwrap();
+            let lo: u16 = redis::from_redis_value(r.first()?.clone()).ok()?;
+            let hi: u16 = redis::from_redis_value(r.get(1)?.clone()).ok()?;
             if (lo..=hi).contains(&slot) {
-                let redis::Value::Array(node) = r[2].clone() else {
-                    panic!("{r:?}")
+                let redis::Value::Array(node) = r.get(2)?.clone() else {
+                    return None;
                 };
-                return redis::from_redis_value(node[1].clone()).unwrap();
+                return redis::from_redis_value(node.get(1)?.clone()).ok();
             }
         }
-        panic!("slot {slot} of {key} has no master")
+        None
     }
 
     /// Runs `args` on node `port` and returns the raw reply.
