@@ -278,6 +278,51 @@ async fn enqueue_until(
     (ok, failed)
 }
 
+/// A producer enqueueing in the background ([`enqueue_until`]) and the ids it saw succeed.
+struct Enqueuer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    run: tokio::task::JoinHandle<(u64, u64)>,
+}
+
+impl Enqueuer {
+    fn start(producer: Producer, queue: &str, hits: &str, pace: Option<Duration>) -> Enqueuer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let run = tokio::spawn(enqueue_until(
+            producer,
+            queue.to_string(),
+            hits.to_string(),
+            stop.clone(),
+            acked.clone(),
+            pace,
+        ));
+        Enqueuer { stop, acked, run }
+    }
+
+    /// Enqueues acknowledged so far.
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `n` enqueues were acknowledged in all.
+    async fn reach(&self, n: usize, what: &str) {
+        poll(what, Duration::from_secs(60), || {
+            let got = self.count();
+            async move { (got >= n).then_some(()) }
+        })
+        .await;
+    }
+
+    /// Stops; returns the acknowledged ids and the number of failed batches.
+    async fn finish(self) -> (Vec<String>, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (_, failed) = self.run.await.unwrap();
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, failed)
+    }
+}
+
 /// One failover drill: a worker and a producer on `queue`, the queue's master killed with
 /// SIGKILL once 1,000 enqueues were acknowledged, enqueueing on until 3,000 more were;
 /// returns (acknowledged, acknowledged but never executed, failed batches).
@@ -312,26 +357,8 @@ async fn failover_drill(
         cfg.redis.wait_timeout_ms = 500;
     }
     let producer = Producer::connect(&cfg).await.unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let run = tokio::spawn(enqueue_until(
-        producer,
-        queue.to_string(),
-        hits.to_string(),
-        stop.clone(),
-        acked.clone(),
-        None,
-    ));
-    let count = |a: &std::sync::Arc<std::sync::Mutex<Vec<String>>>| a.lock().unwrap().len();
-    poll(
-        "1,000 enqueues acknowledged",
-        Duration::from_secs(30),
-        || {
-            let n = count(&acked);
-            async move { (n >= 1000).then_some(()) }
-        },
-    )
-    .await;
+    let enq = Enqueuer::start(producer, queue, hits, None);
+    enq.reach(1000, "1,000 enqueues acknowledged").await;
     let victim = cluster.master_of(&format!("{{{queue}}}"));
     cluster.kill(victim);
     // The replica is promoted; the old master comes back as its replica (with
@@ -348,19 +375,13 @@ async fn failover_drill(
     })
     .await;
     cluster.restart(victim);
-    let before = count(&acked);
-    poll(
+    let before = enq.count();
+    enq.reach(
+        before + 3000,
         "3,000 more enqueues acknowledged after the failover",
-        Duration::from_secs(60),
-        || {
-            let n = count(&acked);
-            async move { (n >= before + 3000).then_some(()) }
-        },
     )
     .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (_, failed) = run.await.unwrap();
-    let acked: Vec<String> = acked.lock().unwrap().clone();
+    let (acked, failed) = enq.finish().await;
     // Everything acknowledged that still exists is executed; what a failover lost never
     // will be. Wait for the first, then count the second.
     let lost = |ran: &HashMap<String, u64>| -> Vec<String> {
@@ -614,26 +635,8 @@ async fn a_reshard_during_a_run_loses_nothing_and_leaves_nothing_stuck() {
     let toml = cluster.worker_toml(q, "", "partitions = 3");
     let _w = WorkerProc::spawn_named(&toml, "mover");
     let producer = Producer::connect(&cluster.config()).await.unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let run = tokio::spawn(enqueue_until(
-        producer,
-        q.to_string(),
-        hits.to_string(),
-        stop.clone(),
-        acked.clone(),
-        Some(Duration::from_millis(5)),
-    ));
-    let count = |a: &std::sync::Arc<std::sync::Mutex<Vec<String>>>| a.lock().unwrap().len();
-    poll(
-        "1,000 enqueues acknowledged",
-        Duration::from_secs(30),
-        || {
-            let n = count(&acked);
-            async move { (n >= 1000).then_some(()) }
-        },
-    )
-    .await;
+    let enq = Enqueuer::start(producer, q, hits, Some(Duration::from_millis(5)));
+    enq.reach(1000, "1,000 enqueues acknowledged").await;
     let tag = format!("{{{q}}}");
     let from = cluster.master_of(&tag);
     let to = *cluster.masters().iter().find(|m| **m != from).unwrap();
@@ -657,19 +660,13 @@ async fn a_reshard_during_a_run_loses_nothing_and_leaves_nothing_stuck() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(cluster.master_of(&tag), to, "partition 0 moved");
-    let before = count(&acked);
-    poll(
+    let before = enq.count();
+    enq.reach(
+        before + 1000,
         "1,000 more enqueues acknowledged after the reshard",
-        Duration::from_secs(60),
-        || {
-            let n = count(&acked);
-            async move { (n >= before + 1000).then_some(()) }
-        },
     )
     .await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (_, failed) = run.await.unwrap();
-    let acked: Vec<String> = acked.lock().unwrap().clone();
+    let (acked, failed) = enq.finish().await;
     poll(
         "every acknowledged task ran",
         Duration::from_secs(60),

@@ -148,6 +148,43 @@ pub fn tls_certificates(cfg: &RedisConfig) -> Result<Option<redis::TlsCertificat
     }))
 }
 
+/// `ConnectionLike` for an enum of connections with the variants `Single`, `Cluster` and
+/// `Sentinel`: every call goes to the connection inside.
+macro_rules! delegate_connection_like {
+    ($t:ident) => {
+        impl ConnectionLike for $t {
+            fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+                match self {
+                    $t::Single(c) => c.req_packed_command(cmd),
+                    $t::Cluster(c) => c.req_packed_command(cmd),
+                    $t::Sentinel(c) => c.req_packed_command(cmd),
+                }
+            }
+
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                pipeline: &'a Pipeline,
+                offset: usize,
+                count: usize,
+            ) -> RedisFuture<'a, Vec<Value>> {
+                match self {
+                    $t::Single(c) => c.req_packed_commands(pipeline, offset, count),
+                    $t::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+                    $t::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
+                }
+            }
+
+            fn get_db(&self) -> i64 {
+                match self {
+                    $t::Single(c) => c.get_db(),
+                    $t::Cluster(c) => c.get_db(),
+                    $t::Sentinel(c) => c.get_db(),
+                }
+            }
+        }
+    };
+}
+
 /// The command connection: to one Redis server, or to a Redis Cluster. Cheap to clone
 /// (clones share the underlying connections).
 #[derive(Clone)]
@@ -189,36 +226,7 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-            Conn::Sentinel(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-            Conn::Sentinel(c) => c.get_db(),
-        }
-    }
-}
+delegate_connection_like!(Conn);
 
 /// What the log and errors call the Redis of `cfg`: its URL, its seed nodes, or its
 /// sentinels.
@@ -576,36 +584,7 @@ impl ReaderConn {
     }
 }
 
-impl ConnectionLike for ReaderConn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            ReaderConn::Single(c) => c.req_packed_command(cmd),
-            ReaderConn::Cluster(c) => c.req_packed_command(cmd),
-            ReaderConn::Sentinel(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            ReaderConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            ReaderConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-            ReaderConn::Sentinel(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            ReaderConn::Single(c) => c.get_db(),
-            ReaderConn::Cluster(c) => c.get_db(),
-            ReaderConn::Sentinel(c) => c.get_db(),
-        }
-    }
-}
+delegate_connection_like!(ReaderConn);
 
 /// Builds the pool of blocking-read connections, each named `name`; replies may take
 /// `block` plus the normal response timeout. Same TLS setup as [`client`].
