@@ -160,6 +160,10 @@ pub struct Producer {
     wait: Option<rdb::WaitFor>,
     /// Round-robin position over the partitions of partitioned queues.
     next_partition: Arc<std::sync::atomic::AtomicU32>,
+    /// Ends the connection's name-refresh loop when the last clone of a producer made by
+    /// [`Producer::connect`] is dropped. Without it the loop held a handle on the
+    /// connection forever: every dropped producer left a connection and a task behind.
+    _name_loop: Option<Arc<tokio_util::sync::DropGuard>>,
 }
 
 pub use crate::routing::ROUTES_TTL;
@@ -182,6 +186,7 @@ impl Producer {
             routes: RouteCache::default(),
             wait: None,
             next_partition: Arc::default(),
+            _name_loop: None,
         }
     }
 
@@ -198,15 +203,16 @@ impl Producer {
 
     /// Connects to Redis (retrying with backoff until it answers).
     pub async fn connect(cfg: &crate::config::Config) -> Result<Self> {
-        let never = tokio_util::sync::CancellationToken::new();
+        let name_loop = tokio_util::sync::CancellationToken::new();
         let conn = rdb::connect(
             &cfg.redis,
-            &never,
+            &name_loop,
             rdb::ClientName::process(rdb::Role::Producer),
         )
         .await?;
         let mut p = Self::new(conn, cfg.producer.clone());
         p.wait = rdb::WaitFor::of(&cfg.redis);
+        p._name_loop = Some(Arc::new(name_loop.drop_guard()));
         Ok(p)
     }
 

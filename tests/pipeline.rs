@@ -701,3 +701,41 @@ async fn handler_timeout_and_panic_are_retryable_failures() {
         "{errs:?}"
     );
 }
+
+/// The producer's connections named `…:producer` in `CLIENT LIST`.
+fn producer_clients(c: &mut redis::Connection) -> usize {
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(c).unwrap();
+    list.lines().filter(|l| l.contains(":producer ")).count()
+}
+
+/// A dropped producer closes its connection: its name-refresh loop used to hold a handle
+/// on it forever, so an application that made a producer per request leaked a
+/// connection and a task each time.
+#[tokio::test]
+async fn a_dropped_producer_closes_its_connection() {
+    let redis = RedisServer::start();
+    let mut c = redis.sync_conn();
+    let mut cfg = Config::default();
+    cfg.redis.url = redis.url();
+    for _ in 0..3 {
+        let p = Producer::connect(&cfg).await.unwrap();
+        p.enqueue(NewTask::raw("drop", "t", "{}")).await.unwrap();
+        let clone = p.clone();
+        drop(p);
+        clone
+            .enqueue(NewTask::raw("drop", "t", "{}"))
+            .await
+            .unwrap();
+        assert_eq!(producer_clients(&mut c), 1, "a clone keeps the connection");
+        drop(clone);
+        poll(
+            "the producer's connection closed",
+            Duration::from_secs(10),
+            || {
+                let n = producer_clients(&mut c);
+                async move { (n == 0).then_some(()) }
+            },
+        )
+        .await;
+    }
+}
