@@ -688,3 +688,88 @@ async fn a_reshard_during_a_run_loses_nothing_and_leaves_nothing_stuck() {
         acked.len()
     );
 }
+
+/// ACL on a cluster, as for one server: the user and password of the first seed URL
+/// authenticate every node connection (commands and blocking readers alike), and a wrong
+/// password is said in the log and retried, never a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_of_the_seed_urls_reaches_every_node() {
+    let _g = common::heavy().await;
+    let cluster = Cluster::start_with(
+        3,
+        0,
+        &["--user", "ts", "on", ">s3cret", "~*", "&*", "+@all"],
+    );
+    let seeds = |password: &str| -> String {
+        let urls: Vec<String> = cluster
+            .nodes
+            .keys()
+            .map(|p| format!("\"redis://ts:{password}@127.0.0.1:{p}\""))
+            .collect();
+        format!("cluster_nodes = [{}]", urls.join(", "))
+    };
+    let q = "acl";
+    let hits = "{rec}:acl";
+    let toml = common::worker_toml("URL", q, "", "partitions = 3")
+        .replace("url = \"URL\"", &seeds("s3cret"));
+    let _w = WorkerProc::spawn_named(&toml, "acl");
+    let mut cfg = cluster.config();
+    cfg.redis.cluster_nodes = cluster
+        .nodes
+        .keys()
+        .map(|p| format!("redis://ts:s3cret@127.0.0.1:{p}"))
+        .collect();
+    let producer = Producer::connect(&cfg).await.unwrap();
+    let mut conn = cluster.sync_conn();
+    let key = taskstream::keys::QueueKeys::new(q).partitions_key();
+    poll("3 partitions recorded", Duration::from_secs(20), || {
+        let n: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap_or(None);
+        async move { (n.as_deref() == Some("3")).then_some(()) }
+    })
+    .await;
+    let ids: Vec<String> = producer
+        .enqueue_batch(
+            (0..60)
+                .map(|_| record(q, hits, serde_json::json!({})))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.task_id)
+        .collect();
+    poll("60 tasks run as user ts", Duration::from_secs(30), || {
+        let ran = cluster.executions(hits);
+        let all = ids.iter().all(|id| ran.contains_key(id));
+        async move { all.then_some(()) }
+    })
+    .await;
+    for m in cluster.masters() {
+        let list = cluster.query(m, &["CLIENT", "LIST"]).unwrap();
+        assert!(
+            list.lines().any(|l| l.contains(" user=ts ")),
+            "master {m} has no connection of user ts:\n{list}"
+        );
+    }
+
+    let bad =
+        common::worker_toml("URL", "acl-bad", "", "").replace("url = \"URL\"", &seeds("wrong"));
+    let mut w = WorkerProc::spawn_named(&bad, "acl-bad");
+    let log = poll(
+        "the wrong password is said and retried",
+        Duration::from_secs(30),
+        || {
+            let log = w.log_text();
+            async move {
+                log.contains("redis cluster unreachable, retrying with backoff")
+                    .then_some(log)
+            }
+        },
+    )
+    .await;
+    assert!(
+        log.to_lowercase().contains("wrongpass") || log.to_lowercase().contains("auth"),
+        "the log names the authentication failure: {log}"
+    );
+    assert!(w.alive(), "it keeps retrying rather than exiting");
+}

@@ -32,8 +32,13 @@ impl Cluster {
     /// `masters` masters with `replicas` replicas each, all slots assigned, replicas in
     /// sync, every node agreeing the cluster is ok.
     pub fn start(masters: usize, replicas: usize) -> Cluster {
+        Cluster::start_with(masters, replicas, &[])
+    }
+
+    /// [`Cluster::start`] with extra `redis-server` arguments on every node.
+    pub fn start_with(masters: usize, replicas: usize, extra: &[&str]) -> Cluster {
         let timeout = NODE_TIMEOUT_MS.to_string();
-        let args = [
+        let mut args = vec![
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -49,11 +54,19 @@ impl Cluster {
             "--slowlog-max-len",
             "100000",
         ];
+        args.extend_from_slice(extra);
         let mut nodes = BTreeMap::new();
+        let mut failed = 0;
         while nodes.len() < masters * (1 + replicas) {
             let port = cluster_port();
-            if let Some(s) = RedisServer::try_start_on(port, &args) {
-                nodes.insert(port, s);
+            match RedisServer::try_start_on(port, &args) {
+                Some(s) => {
+                    nodes.insert(port, s);
+                }
+                None => {
+                    failed += 1;
+                    assert!(failed < 20, "a cluster node does not start with {args:?}");
+                }
             }
         }
         let mut cmd = Command::new("redis-cli");
