@@ -16,6 +16,35 @@ fn record(queue: &str, key: &str, payload: serde_json::Value) -> NewTask {
     NewTask::new(queue, "builtin.record", &p).unwrap()
 }
 
+/// Waits until the workers recorded `n` partitions for queue `q` (`ts:{q}:partitions`),
+/// so a producer spreads over all of them.
+async fn partitions_recorded(cluster: &Cluster, q: &str, n: u32) {
+    let mut conn = cluster.sync_conn();
+    let key = taskstream::keys::QueueKeys::new(q).partitions_key();
+    let want = n.to_string();
+    poll(
+        &format!("the workers recorded {n} partitions of {q}"),
+        Duration::from_secs(20),
+        || {
+            let got: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap_or(None);
+            let done = got.as_deref() == Some(want.as_str());
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// Enqueues `tasks` in one batch and returns their ids.
+async fn enqueue_ids(producer: &Producer, tasks: Vec<NewTask>) -> Vec<String> {
+    producer
+        .enqueue_batch(tasks)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.task_id)
+        .collect()
+}
+
 /// The SHA1 digest of every script of the broker, by file name, as the cluster computes it.
 fn script_digests(cluster: &Cluster) -> HashMap<String, String> {
     let port = cluster.masters()[0];
@@ -133,17 +162,13 @@ async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
     taskstream::signals::resume(&mut conn, q).await.unwrap();
 
     // Long tasks in flight when the worker is killed: a second one recovers them.
-    let long: Vec<String> = producer
-        .enqueue_batch(
-            (0..8)
-                .map(|_| record(q, hits, serde_json::json!({"ms": 1500})))
-                .collect(),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.task_id)
-        .collect();
+    let long: Vec<String> = enqueue_ids(
+        &producer,
+        (0..8)
+            .map(|_| record(q, hits, serde_json::json!({"ms": 1500})))
+            .collect(),
+    )
+    .await;
     poll("long tasks started", Duration::from_secs(20), || async {
         let ran = cluster.executions(hits);
         long.iter().all(|id| ran.contains_key(id)).then_some(())
@@ -447,17 +472,7 @@ async fn a_queue_of_six_partitions_spreads_over_every_master_and_runs_each_task_
         .collect();
     let producer = Producer::connect(&cluster.config()).await.unwrap();
     // The workers record the partition count; the producer learns it before it sends.
-    let mut conn = cluster.sync_conn();
-    let key = taskstream::keys::QueueKeys::new(q).partitions_key();
-    poll(
-        "the workers recorded 6 partitions",
-        Duration::from_secs(20),
-        || {
-            let n: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap_or(None);
-            async move { (n.as_deref() == Some("6")).then_some(()) }
-        },
-    )
-    .await;
+    partitions_recorded(&cluster, q, 6).await;
     let mut ids = Vec::with_capacity(50_000);
     for _ in 0..50 {
         let batch: Vec<NewTask> = (0..1000)
@@ -559,23 +574,14 @@ async fn a_worker_killed_on_a_cluster_gets_its_tasks_recovered_in_every_partitio
     let mut a = WorkerProc::spawn_named(&toml, "crash-a");
     let producer = Producer::connect(&cluster.config()).await.unwrap();
     let mut conn = cluster.sync_conn();
-    let key = taskstream::keys::QueueKeys::new(q).partitions_key();
-    poll("3 partitions recorded", Duration::from_secs(20), || {
-        let n: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap_or(None);
-        async move { (n.as_deref() == Some("3")).then_some(()) }
-    })
+    partitions_recorded(&cluster, q, 3).await;
+    let ids: Vec<String> = enqueue_ids(
+        &producer,
+        (0..24)
+            .map(|_| record(q, hits, serde_json::json!({"ms": 1500})))
+            .collect(),
+    )
     .await;
-    let ids: Vec<String> = producer
-        .enqueue_batch(
-            (0..24)
-                .map(|_| record(q, hits, serde_json::json!({"ms": 1500})))
-                .collect(),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.task_id)
-        .collect();
     poll(
         "all 24 started on worker a",
         Duration::from_secs(20),
@@ -720,24 +726,14 @@ async fn an_acl_user_of_the_seed_urls_reaches_every_node() {
         .map(|p| format!("redis://ts:s3cret@127.0.0.1:{p}"))
         .collect();
     let producer = Producer::connect(&cfg).await.unwrap();
-    let mut conn = cluster.sync_conn();
-    let key = taskstream::keys::QueueKeys::new(q).partitions_key();
-    poll("3 partitions recorded", Duration::from_secs(20), || {
-        let n: Option<String> = redis::cmd("GET").arg(&key).query(&mut conn).unwrap_or(None);
-        async move { (n.as_deref() == Some("3")).then_some(()) }
-    })
+    partitions_recorded(&cluster, q, 3).await;
+    let ids: Vec<String> = enqueue_ids(
+        &producer,
+        (0..60)
+            .map(|_| record(q, hits, serde_json::json!({})))
+            .collect(),
+    )
     .await;
-    let ids: Vec<String> = producer
-        .enqueue_batch(
-            (0..60)
-                .map(|_| record(q, hits, serde_json::json!({})))
-                .collect(),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.task_id)
-        .collect();
     poll("60 tasks run as user ts", Duration::from_secs(30), || {
         let ran = cluster.executions(hits);
         let all = ids.iter().all(|id| ran.contains_key(id));
