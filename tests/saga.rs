@@ -1132,6 +1132,52 @@ async fn pending_of(conn: &mut ConnectionManager, consumer: &str) -> Option<usiz
     }
 }
 
+/// Freezes `proc` (consumer `consumer`) with SIGSTOP at a moment it holds replies, kills
+/// it, waits until the server has dropped its connections (so everything it sent has been
+/// applied) and returns how many replies it left pending.
+async fn freeze_and_kill(
+    c: &mut ConnectionManager,
+    proc: &mut OrchProc,
+    consumer: &str,
+    deadline: Instant,
+) -> usize {
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "orchestrator {consumer} never held a reply; log:\n{}",
+            proc.log_text()
+        );
+        if pending_of(c, consumer).await.unwrap_or(0) > 0 {
+            common::signal(proc.pid(), "STOP");
+            if pending_of(c, consumer).await.unwrap_or(0) > 0 {
+                break;
+            }
+            common::signal(proc.pid(), "CONT");
+        }
+        tokio::task::yield_now().await;
+    }
+    proc.kill9();
+    let prefix = format!("taskstream:{consumer}:");
+    poll(
+        &format!("the server to drop {consumer}'s connections"),
+        WAIT,
+        || {
+            let mut c = c.clone();
+            let prefix = prefix.clone();
+            async move {
+                let list: String = redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                (!list.contains(&prefix)).then_some(())
+            }
+        },
+    )
+    .await;
+    pending_of(c, consumer).await.unwrap_or(0)
+}
+
 // The guard serializes the heavy tests of this binary for their whole run; each test
 // has its own runtime, so holding it across awaits blocks nothing else.
 #[allow(clippy::await_holding_lock)]
@@ -1146,7 +1192,7 @@ async fn sigkill_of_an_orchestrator_mid_run_loses_and_repeats_nothing() {
     );
     let mut env = Env::start(vec![demo_saga()], false).await;
     let url = env.redis.url();
-    let mut a = OrchProc::spawn(&url, "orch-a");
+    let mut a = OrchProc::spawn(&url, "orch-a0");
     let b = OrchProc::spawn(&url, "orch-b");
     // Every 5th saga fails at `ml` and rolls back.
     let inputs = (0..500)
@@ -1163,27 +1209,24 @@ async fn sigkill_of_an_orchestrator_mid_run_loses_and_repeats_nothing() {
         .await
         .unwrap();
 
-    // Freeze A at a moment it holds replies it has read but not acknowledged, then kill it.
+    // Freeze an orchestrator at a moment it holds replies it has read but not
+    // acknowledged, then kill it. What it held is counted once the server has dropped
+    // its connections: an acknowledgement it sent just before the freeze can still be
+    // applied after the XPENDING that saw the reply pending (the two arrive on different
+    // connections), so only the count after its connections are gone is what B must
+    // claim. A victim that turns out to have held nothing is replaced by a fresh one.
     let mut c = env.conn.clone();
     let deadline = Instant::now() + WAIT;
-    let held = loop {
-        assert!(
-            Instant::now() < deadline,
-            "orchestrator A never held a reply; log:\n{}",
-            a.log_text()
-        );
-        if pending_of(&mut c, "orch-a").await.unwrap_or(0) > 0 {
-            common::signal(a.pid(), "STOP");
-            let n = pending_of(&mut c, "orch-a").await.unwrap_or(0);
-            if n > 0 {
-                break n;
-            }
-            common::signal(a.pid(), "CONT");
+    let mut attempt = 0;
+    let (victim, held) = loop {
+        let held = freeze_and_kill(&mut c, &mut a, &format!("orch-a{attempt}"), deadline).await;
+        if held > 0 {
+            break (format!("orch-a{attempt}"), held);
         }
-        tokio::task::yield_now().await;
+        attempt += 1;
+        a = OrchProc::spawn(&url, &format!("orch-a{attempt}"));
     };
-    a.kill9();
-    eprintln!("orchestrator A killed holding {held} unacknowledged replies");
+    eprintln!("orchestrator {victim} killed holding {held} unacknowledged replies (attempt {attempt})");
 
     let mut finished = HashMap::new();
     for (n, id) in ids.iter().enumerate() {
@@ -1217,9 +1260,9 @@ async fn sigkill_of_an_orchestrator_mid_run_loses_and_repeats_nothing() {
     assert_eq!(finished["completed"], 400);
     assert_eq!(finished["rolled_back"], 100);
     assert_eq!(
-        pending_of(&mut c, "orch-a").await,
+        pending_of(&mut c, &victim).await,
         Some(0),
-        "A's replies were claimed"
+        "{victim}'s replies were claimed"
     );
     assert!(
         b.log_text().contains("claimed saga replies"),
