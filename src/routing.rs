@@ -54,12 +54,6 @@ pub(crate) struct RouteCache {
 }
 
 impl RouteCache {
-    /// The pool serving `task_type` in `queue`, per the cached copy.
-    pub(crate) fn pool_of(&self, queue: &str, task_type: &str) -> Option<String> {
-        let r = self.inner.lock().expect("poisoned");
-        r.get(queue).and_then(|(_, m, _)| m.get(task_type).cloned())
-    }
-
     /// The pool serving `task_type` in `queue` and how many partitions `queue` has (1
     /// when unknown), per the cached copy, in one look.
     pub(crate) fn route(&self, queue: &str, task_type: &str) -> (Option<String>, u32) {

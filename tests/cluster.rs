@@ -62,7 +62,8 @@ fn script_digests(cluster: &Cluster) -> HashMap<String, String> {
 /// runs plain, express, delayed, idempotent, retried, dead-lettered, requeued, cancelled,
 /// rate-limited, paused and recovered tasks, and `stats`; the nodes' slow logs (every
 /// command is logged) show which scripts ran, and `INFO errorstats` that no node answered
-/// CROSSSLOT. The saga scripts are not run here: sagas on a cluster are issue 11.3.
+/// CROSSSLOT. The saga scripts run in
+/// `a_thousand_sagas_on_a_cluster_survive_an_orchestrator_kill_and_compensate_in_reverse`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
     let _g = common::heavy().await;
@@ -121,6 +122,19 @@ async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
     taskstream::signals::cancel_task(&mut conn, q, &cancelled)
         .await
         .unwrap();
+    // Replies asked for on another slot (a raw producer's reply_to): posted apart from
+    // the settle, which would otherwise span slots and fail for ever.
+    let foreign_replies = "{elsewhere}:replies";
+    assert_ne!(
+        taskstream::keys::slot(foreign_replies),
+        taskstream::keys::slot(q)
+    );
+    let replied_from = batch.len();
+    for _ in 0..5 {
+        let mut t = record(q, hits, serde_json::json!({}));
+        t.reply_to = Some(foreign_replies.to_string());
+        batch.push((t, 1));
+    }
     // A second queue of the same process, on another slot (heartbeats and counters of
     // both go out together).
     for _ in 0..10 {
@@ -135,7 +149,11 @@ async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
             expected.insert(e.task_id.clone(), n);
         }
     }
-    let expect_ok = 100 + 10 + 5 + 5 + 5;
+    let asked_replies: BTreeSet<String> = sent[replied_from..replied_from + 5]
+        .iter()
+        .map(|e| e.task_id.clone())
+        .collect();
+    let expect_ok = 100 + 10 + 5 + 5 + 5 + 5;
     poll("the first tasks done", Duration::from_secs(30), || async {
         let ran = cluster.executions(hits);
         (ran.len() >= expect_ok + 3 && cluster.executions(hits_beta).len() >= 10).then_some(())
@@ -208,6 +226,21 @@ async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
     for id in &long {
         expected.insert(id.clone(), 2);
     }
+    let replies: Vec<(String, HashMap<String, String>)> = {
+        let mut c = cluster.sync_conn();
+        redis::cmd("XRANGE")
+            .arg(foreign_replies)
+            .arg("-")
+            .arg("+")
+            .query(&mut c)
+            .unwrap()
+    };
+    let replied: BTreeSet<String> = replies
+        .iter()
+        .filter(|(_, f)| f.get("outcome").map(String::as_str) == Some("succeeded"))
+        .filter_map(|(_, f)| f.get("task_id").cloned())
+        .collect();
+    assert_eq!(replied, asked_replies, "replies on another slot: {replies:?}");
     let mut ran = cluster.executions(hits);
     ran.extend(cluster.executions(hits_beta));
     let done = taskstream::stats::completed_counts(&mut conn, &["alpha".into(), "beta".into()])
@@ -238,6 +271,7 @@ async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
         .collect();
     let not_here: BTreeSet<&str> = [
         "saga_apply.lua",
+        "saga_relay.lua",
         "saga_prune_consumers.lua",
         "demo_record_undo.lua",
     ]
@@ -768,4 +802,209 @@ async fn an_acl_user_of_the_seed_urls_reaches_every_node() {
         "the log names the authentication failure: {log}"
     );
     assert!(w.alive(), "it keeps retrying rather than exiting");
+}
+
+/// The demo saga as `[[sagas]]` TOML, and the orchestrator settings of a fast test.
+fn demo_saga_toml() -> String {
+    use taskstream::saga::definition::{demo_saga, SagaDefToml};
+    let demo = toml::to_string(&SagaDefToml::from(&demo_saga())).unwrap();
+    format!(
+        "[orchestrator]\nblock_ms = 200\nclaim_idle_ms = 500\ndeadline_interval_ms = 50\n\n[[sagas]]\n{}",
+        demo.replace("[[steps]]", "[[sagas.steps]]")
+    )
+}
+
+/// What the demo saga's compensations record when step `fail_at` fails (`None`: no
+/// failure): the compensations of the steps completed before it, in reverse.
+fn expected_undo_log(fail_at: Option<usize>) -> Vec<&'static str> {
+    let comps = [
+        "demo.clear_reasoning_cache",
+        "demo.delete_generated_code",
+        "demo.discard_model",
+    ];
+    match fail_at {
+        None => Vec::new(),
+        Some(k) => comps[..k.min(3)].iter().rev().copied().collect(),
+    }
+}
+
+/// Sagas on a real cluster (issue 11.3): 1,000 concurrent demo sagas over a queue of 3
+/// partitions, a failure at each step position (and none) compensated in reverse, with
+/// two worker+orchestrator processes of which one is killed with SIGKILL mid-run. The
+/// first 100 are started by an ACL user that may not run `SET`, so its relays of their
+/// first steps fail and the dispatches wait in the buckets' outboxes: the orchestrators'
+/// outbox sweep must relay them. Every saga ends as its input asks, each transition once
+/// (revisions 1..=k), each compensation recorded once; no node ever answered CROSSSLOT,
+/// and the outboxes and reply streams are left empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_sagas_on_a_cluster_survive_an_orchestrator_kill_and_compensate_in_reverse() {
+    use taskstream::saga::keys::{cluster_replies, BucketKeys, BUCKETS, GROUP};
+    use taskstream::saga::ops;
+    let _g = common::heavy().await;
+    let cluster = Cluster::start_with(
+        3,
+        1,
+        &[
+            "--user", "starter", "on", ">pw", "~*", "&*", "+@all", "-set",
+        ],
+    );
+    let q = "default";
+    let toml = format!(
+        "{}\n{}",
+        cluster.worker_toml(
+            q,
+            "orchestrator = true\nheartbeat_interval_ms = 100\nheartbeat_lapse_ms = 800\nrecovery_interval_ms = 200",
+            "partitions = 3"
+        ),
+        demo_saga_toml()
+    );
+    let mut a = WorkerProc::spawn_named(&toml, "saga-a");
+    let b = WorkerProc::spawn_named(&toml, "saga-b");
+    partitions_recorded(&cluster, q, 3).await;
+
+    let defs = vec![taskstream::saga::definition::demo_saga()];
+    let steps = ["reasoning", "codegen", "ml", "backtest"];
+    // n % 5: 0 succeeds, 1..=4 fails at step n % 5 - 1.
+    let fail_at = |n: usize| (!n.is_multiple_of(5)).then(|| n % 5 - 1);
+    let input = |n: usize| {
+        let mut i = serde_json::json!({"n": n, "sleep_ms": 10, "log_key": format!("log:c:{n}")});
+        if let Some(k) = fail_at(n) {
+            i["fail_at"] = steps[k].into();
+        }
+        i
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let name = || taskstream::rdb::ClientName::new("test", taskstream::rdb::Role::Cli);
+    let mut restricted = cluster.config();
+    restricted.redis.cluster_nodes = cluster
+        .nodes
+        .keys()
+        .map(|p| format!("redis://starter:pw@127.0.0.1:{p}"))
+        .collect();
+    let mut starter = taskstream::rdb::connect(&restricted.redis, &stop, name())
+        .await
+        .unwrap();
+    let mut conn = taskstream::rdb::connect(&cluster.config().redis, &stop, name())
+        .await
+        .unwrap();
+    let mut ids = ops::start_many(&mut starter, &defs, "demo", (0..100).map(input).collect())
+        .await
+        .unwrap();
+    ids.extend(
+        ops::start_many(&mut conn, &defs, "demo", (100..1000).map(input).collect())
+            .await
+            .unwrap(),
+    );
+
+    // Kill one process (worker and orchestrator) once some sagas have ended.
+    poll("100 sagas ended", Duration::from_secs(60), || {
+        let mut c = conn.clone();
+        async move {
+            let counts = ops::counts(&mut c).await.ok()?;
+            let ended: u64 = counts
+                .by_state
+                .iter()
+                .filter(|(s, _)| *s == "completed" || *s == "rolled_back")
+                .map(|(_, n)| n)
+                .sum();
+            (ended >= 100).then_some(())
+        }
+    })
+    .await;
+    a.kill9();
+    eprintln!("worker+orchestrator saga-a killed mid-run");
+
+    for (n, id) in ids.iter().enumerate() {
+        let what = format!("saga {n} ({id}) to end");
+        let v = poll(&what, Duration::from_secs(90), || {
+            let mut c = conn.clone();
+            let id = id.clone();
+            async move {
+                let v = ops::show(&mut c, &id).await.ok()?;
+                ["completed", "rolled_back", "failed"]
+                    .contains(&v.status.as_str())
+                    .then_some(v)
+            }
+        })
+        .await;
+        let want = if fail_at(n).is_some() {
+            "rolled_back"
+        } else {
+            "completed"
+        };
+        assert_eq!(
+            v.status,
+            want,
+            "saga {n} {id}; survivor's log:\n{}",
+            b.log_text()
+        );
+        let revs: Vec<u64> = v.history.iter().map(|h| h.rev).collect();
+        assert_eq!(
+            revs,
+            (1..=revs.len() as u64).collect::<Vec<_>>(),
+            "saga {n}"
+        );
+        for s in v.steps.iter().filter_map(|s| s.output.as_ref()) {
+            if s.get("n").is_some() {
+                assert_eq!(
+                    (&s["n"], &s["saga_id"]),
+                    (&serde_json::json!(n), &serde_json::json!(id))
+                );
+            }
+        }
+        let log_key = format!("log:c:{n}");
+        let mut c = cluster.sync_conn();
+        let log: Vec<String> = redis::cmd("LRANGE")
+            .arg(&log_key)
+            .arg(0)
+            .arg(-1)
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(log, expected_undo_log(fail_at(n)), "saga {n} {id}");
+    }
+
+    // Nothing left behind: outboxes empty, nothing pending on any reply stream.
+    let mut c = cluster.sync_conn();
+    for b in 0..BUCKETS {
+        let outbox = BucketKeys::cluster(b).outbox.unwrap();
+        let n: u64 = redis::cmd("XLEN").arg(&outbox).query(&mut c).unwrap();
+        assert_eq!(n, 0, "{outbox} still holds dispatches");
+    }
+    for p in 0..3 {
+        let stream = taskstream::keys::QueueKeys::partition(q, p).stream;
+        let replies = cluster_replies(&stream).unwrap();
+        let summary: redis::Value = redis::cmd("XPENDING")
+            .arg(&replies)
+            .arg(GROUP)
+            .query(&mut c)
+            .unwrap();
+        let pending = match summary {
+            redis::Value::Array(v) => redis::from_redis_value::<u64>(v[0].clone()).unwrap(),
+            other => panic!("XPENDING {replies}: {other:?}"),
+        };
+        assert_eq!(pending, 0, "{replies} holds pending replies");
+    }
+    assert!(
+        [a.log_text(), b.log_text()]
+            .iter()
+            .any(|l| l.contains("relayed saga dispatches left in an outbox")),
+        "no orchestrator swept an outbox (the restricted starter's relays should have \
+         failed); survivor's log:\n{}",
+        b.log_text()
+    );
+    let (shas, errors) = cluster.scripts_and_errors();
+    let digests = script_digests(&cluster);
+    let ran: BTreeSet<&str> = shas
+        .iter()
+        .filter_map(|s| digests.get(s).map(String::as_str))
+        .collect();
+    for s in ["saga_apply.lua", "saga_relay.lua", "demo_record_undo.lua"] {
+        assert!(ran.contains(s), "{s} never ran; ran {ran:?}");
+    }
+    assert!(
+        !errors.contains_key("CROSSSLOT"),
+        "a command spanned slots: {errors:?}"
+    );
+    stop.cancel();
+    drop(b);
 }

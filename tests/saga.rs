@@ -1226,7 +1226,9 @@ async fn sigkill_of_an_orchestrator_mid_run_loses_and_repeats_nothing() {
         attempt += 1;
         a = OrchProc::spawn(&url, &format!("orch-a{attempt}"));
     };
-    eprintln!("orchestrator {victim} killed holding {held} unacknowledged replies (attempt {attempt})");
+    eprintln!(
+        "orchestrator {victim} killed holding {held} unacknowledged replies (attempt {attempt})"
+    );
 
     let mut finished = HashMap::new();
     for (n, id) in ids.iter().enumerate() {

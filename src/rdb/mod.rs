@@ -180,7 +180,8 @@ impl Broker {
     /// Runs independent commands, each named with the key it touches, and returns their
     /// replies in order: in one pipeline on one server; on a Redis Cluster in one pipeline
     /// per slot, all at once (a pipeline may not span slots there). For the few batches
-    /// that span queues (heartbeats of every queue, counters of every queue).
+    /// that span queues (heartbeats of every queue, counters of every queue) or saga
+    /// buckets. Scripts lost by a restarted node are loaded and the pipeline resent once.
     pub(crate) async fn pipe_per_slot(&self, cmds: Vec<(&str, redis::Cmd)>) -> Result<Vec<Value>> {
         let mut groups: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
         if self.is_cluster() {
@@ -198,7 +199,7 @@ impl Broker {
                 p.add_command(cmds[i].clone());
             }
             let mut c = self.c();
-            set.spawn(async move { (idx, p.query_async::<Vec<Value>>(&mut c).await) });
+            set.spawn(async move { (idx, scripts::query_pipe::<Vec<Value>>(&mut c, &p).await) });
         }
         let mut out = vec![Value::Nil; cmds.len()];
         while let Some(r) = set.join_next().await {

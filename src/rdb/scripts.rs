@@ -39,6 +39,8 @@ pub(crate) enum ScriptId {
     SagaApply,
     /// Remove dead orchestrator consumers (`saga_prune_consumers.lua`).
     SagaPruneConsumers,
+    /// Outbox → queue stream, once per dispatch (`saga_relay.lua`, cluster only).
+    SagaRelay,
     /// Oldest id and entries-added of a stream, without entry fields (`stream_meta.lua`).
     StreamMeta,
 }
@@ -105,6 +107,11 @@ pub(crate) const TABLE: &[(ScriptId, &str, &str)] = &[
         ScriptId::SagaPruneConsumers,
         "saga_prune_consumers.lua",
         include_str!("lua/saga_prune_consumers.lua"),
+    ),
+    (
+        ScriptId::SagaRelay,
+        "saga_relay.lua",
+        include_str!("lua/saga_relay.lua"),
     ),
     (
         ScriptId::StreamMeta,

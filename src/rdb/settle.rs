@@ -204,6 +204,8 @@ impl Broker {
     /// Settles a batch of deliveries in one pipelined round trip (each settlement atomic on
     /// its own; resending the same batch is harmless).
     pub(crate) async fn settle(&self, scope: SettleScope<'_>, batch: &[Settlement]) -> Result<()> {
+        let detached = self.post_foreign_replies(scope, batch).await?;
+        let batch = detached.as_deref().unwrap_or(batch);
         let mut p = build(scope, batch);
         match self.wait {
             None => self.pipe(&p).await,
@@ -214,6 +216,58 @@ impl Broker {
                 Ok(())
             }
         }
+    }
+
+    /// On a Redis Cluster, posts the replies of `batch` whose stream is on another slot
+    /// than the task's (a raw producer's `reply_to`; saga steps reply on their own slot)
+    /// before the batch is settled, and returns the batch without them; `None` when
+    /// nothing was posted. `settle.lua` cannot write such a reply (its keys would span
+    /// slots, and the whole settle would fail with CROSSSLOT every time: the task would
+    /// be redelivered for ever). Posting first keeps the reply at least once: a settle
+    /// that fails after it leaves the task to run again, and reply again.
+    async fn post_foreign_replies(
+        &self,
+        scope: SettleScope<'_>,
+        batch: &[Settlement],
+    ) -> Result<Option<Vec<Settlement>>> {
+        if !self.is_cluster() {
+            return Ok(None);
+        }
+        let slot = crate::keys::slot(&scope.keys.stream);
+        let foreign = |s: &Settlement| {
+            s.reply
+                .as_ref()
+                .is_some_and(|r| crate::keys::slot(&r.stream) != slot)
+        };
+        if !batch.iter().any(foreign) {
+            return Ok(None);
+        }
+        let mut cmds = Vec::new();
+        for r in batch
+            .iter()
+            .filter(|s| foreign(s))
+            .filter_map(|s| s.reply.as_ref())
+        {
+            let mut c = redis::cmd("XADD");
+            c.arg(&r.stream).arg("*");
+            for (k, v) in &r.fields {
+                c.arg(*k).arg(v);
+            }
+            cmds.push((r.stream.as_str(), c));
+        }
+        self.pipe_per_slot(cmds).await?;
+        Ok(Some(
+            batch
+                .iter()
+                .map(|s| {
+                    let mut s = s.clone();
+                    if foreign(&s) {
+                        s.reply = None;
+                    }
+                    s
+                })
+                .collect(),
+        ))
     }
 
     /// A settle that fewer replicas than asked acknowledged is logged and counted, not
@@ -241,6 +295,8 @@ impl Broker {
         let Ok(mut c) = pool.get().await else {
             return self.settle(scope, batch).await;
         };
+        let detached = self.post_foreign_replies(scope, batch).await?;
+        let batch = detached.as_deref().unwrap_or(batch);
         let mut p = build(scope, batch);
         if let Some(w) = &self.wait {
             p.add_command(w.cmd());

@@ -33,7 +33,7 @@ pub(crate) async fn route(broker: &Broker, routes: &RouteCache, ws: &mut [Write]
         .refresh(broker, queues.iter().map(String::as_str))
         .await?;
     for w in ws.iter_mut() {
-        w.route(|q, t| routes.pool_of(q, t));
+        w.route(|q, t| routes.route(q, t));
     }
     Ok(())
 }

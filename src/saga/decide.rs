@@ -167,17 +167,25 @@ impl Write {
     }
 
     /// Sends each dispatched task to the stream of the pool that serves its type, per
-    /// `pool_of(queue, task_type)` (a copy of the queue's routes), instead of the queue's
-    /// own lane stream: a step of a type only a pool serves would otherwise wait for the
-    /// default pool to forward it, or forever if no default pool runs.
-    pub(crate) fn route(&mut self, pool_of: impl Fn(&str, &str) -> Option<String>) {
+    /// `route(queue, task_type)` = `(pool, N)` (a copy of the queue's routes and its
+    /// partition count), instead of the queue's own lane stream: a step of a type only a
+    /// pool serves would otherwise wait for the default pool to forward it, or forever if
+    /// no default pool runs.
+    ///
+    /// On a queue of N partitions every task of
+    /// one saga goes to the partition its id picks ([`crate::keys::partition_of`]): the
+    /// saga's steps spread over the partitions (and, on a cluster, over the masters)
+    /// while each saga's tasks stay together.
+    pub(crate) fn route(&mut self, route: impl Fn(&str, &str) -> (Option<String>, u32)) {
         for d in &mut self.dispatches {
+            let (pool, n) = route(&d.queue, &d.task.task_type);
             let mut routes = std::collections::HashMap::new();
-            if let Some(pool) = pool_of(&d.queue, &d.task.task_type) {
+            if let Some(pool) = pool {
                 routes.insert(d.task.task_type.clone(), pool);
             }
+            let p = crate::keys::partition_of(&self.id, n);
             d.stream = crate::routing::target_stream(
-                &QueueKeys::new(&d.queue),
+                &QueueKeys::partition(&d.queue, p),
                 &routes,
                 &d.task.task_type,
                 d.lane,
@@ -934,15 +942,25 @@ mod tests {
         let d = demo_saga();
         let mut w = start_write(&d, json!({}), 1).unwrap();
         assert_eq!(w.dispatches[0].stream, "ts:{default}:stream");
-        w.route(|q, t| (q == "default" && t == "demo.reasoning").then(|| "gpu".to_string()));
+        w.route(|q, t| {
+            let pool = (q == "default" && t == "demo.reasoning").then(|| "gpu".to_string());
+            (pool, 1)
+        });
         assert_eq!(w.dispatches[0].stream, "ts:{default}:pool:gpu");
         // The script's keys follow the routed stream.
-        w.route(|_, _| None);
+        w.route(|_, _| (None, 1));
         assert_eq!(w.dispatches[0].stream, "ts:{default}:stream");
+        // On a partitioned queue, the partition the saga id picks.
+        w.route(|_, _| (None, 4));
+        let p = crate::keys::partition_of(&w.id, 4);
+        assert_eq!(
+            w.dispatches[0].stream,
+            QueueKeys::partition("default", p).stream
+        );
         // A compensation goes to the express lane of its pool.
         let rec = after(&[Event::Start]);
         let mut w = write(decide(&rec, &[d], &Trigger::SagaDeadline, 70_000));
-        w.route(|_, _| Some("gpu".into()));
+        w.route(|_, _| (Some("gpu".into()), 1));
         assert_eq!(w.dispatches[0].lane, Lane::Express);
         assert_eq!(w.dispatches[0].stream, "ts:{default}:pool:gpu:express");
     }

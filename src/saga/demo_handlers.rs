@@ -118,13 +118,27 @@ async fn compensation(ctx: TaskContext, broker: Broker) -> HandlerResult {
     }
     if let Some(log_key) = text(&p.input, "log_key") {
         let idem = ctx.task().idempotency_key.as_deref().unwrap_or(ctx.id());
-        let marker = format!("ts:demo:undone:{idem}");
+        // The marker hashes like the log list (its name, or its hash tag), so the
+        // script's two keys share a slot on a cluster too.
+        let marker = format!("ts:demo:undone:{{{}}}:{idem}", hash_part(log_key));
         broker
             .demo_record_undo(&marker, log_key, ctx.task_type(), MARKER_TTL)
             .await
             .map_err(|e| HandlerError::retryable(format!("recording the compensation: {e}")))?;
     }
     Ok(serde_json::json!({"undone": p.step, "saga_id": p.saga_id}))
+}
+
+/// The part of `key` Redis Cluster hashes: its hash tag, or the whole name.
+fn hash_part(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(len) = key[open + 1..].find('}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
 }
 
 /// Registers the seven demo handlers; compensations record themselves through `conn`.
@@ -144,6 +158,14 @@ pub fn register(reg: &mut Registry, conn: Conn) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_undo_marker_shares_the_slot_of_the_log_list() {
+        for log in ["log:k:1", "a{b}c"] {
+            let m = format!("ts:demo:undone:{{{}}}:S:1:comp", super::hash_part(log));
+            assert_eq!(crate::keys::slot(&m), crate::keys::slot(log), "{log}");
+        }
+    }
+
     use super::*;
     use crate::keys::Lane;
     use crate::saga::definition::demo_saga;

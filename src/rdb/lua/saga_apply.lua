@@ -4,16 +4,21 @@
 -- happens or none: a crash can neither lose a transition nor dispatch a step twice.
 -- KEYS[1] saga hash, KEYS[2] history list, KEYS[3] deadlines zset, KEYS[4] active zset,
 -- KEYS[5] index of the old state, KEYS[6] index of the new state, KEYS[7] settings hash,
--- KEYS[8] queue registry set, KEYS[9..] the stream of each dispatched task, in order.
+-- KEYS[8] queue registry set and KEYS[9..] the stream of each dispatched task, in order
+-- (one server); on a Redis Cluster (ARGV[10] = '1') KEYS[8] is the bucket's outbox
+-- stream instead and there are no more keys: every key is on the bucket's slot, and each
+-- dispatch is added to the outbox with its destination ('dest', 'queue' fields first)
+-- for the relay to move (saga_relay.lua).
 -- ARGV[1] expected rev ('0': the saga must not exist yet), ARGV[2] new rev, ARGV[3] saga id,
 -- ARGV[4] now ms, ARGV[5] default retention ms, ARGV[6] default step grace ms,
 -- ARGV[7] '1' when the saga ends, ARGV[8] active-set score ('' to leave it),
--- ARGV[9] history entry, then four counted groups:
+-- ARGV[9] history entry, ARGV[10] '1' for the outbox, then four counted groups:
 --   N, then N field/value pairs of the hash (2N args);
 --   N, then N deadline members to remove;
 --   N, then N deadlines to add as (score, '1' to add the step grace, member) triples;
---   N, then N dispatches, each (queue name, M, M field/value pairs).
--- Returns {1, new rev}, or {0, current rev ('' when the saga does not exist)}.
+--   N, then N dispatches, each (queue name, destination stream, M, M field/value pairs).
+-- Returns {1, new rev, outbox entry ids...}, or {0, current rev ('' when the saga does
+-- not exist)}.
 local cur = redis.call('HGET', KEYS[1], 'rev')
 if ARGV[1] == '0' then
   if cur then return {0, cur} end
@@ -21,7 +26,8 @@ elseif cur ~= ARGV[1] then
   return {0, cur or ''}
 end
 local now = tonumber(ARGV[4])
-local i = 10
+local outbox = ARGV[10] == '1'
+local i = 11
 local n = tonumber(ARGV[i])
 redis.call('HSET', KEYS[1], unpack(ARGV, i + 1, i + 2 * n))
 i = i + 2 * n + 1
@@ -54,10 +60,16 @@ if ARGV[7] == '1' then
 end
 n = tonumber(ARGV[i])
 i = i + 1
+local out = {1, ARGV[2]}
 for d = 1, n do
-  local m = tonumber(ARGV[i + 1])
-  redis.call('XADD', KEYS[8 + d], '*', unpack(ARGV, i + 2, i + 1 + 2 * m))
-  redis.call('SADD', KEYS[8], ARGV[i])
-  i = i + 2 + 2 * m
+  local m = tonumber(ARGV[i + 2])
+  if outbox then
+    out[#out + 1] = redis.call('XADD', KEYS[8], '*', 'dest', ARGV[i + 1], 'queue', ARGV[i],
+      unpack(ARGV, i + 3, i + 2 + 2 * m))
+  else
+    redis.call('XADD', KEYS[8 + d], '*', unpack(ARGV, i + 3, i + 2 + 2 * m))
+    redis.call('SADD', KEYS[8], ARGV[i])
+  end
+  i = i + 3 + 2 * m
 end
-return {1, ARGV[2]}
+return out

@@ -1,5 +1,5 @@
 //! The deadline loop: fires due step and saga time-outs. Deadlines are members of the
-//! sorted set `ts:sagas:deadlines` scored by due time, not timers in a process, so
+//! sorted set `ts:sagas:deadlines` (on a cluster, one per saga bucket) scored by due time, not timers in a process, so
 //! whichever orchestrator is alive fires them after a crash; each member names the
 //! revision it was set at, so a deadline of a step that has moved on is stale and dropped.
 
@@ -16,6 +16,9 @@ use crate::saga::apply;
 use crate::saga::decide::{Outcome, Trigger};
 use crate::saga::record::{parse_member, Deadline};
 use crate::task::now_ms;
+
+/// A due deadline: the set it is in and its member.
+type Due = (String, String);
 
 /// Most due deadlines handled per round.
 const DEADLINE_BATCH: usize = 256;
@@ -53,17 +56,17 @@ pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
 /// false if any hit a Redis error (it is left in place and fired again later). Members
 /// that applied a transition were removed by it; stale and malformed ones are removed
 /// here.
-async fn fire(ctx: &Arc<Ctx>, due: Vec<String>) -> bool {
+async fn fire(ctx: &Arc<Ctx>, due: Vec<Due>) -> bool {
     let mut order: Vec<String> = Vec::new();
-    let mut by_saga: HashMap<String, Vec<(String, Trigger)>> = HashMap::new();
+    let mut by_saga: HashMap<String, Vec<(Due, Trigger)>> = HashMap::new();
     let mut drop_members = Vec::new();
-    for member in due {
+    for (set, member) in due {
         let (id, trig) = match parse_member(&member) {
             Some(Deadline::Saga { id }) => (id, Trigger::SagaDeadline),
             Some(Deadline::Step { id, step, rev }) => (id, Trigger::StepDeadline { step, rev }),
             None => {
                 tracing::warn!(member = %member, "malformed saga deadline dropped");
-                drop_members.push(member);
+                drop_members.push((set, member));
                 continue;
             }
         };
@@ -73,7 +76,7 @@ async fn fire(ctx: &Arc<Ctx>, due: Vec<String>) -> bool {
                 order.push(id);
                 Vec::new()
             })
-            .push((member, trig));
+            .push(((set, member), trig));
     }
     let mut set = JoinSet::new();
     for id in order {

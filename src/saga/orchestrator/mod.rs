@@ -3,7 +3,9 @@
 //! # Why it holds no state
 //!
 //! Everything an orchestrator knows is in Redis: the saga records, the deadlines, and
-//! the replies waiting in `ts:sagas:replies`. It reads replies through the consumer group
+//! the replies waiting in `ts:sagas:replies` (on a Redis Cluster: in the reply stream of
+//! each queue partition, and the dispatches waiting in each bucket's outbox; see
+//! [`crate::saga::keys`]). It reads replies through the consumer group
 //! `orchestrator`, applies each as one compare-and-set transition ([`super::apply`]) and
 //! only then acknowledges it. So any number of orchestrators can run (in `taskstream
 //! orchestrator` processes or next to workers), and killing one loses nothing:
@@ -22,17 +24,21 @@
 //! # One file per loop
 //!
 //! As in the worker, each background loop is a small file with a `run` that returns
-//! when the shutdown token fires: [`replies`] (read and apply replies), [`claims`]
-//! (claim replies other instances left idle), [`prune`] (remove dead instances from the
-//! group), [`deadlines`] (fire step and saga time-outs), [`gauges`] (sample the saga
-//! gauges). This file wires them: connect, create the group, mark the process ready,
+//! when the shutdown token fires: [`streams`] (start a [`replies`] reader per reply
+//! stream, and more as queues gain partitions), [`replies`] (read and apply replies),
+//! [`claims`] (claim replies other instances left idle), [`prune`] (remove dead
+//! instances from the group), [`deadlines`] (fire step and saga time-outs), [`outbox`]
+//! (cluster only: relay dispatches a stopped process left in an outbox), [`gauges`]
+//! (sample the saga gauges). This file wires them: connect, create the group, mark the process ready,
 //! start the loops, and on shutdown wait for them and leave the group tidy.
 
 mod claims;
 mod deadlines;
 mod gauges;
+mod outbox;
 mod prune;
 mod replies;
+mod streams;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +65,16 @@ struct Ctx {
     broker: Broker,
     /// Copies of the routes of the queues its steps go to (task type → pool).
     routes: RouteCache,
+    /// The reply streams it reads (one on a server; one per queue partition on a
+    /// cluster), kept by [`streams`].
+    replies: std::sync::RwLock<Vec<String>>,
+}
+
+impl Ctx {
+    /// The reply streams read so far.
+    fn reply_streams(&self) -> Vec<String> {
+        self.replies.read().expect("poisoned").clone()
+    }
 }
 
 /// An orchestrator instance; see the module documentation.
@@ -108,13 +124,27 @@ impl Orchestrator {
             Err(e) => return Err(e),
         };
         let broker = Broker::new(conn);
+        let ctx = Arc::new(Ctx {
+            defs: self.defs,
+            cfg: self.cfg,
+            consumer: self.consumer,
+            broker,
+            routes: RouteCache::default(),
+            replies: Default::default(),
+        });
         let mut attempt = 0;
         loop {
-            let settings = broker.saga_setup(
-                self.cfg.retention_secs.saturating_mul(1000),
-                self.cfg.step_grace_ms,
-            );
-            match settings.await {
+            let setup = async {
+                let replies = streams::wanted(&ctx).await?;
+                ctx.broker
+                    .saga_setup(
+                        &replies,
+                        ctx.cfg.retention_secs.saturating_mul(1000),
+                        ctx.cfg.step_grace_ms,
+                    )
+                    .await
+            };
+            match setup.await {
                 Ok(()) => break,
                 Err(e) => {
                     attempt += 1;
@@ -134,36 +164,35 @@ impl Orchestrator {
         crate::health::set_groups_ready(true);
         let pool = rdb::reader_pool(
             &self.redis,
-            Duration::from_millis(self.cfg.block_ms),
+            Duration::from_millis(ctx.cfg.block_ms),
             1,
-            rdb::ClientName::new(&self.consumer, rdb::Role::Reader),
+            rdb::ClientName::new(&ctx.consumer, rdb::Role::Reader),
         )?;
-        let ctx = Arc::new(Ctx {
-            defs: self.defs,
-            cfg: self.cfg,
-            consumer: self.consumer,
-            broker,
-            routes: RouteCache::default(),
-        });
         tracing::info!(
             consumer = %ctx.consumer,
             sagas = ?ctx.defs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(),
+            cluster = ctx.broker.is_cluster(),
             "orchestrator started"
         );
         let loops = TaskTracker::new();
-        loops.spawn(replies::run(ctx.clone(), pool, shutdown.clone()));
+        loops.spawn(streams::run(ctx.clone(), pool, shutdown.clone()));
         loops.spawn(claims::run(ctx.clone(), shutdown.clone()));
         loops.spawn(prune::run(ctx.clone(), shutdown.clone()));
         loops.spawn(deadlines::run(ctx.clone(), shutdown.clone()));
+        if ctx.broker.is_cluster() {
+            loops.spawn(outbox::run(ctx.clone(), shutdown.clone()));
+        }
         loops.spawn(gauges::run(ctx.clone(), shutdown.clone()));
         loops.close();
         let mut serving = crate::health::serving();
         shutdown.cancelled().await;
         serving.shutting_down();
         loops.wait().await;
-        // Leave the group tidy: drop this consumer if nothing is pending under it.
-        if let Err(e) = ctx.broker.saga_leave_group(&ctx.consumer).await {
-            tracing::debug!(error = %e, "leaving the orchestrator group failed");
+        // Leave the groups tidy: drop this consumer where nothing is pending under it.
+        for replies in ctx.reply_streams() {
+            if let Err(e) = ctx.broker.saga_leave_group(&replies, &ctx.consumer).await {
+                tracing::debug!(error = %e, replies = %replies, "leaving the orchestrator group failed");
+            }
         }
         tracing::info!(consumer = %ctx.consumer, "orchestrator stopped");
         Ok(())

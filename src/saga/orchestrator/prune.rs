@@ -20,17 +20,22 @@ const PRUNE_IDLE: Duration = Duration::from_secs(3600);
 /// instances.
 pub(super) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
     while sleep_or_stop(&stop, PRUNE_EVERY).await {
-        match ctx
-            .broker
-            .saga_prune_consumers(&ctx.consumer, PRUNE_IDLE)
-            .await
-        {
-            Ok(n) if n > 0 => tracing::info!(
-                removed = n,
-                "removed idle orchestrator consumers with nothing pending"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "pruning orchestrator consumers failed"),
+        for replies in ctx.reply_streams() {
+            match ctx
+                .broker
+                .saga_prune_consumers(&replies, &ctx.consumer, PRUNE_IDLE)
+                .await
+            {
+                Ok(n) if n > 0 => tracing::info!(
+                    removed = n,
+                    replies = %replies,
+                    "removed idle orchestrator consumers with nothing pending"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, replies = %replies, "pruning orchestrator consumers failed")
+                }
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The reply loop: reads the replies of step and compensation tasks from
-//! `ts:sagas:replies` through the consumer group `orchestrator`, applies them (sagas
+//! The reply loop: reads the replies of step and compensation tasks from one reply
+//! stream (`ts:sagas:replies` on one server; on a cluster, one per queue partition, see
+//! [`super::streams`]) through the consumer group `orchestrator`, applies them (sagas
 //! concurrently, each saga's replies in order) and acknowledges the ones applied or found
 //! stale. A reply that hit a Redis error stays pending and is claimed again later
 //! ([`super::claims`]).
@@ -29,14 +30,14 @@ use crate::saga::record::{Correlation, Side};
 /// Reads replies until `stop` fires. A read in flight when `stop` fires completes (at
 /// most `block_ms` later) and its replies are applied, so shutdown leaves nothing pending
 /// under this consumer.
-pub(super) async fn run(ctx: Arc<Ctx>, pool: ReaderPool, stop: CancellationToken) {
+pub(super) async fn run(ctx: Arc<Ctx>, pool: ReaderPool, replies: String, stop: CancellationToken) {
     let block = Duration::from_millis(ctx.cfg.block_ms);
     let mut reader = GroupReader::new(
         pool,
-        keys::REPLIES,
+        replies.clone(),
         keys::GROUP,
         ctx.consumer.clone(),
-        "saga replies",
+        format!("saga replies {replies}"),
         "saga_replies",
     );
     while !stop.is_cancelled() {
@@ -45,7 +46,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, pool: ReaderPool, stop: CancellationToken
             .await
         {
             if !entries.is_empty() {
-                apply_replies(&ctx, entries).await;
+                apply_replies(&ctx, &replies, entries).await;
             }
         }
     }
@@ -92,10 +93,11 @@ fn parse_reply(e: RawEntry) -> Result<(String, Trigger), String> {
     ))
 }
 
-/// Applies a batch of replies (sagas concurrently, each saga's in order), then
-/// acknowledges the ones applied, found stale or malformed. A reply that hit a Redis
-/// error stays pending (with the later ones of its saga) and is claimed again later.
-pub(super) async fn apply_replies(ctx: &Arc<Ctx>, entries: Vec<RawEntry>) {
+/// Applies a batch of replies read from `replies` (sagas concurrently, each saga's in
+/// order), then acknowledges the ones applied, found stale or malformed. A reply that hit
+/// a Redis error stays pending (with the later ones of its saga) and is claimed again
+/// later.
+pub(super) async fn apply_replies(ctx: &Arc<Ctx>, replies: &str, entries: Vec<RawEntry>) {
     let mut ack = Vec::new();
     let mut order: Vec<String> = Vec::new();
     let mut by_saga: HashMap<String, Vec<(String, Trigger)>> = HashMap::new();
@@ -150,7 +152,7 @@ pub(super) async fn apply_replies(ctx: &Arc<Ctx>, entries: Vec<RawEntry>) {
             }
         }
     }
-    if let Err(e) = ctx.broker.saga_ack_replies(&ack).await {
+    if let Err(e) = ctx.broker.saga_ack_replies(replies, &ack).await {
         // Applied but not acknowledged: they are claimed again later and found stale.
         tracing::warn!(error = %e, replies = ack.len(), "acknowledging saga replies failed");
     }
