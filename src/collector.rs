@@ -3,6 +3,7 @@
 //! replica exports the same truth and dashboards aggregate with `max by (queue)`.
 //! It also keeps `taskstream_redis_up` honest with a PING when nothing else talks.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::rdb::Conn;
@@ -11,11 +12,17 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics as m;
 use crate::stats;
 
-/// Samples once: one pipelined read per queue.
+/// The master each partition's series was last exported under: (queue, partition) →
+/// node. When a reshard or failover moves a partition, the old series is set to 0, so
+/// `max by (queue, partition)` stays right and the old node shows nothing.
+pub type PartitionNodes = HashMap<(String, u32), String>;
+
+/// Samples once: one pipelined read per queue (and partition).
 pub async fn sample(
     conn: &mut Conn,
     queues: &[String],
     lapse_ms: u64,
+    nodes: &mut PartitionNodes,
 ) -> crate::Result<Vec<stats::QueueStats>> {
     let mut out = Vec::new();
     for q in queues {
@@ -42,6 +49,21 @@ pub async fn sample(
                 metrics::gauge!(m::LAG, "queue" => name.clone(), "lane" => g.lane.clone(), "group" => g.name.clone()).set(lag as f64);
             }
         }
+        for p in &s.by_partition {
+            let node = p.node.clone().unwrap_or_default();
+            let part = p.partition.to_string();
+            if let Some(old) = nodes.insert((name.clone(), p.partition), node.clone()) {
+                if old != node {
+                    for lane in ["bulk", "express"] {
+                        metrics::gauge!(m::PARTITION_STREAM_LENGTH, "queue" => name.clone(), "partition" => part.clone(), "lane" => lane, "node" => old.clone()).set(0.0);
+                    }
+                }
+            }
+            metrics::gauge!(m::PARTITION_STREAM_LENGTH, "queue" => name.clone(), "partition" => part.clone(), "lane" => "bulk", "node" => node.clone())
+                .set(p.bulk_length as f64);
+            metrics::gauge!(m::PARTITION_STREAM_LENGTH, "queue" => name.clone(), "partition" => part, "lane" => "express", "node" => node)
+                .set(p.express_length as f64);
+        }
         out.push(s);
     }
     Ok(out)
@@ -56,8 +78,9 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut conn = conn;
+    let mut nodes = PartitionNodes::new();
     while !stop.is_cancelled() {
-        match sample(&mut conn, &queues, lapse_ms).await {
+        match sample(&mut conn, &queues, lapse_ms, &mut nodes).await {
             Ok(_) => crate::health::set_redis_up(true),
             Err(e) => {
                 if !e.is_no_permission() {

@@ -34,6 +34,11 @@ pub const ACK_RETRIES_TOTAL: &str = "taskstream_ack_retries_total";
 pub const ACK_FAILURES_TOTAL: &str = "taskstream_ack_failures_total";
 /// Entries in a queue's stream (backlog + in flight). Labels: queue, lane. Gauge.
 pub const STREAM_LENGTH: &str = "taskstream_stream_length";
+/// Entries in one partition's stream of a partitioned queue (issue 11.6). Labels: queue,
+/// partition, lane, node (the Redis Cluster master that holds the partition, `host:port`;
+/// empty on one server). When a partition moves to another master, its series under the
+/// old node is set to 0. Gauge.
+pub const PARTITION_STREAM_LENGTH: &str = "taskstream_partition_stream_length";
 /// Entries delivered and not yet acknowledged. Labels: queue, lane, group. Gauge.
 pub const PENDING: &str = "taskstream_pending_entries";
 /// Entries not yet delivered to a group (XINFO GROUPS lag). Labels: queue, lane, group. Gauge.

@@ -240,7 +240,10 @@ async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
         .filter(|(_, f)| f.get("outcome").map(String::as_str) == Some("succeeded"))
         .filter_map(|(_, f)| f.get("task_id").cloned())
         .collect();
-    assert_eq!(replied, asked_replies, "replies on another slot: {replies:?}");
+    assert_eq!(
+        replied, asked_replies,
+        "replies on another slot: {replies:?}"
+    );
     let mut ran = cluster.executions(hits);
     ran.extend(cluster.executions(hits_beta));
     let done = taskstream::stats::completed_counts(&mut conn, &["alpha".into(), "beta".into()])
@@ -501,8 +504,15 @@ async fn a_queue_of_six_partitions_spreads_over_every_master_and_runs_each_task_
     let q = "hot";
     let hits = "{rec}:hot";
     let toml = cluster.worker_toml(q, "", "partitions = 6");
+    let http = format!("127.0.0.1:{}", common::free_port());
     let workers: Vec<WorkerProc> = (0..3)
-        .map(|i| WorkerProc::spawn_named(&toml, &format!("p{i}")))
+        .map(|i| {
+            let toml = match i {
+                0 => toml.replace("listen = \"\"", &format!("listen = \"{http}\"")),
+                _ => toml.clone(),
+            };
+            WorkerProc::spawn_named(&toml, &format!("p{i}"))
+        })
         .collect();
     let producer = Producer::connect(&cluster.config()).await.unwrap();
     // The workers record the partition count; the producer learns it before it sends.
@@ -571,6 +581,37 @@ async fn a_queue_of_six_partitions_spreads_over_every_master_and_runs_each_task_
             s.by_partition
         );
     }
+    // So does /metrics, for the dashboards' per-partition panels.
+    poll(
+        "each partition's backlog under its master in /metrics",
+        Duration::from_secs(20),
+        || {
+            let page = common::http_get(&http, "/metrics").map(|(_, b)| b);
+            let want: Vec<(String, String)> = per_partition
+                .iter()
+                .map(|(p, m, _)| (p.to_string(), format!("127.0.0.1:{m}")))
+                .collect();
+            async move {
+                let page = page?;
+                want.iter()
+                    .all(|(p, node)| {
+                        common::prom_value(
+                            &page,
+                            "taskstream_partition_stream_length",
+                            &[
+                                ("queue", q),
+                                ("partition", p),
+                                ("lane", "bulk"),
+                                ("node", node),
+                            ],
+                        )
+                        .is_some()
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     drop(workers);
 }
 
@@ -1007,4 +1048,95 @@ async fn a_thousand_sagas_on_a_cluster_survive_an_orchestrator_kill_and_compensa
     );
     stop.cancel();
     drop(b);
+}
+
+/// TLS on a cluster, as on one server (issue 11.1): nodes that listen on TLS ports only to
+/// taskstream (the plain ports are the harness's), with a certificate from a private CA,
+/// client certificates required and TLS on the cluster bus. A worker and a producer given
+/// the `rediss://` seeds, `tls_ca_file` and a client certificate run 300 tasks over 3
+/// partitions on the 3 masters, each once, and every master shows their connections on its
+/// TLS port; a worker trusting another CA says the certificate is not signed by
+/// `redis.tls_ca_file` and keeps retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_client_certificates_reaches_every_node() {
+    use common::tls::{ca, require, signed, tls_lines};
+    if !require("openssl") {
+        return;
+    }
+    let _g = common::heavy().await;
+    let certs = tempfile::tempdir().unwrap();
+    let d = certs.path();
+    ca(d, "ca");
+    ca(d, "other-ca");
+    signed(
+        d,
+        "ca",
+        "server",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    );
+    signed(d, "ca", "client", "extendedKeyUsage=clientAuth\n");
+    let cluster = Cluster::start_tls(3, d);
+    let seeds: Vec<String> = cluster
+        .tls_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect();
+    let with_tls = |queue: &str, ca: &str| {
+        common::worker_toml("URL", queue, "", "partitions = 3").replace(
+            "url = \"URL\"",
+            &format!(
+                "cluster_nodes = [{}]\n{}",
+                seeds.join(", "),
+                tls_lines(d, ca, Some("client"))
+            ),
+        )
+    };
+    let q = "tlsq";
+    let hits = "{rec}:tls";
+    let toml = with_tls(q, "ca");
+    let _w = WorkerProc::spawn_named(&toml, "tls");
+    let cfg = taskstream::config::Config::parse("tls.toml", &toml).unwrap();
+    let producer = Producer::connect(&cfg).await.unwrap();
+    partitions_recorded(&cluster, q, 3).await;
+    let ids = enqueue_ids(
+        &producer,
+        (0..300)
+            .map(|_| record(q, hits, serde_json::json!({})))
+            .collect(),
+    )
+    .await;
+    poll("300 tasks run over TLS", Duration::from_secs(30), || {
+        let ran = cluster.executions(hits);
+        let all = ids.iter().all(|id| ran.get(id) == Some(&1));
+        async move { all.then_some(()) }
+    })
+    .await;
+    for (plain, tls) in &cluster.tls_ports {
+        let list = cluster.query(*plain, &["CLIENT", "LIST"]).unwrap();
+        let on_tls = format!("laddr=127.0.0.1:{tls} ");
+        assert!(
+            list.lines().any(|l| l.contains(&on_tls)),
+            "node {plain} has no client on its TLS port {tls}:\n{list}"
+        );
+    }
+
+    let mut w = WorkerProc::spawn_named(&with_tls("tls_refused", "other-ca"), "tls-bad");
+    let log = poll(
+        "the worker refuses a node certificate from another CA",
+        Duration::from_secs(30),
+        || {
+            let log = w.log_text();
+            async move {
+                log.contains("not signed by redis.tls_ca_file")
+                    .then_some(log)
+            }
+        },
+    )
+    .await;
+    assert!(
+        log.contains("unreachable"),
+        "the log says what failed: {log}"
+    );
+    assert!(w.alive(), "it keeps retrying rather than exiting");
+    w.kill9();
 }

@@ -11,26 +11,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::tls::{ca, require, signed, tls_lines};
 use common::{free_port, poll, run_cli, worker_toml, write_file, RedisServer, WorkerProc};
 use taskstream::config::Config;
 use taskstream::producer::{NewTask, Producer};
-
-/// Under `CI=true` a missing tool fails the test; elsewhere it is skipped with a note.
-fn require(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is required under CI=true (apt-get install {tool})"
-        );
-        eprintln!("SKIP: {tool} is not installed");
-    }
-    found
-}
 
 fn done(conn: &mut redis::Connection, q: &str) -> u64 {
     redis::cmd("HGET")
@@ -126,101 +110,6 @@ async fn a_small_queue_without_express_concurrency_is_valid_and_runs() {
 // ---------------------------------------------------------------------------------------
 // 8: TLS with a private CA, mutual TLS
 // ---------------------------------------------------------------------------------------
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA named `name` (`name.pem`, `name.key`) and a certificate it signs for `cn`
-/// (`<cn_file>.pem`, `<cn_file>.key`) with the given extensions.
-fn ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-}
-
-fn signed(dir: &Path, ca: &str, file: &str, ext: &str) {
-    std::fs::write(dir.join(format!("{file}.ext")), ext).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-nodes",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-keyout",
-            &format!("{file}.key"),
-            "-out",
-            &format!("{file}.csr"),
-            "-subj",
-            &format!("/CN={file}"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{file}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{file}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{file}.ext"),
-        ],
-    );
-}
-
-/// `[redis]` TLS lines for a worker file.
-fn tls_lines(dir: &Path, ca: &str, client: Option<&str>) -> String {
-    let p = |f: String| dir.join(f).display().to_string();
-    let mut s = format!("tls_ca_file = \"{}\"\n", p(format!("{ca}.pem")));
-    if let Some(c) = client {
-        s.push_str(&format!(
-            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
-            p(format!("{c}.pem")),
-            p(format!("{c}.key"))
-        ));
-    }
-    s
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_private_ca_and_client_certificates() {

@@ -111,7 +111,11 @@ async fn stats_dead_letters_and_pause_cover_every_partition() {
     let redis = RedisServer::start();
     let url = redis.url();
     let q = "wide";
-    let _w = WorkerProc::spawn(&worker_toml(&url, q, "", "partitions = 4"));
+    let http = format!("127.0.0.1:{}", common::free_port());
+    let _w = WorkerProc::spawn(
+        &worker_toml(&url, q, "", "partitions = 4")
+            .replace("listen = \"\"", &format!("listen = \"{http}\"")),
+    );
     let mut c = redis.sync_conn();
     let key = QueueKeys::new(q).partitions_key();
     poll("4 partitions recorded", Duration::from_secs(20), || {
@@ -176,6 +180,35 @@ async fn stats_dead_letters_and_pause_cover_every_partition() {
             .unwrap();
         assert!(paused, "partition {part} is paused");
     }
+    // Tasks sent while paused wait in their partitions' streams (2 each, round-robin):
+    // the collector exports each partition's backlog (no master on one server).
+    enqueue(&p, q, "wide:later", 8).await;
+    poll(
+        "the backlog of every partition in /metrics",
+        Duration::from_secs(20),
+        || {
+            let page = common::http_get(&http, "/metrics").map(|(_, b)| b);
+            async move {
+                let page = page?;
+                (0..4)
+                    .all(|part| {
+                        let part = part.to_string();
+                        common::prom_value(
+                            &page,
+                            "taskstream_partition_stream_length",
+                            &[
+                                ("queue", q),
+                                ("partition", &part),
+                                ("lane", "bulk"),
+                                ("node", ""),
+                            ],
+                        ) == Some(2.0)
+                    })
+                    .then_some(())
+            }
+        },
+    )
+    .await;
     // `queue keys` lists the streams of every recorded partition.
     let (code, out, err) = run_cli(&["--redis-url", &url, "queue", "keys", q], &[]);
     assert_eq!(code, 0, "{out}{err}");

@@ -128,14 +128,14 @@ impl Broker {
         let mut total = self
             .partition_stats(&QueueKeys::new(queue), lapse_ms, ids_only)
             .await?;
-        let owners = if n > 1 && !ids_only {
+        let owners = if n > 1 {
             self.slot_owners().await.unwrap_or_default()
         } else {
             Vec::new()
         };
         let mut by_partition = Vec::new();
         let mut add = |p: u32, s: &QueueStats| {
-            if n > 1 && !ids_only {
+            if n > 1 {
                 let tag = crate::keys::partition_tag(queue, p);
                 let slot = crate::keys::slot(&tag);
                 by_partition.push(crate::stats::PartitionStats {

@@ -16,6 +16,8 @@ pub const NODE_TIMEOUT_MS: u64 = 2000;
 pub struct Cluster {
     /// Every node, masters and replicas, by port.
     pub nodes: BTreeMap<u16, RedisServer>,
+    /// The TLS port of each node, by plain port (empty unless [`Cluster::start_tls`]).
+    pub tls_ports: BTreeMap<u16, u16>,
 }
 
 /// A port whose bus port (port + 10000) is free too.
@@ -37,6 +39,56 @@ impl Cluster {
 
     /// [`Cluster::start`] with extra `redis-server` arguments on every node.
     pub fn start_with(masters: usize, replicas: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_nodes(masters, replicas, extra, |_| Vec::new())
+    }
+
+    /// A cluster of `masters` masters (no replicas) whose nodes also listen on a TLS port
+    /// with the certificate `server.pem` signed by `ca.pem` in `certs`, requiring client
+    /// certificates from that CA, with TLS on the cluster bus too (`tls-cluster yes`, so
+    /// `CLUSTER SLOTS` names the TLS ports to TLS clients). The plain ports stay for the
+    /// harness's own commands.
+    pub fn start_tls(masters: usize, certs: &std::path::Path) -> Cluster {
+        let path = |f: &str| certs.join(f).display().to_string();
+        let tls_args = vec![
+            "--tls-cert-file".to_string(),
+            path("server.pem"),
+            "--tls-key-file".to_string(),
+            path("server.key"),
+            "--tls-ca-cert-file".to_string(),
+            path("ca.pem"),
+            "--tls-auth-clients".to_string(),
+            "yes".to_string(),
+            "--tls-cluster".to_string(),
+            "yes".to_string(),
+        ];
+        let ports = std::sync::Mutex::new(BTreeMap::new());
+        let mut c = Cluster::start_nodes(masters, 0, &[], |port| {
+            let tls = super::free_port();
+            ports.lock().unwrap().insert(port, tls);
+            let mut a = vec!["--tls-port".to_string(), tls.to_string()];
+            a.extend(tls_args.iter().cloned());
+            a
+        });
+        let mut ports = ports.into_inner().unwrap();
+        ports.retain(|p, _| c.nodes.contains_key(p));
+        c.tls_ports = ports;
+        c
+    }
+
+    /// The `rediss://` seed URLs of every node's TLS port.
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.tls_ports
+            .values()
+            .map(|t| format!("rediss://127.0.0.1:{t}"))
+            .collect()
+    }
+
+    fn start_nodes(
+        masters: usize,
+        replicas: usize,
+        extra: &[&str],
+        per_node: impl Fn(u16) -> Vec<String>,
+    ) -> Cluster {
         let timeout = NODE_TIMEOUT_MS.to_string();
         let mut args = vec![
             "--cluster-enabled",
@@ -59,13 +111,16 @@ impl Cluster {
         let mut failed = 0;
         while nodes.len() < masters * (1 + replicas) {
             let port = cluster_port();
-            match RedisServer::try_start_on(port, &args) {
+            let own = per_node(port);
+            let mut all = args.clone();
+            all.extend(own.iter().map(String::as_str));
+            match RedisServer::try_start_on(port, &all) {
                 Some(s) => {
                     nodes.insert(port, s);
                 }
                 None => {
                     failed += 1;
-                    assert!(failed < 20, "a cluster node does not start with {args:?}");
+                    assert!(failed < 20, "a cluster node does not start with {all:?}");
                 }
             }
         }
@@ -86,7 +141,10 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let c = Cluster { nodes };
+        let c = Cluster {
+            nodes,
+            tls_ports: BTreeMap::new(),
+        };
         c.wait_healthy(masters, Duration::from_secs(30));
         c
     }
