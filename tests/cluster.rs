@@ -845,12 +845,13 @@ async fn an_acl_user_of_the_seed_urls_reaches_every_node() {
     assert!(w.alive(), "it keeps retrying rather than exiting");
 }
 
-/// The demo saga as `[[sagas]]` TOML, and the orchestrator settings of a fast test.
-fn demo_saga_toml() -> String {
+/// The demo saga as `[[sagas]]` TOML, after the orchestrator settings of a fast test and
+/// `orchestrator` (more lines of that table).
+fn demo_saga_toml(orchestrator: &str) -> String {
     use taskstream::saga::definition::{demo_saga, SagaDefToml};
     let demo = toml::to_string(&SagaDefToml::from(&demo_saga())).unwrap();
     format!(
-        "[orchestrator]\nblock_ms = 200\nclaim_idle_ms = 500\ndeadline_interval_ms = 50\n\n[[sagas]]\n{}",
+        "[orchestrator]\nblock_ms = 200\nclaim_idle_ms = 500\ndeadline_interval_ms = 50\n{orchestrator}\n[[sagas]]\n{}",
         demo.replace("[[steps]]", "[[sagas.steps]]")
     )
 }
@@ -897,7 +898,7 @@ async fn a_thousand_sagas_on_a_cluster_survive_an_orchestrator_kill_and_compensa
             "orchestrator = true\nheartbeat_interval_ms = 100\nheartbeat_lapse_ms = 800\nrecovery_interval_ms = 200",
             "partitions = 3"
         ),
-        demo_saga_toml()
+        demo_saga_toml("")
     );
     let mut a = WorkerProc::spawn_named(&toml, "saga-a");
     let b = WorkerProc::spawn_named(&toml, "saga-b");
@@ -1139,4 +1140,125 @@ async fn tls_with_a_private_ca_and_client_certificates_reaches_every_node() {
     );
     assert!(w.alive(), "it keeps retrying rather than exiting");
     w.kill9();
+}
+
+/// A step timeout and an abort keep their guarantees on a cluster (issue 11.3): the
+/// deadline of a step whose task nobody runs fires from its bucket's deadline set and rolls
+/// the saga back (compensating the step before it), and an abort of a running saga
+/// compensates the step in flight; each compensation runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_timeouts_and_aborts_roll_back_on_a_cluster() {
+    use taskstream::saga::ops;
+    let _g = common::heavy().await;
+    let cluster = Cluster::start(3, 0);
+    let stuck = r#"
+[[sagas]]
+name = "stuck"
+[[sagas.steps]]
+name = "a"
+action = "demo.reasoning"
+compensation = "demo.clear_reasoning_cache"
+[[sagas.steps]]
+name = "b"
+action = "demo.codegen"
+queue = "nobody"
+timeout_ms = 300
+max_attempts = 1
+"#;
+    let toml = format!(
+        "{}\n{}\n{}",
+        cluster.worker_toml("default", "orchestrator = true", ""),
+        demo_saga_toml("step_grace_ms = 300"),
+        stuck
+    );
+    let _w = WorkerProc::spawn_named(&toml, "deadlines");
+    let cfg = taskstream::config::Config::parse("w.toml", &toml).unwrap();
+    let defs = taskstream::saga::configured(&cfg).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut conn = taskstream::rdb::connect(
+        &cfg.redis,
+        &stop,
+        taskstream::rdb::ClientName::new("test", taskstream::rdb::Role::Cli),
+    )
+    .await
+    .unwrap();
+    let watch = conn.clone();
+    let ended = |id: String| {
+        let conn = watch.clone();
+        async move {
+            poll(
+                &format!("saga {id} to end"),
+                Duration::from_secs(30),
+                || {
+                    let mut c = conn.clone();
+                    let id = id.clone();
+                    async move {
+                        let v = ops::show(&mut c, &id).await.ok()?;
+                        ["completed", "rolled_back", "failed"]
+                            .contains(&v.status.as_str())
+                            .then_some(v)
+                    }
+                },
+            )
+            .await
+        }
+    };
+    let log = |key: &str| -> Vec<String> {
+        redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query(&mut cluster.sync_conn())
+            .unwrap()
+    };
+
+    let timed_out = ops::start(
+        &mut conn,
+        &defs,
+        "stuck",
+        serde_json::json!({"log_key": "log:t:stuck"}),
+    )
+    .await
+    .unwrap();
+    // Abort while the first step runs (it sleeps 1.5 s).
+    let aborted = ops::start(
+        &mut conn,
+        &defs,
+        "demo",
+        serde_json::json!({"sleep_ms": 1500, "log_key": "log:t:abort"}),
+    )
+    .await
+    .unwrap();
+    poll(
+        "the demo saga's first step running",
+        Duration::from_secs(20),
+        || {
+            let mut c = conn.clone();
+            let id = aborted.clone();
+            async move {
+                let v = ops::show(&mut c, &id).await.ok()?;
+                (v.steps[0].status == "running").then_some(())
+            }
+        },
+    )
+    .await;
+    let state = ops::abort(&mut conn, &defs, &aborted, "test")
+        .await
+        .unwrap();
+    assert_eq!(state, "compensating");
+
+    let v = ended(timed_out.clone()).await;
+    assert_eq!(v.status, "rolled_back", "{v:?}");
+    assert!(
+        v.history
+            .iter()
+            .any(|h| h.event.contains("timed") || h.event.contains("deadline")),
+        "the rollback came from the step deadline: {:?}",
+        v.history
+    );
+    assert_eq!(log("log:t:stuck"), ["demo.clear_reasoning_cache"]);
+    let v = ended(aborted.clone()).await;
+    assert_eq!(v.status, "rolled_back", "{v:?}");
+    assert_eq!(log("log:t:abort"), ["demo.clear_reasoning_cache"]);
+    stop.cancel();
 }
