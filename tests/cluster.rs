@@ -826,18 +826,12 @@ async fn an_acl_user_of_the_seed_urls_reaches_every_node() {
     let bad =
         common::worker_toml("URL", "acl-bad", "", "").replace("url = \"URL\"", &seeds("wrong"));
     let mut w = WorkerProc::spawn_named(&bad, "acl-bad");
-    let log = poll(
-        "the wrong password is said and retried",
-        Duration::from_secs(30),
-        || {
-            let log = w.log_text();
-            async move {
-                log.contains("redis cluster unreachable, retrying with backoff")
-                    .then_some(log)
-            }
-        },
-    )
-    .await;
+    let log = w
+        .wait_for_log(
+            "the wrong password is said and retried",
+            "redis cluster unreachable, retrying with backoff",
+        )
+        .await;
     assert!(
         log.to_lowercase().contains("wrongpass") || log.to_lowercase().contains("auth"),
         "the log names the authentication failure: {log}"
@@ -1122,18 +1116,12 @@ async fn tls_with_a_private_ca_and_client_certificates_reaches_every_node() {
     }
 
     let mut w = WorkerProc::spawn_named(&with_tls("tls_refused", "other-ca"), "tls-bad");
-    let log = poll(
-        "the worker refuses a node certificate from another CA",
-        Duration::from_secs(30),
-        || {
-            let log = w.log_text();
-            async move {
-                log.contains("not signed by redis.tls_ca_file")
-                    .then_some(log)
-            }
-        },
-    )
-    .await;
+    let log = w
+        .wait_for_log(
+            "the worker refuses a node certificate from another CA",
+            "not signed by redis.tls_ca_file",
+        )
+        .await;
     assert!(
         log.contains("unreachable"),
         "the log says what failed: {log}"

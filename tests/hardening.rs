@@ -186,18 +186,12 @@ async fn tls_with_a_private_ca_and_client_certificates() {
     let q2 = "tls_refused";
     let wrong = with_tls_for(q2, tls_lines(d, "other-ca", Some("client")));
     let mut w = WorkerProc::spawn(&wrong);
-    let log = poll(
-        "the worker refuses a server certificate from another CA",
-        Duration::from_secs(30),
-        || {
-            let log = w.log_text();
-            async move {
-                log.contains("not signed by redis.tls_ca_file")
-                    .then_some(log)
-            }
-        },
-    )
-    .await;
+    let log = w
+        .wait_for_log(
+            "the worker refuses a server certificate from another CA",
+            "not signed by redis.tls_ca_file",
+        )
+        .await;
     assert!(
         log.contains("redis unreachable") && log.to_lowercase().contains("certificate"),
         "the log says what failed: {log}"
@@ -208,16 +202,9 @@ async fn tls_with_a_private_ca_and_client_certificates() {
     // And a client certificate from another CA is refused by the server (mutual TLS).
     let stranger = with_tls_for(q2, tls_lines(d, "ca", Some("stranger")));
     let mut w = WorkerProc::spawn(&stranger);
-    poll(
+    w.wait_for_log(
         "the server refuses a client certificate from another CA",
-        Duration::from_secs(30),
-        || {
-            let log = w.log_text();
-            async move {
-                log.contains("redis unreachable, retrying with backoff")
-                    .then_some(())
-            }
-        },
+        "redis unreachable, retrying with backoff",
     )
     .await;
     // Nothing of the refused workers reached Redis: their queue has no consumer group.

@@ -437,6 +437,16 @@ impl WorkerProc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Polls (30 s at most, failing with `what`) until the log contains `needle`; returns
+    /// the log.
+    pub async fn wait_for_log(&self, what: &str, needle: &str) -> String {
+        poll(what, Duration::from_secs(30), || {
+            let log = self.log_text();
+            async move { log.contains(needle).then_some(log) }
+        })
+        .await
+    }
 }
 
 impl Drop for WorkerProc {
