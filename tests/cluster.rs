@@ -1054,22 +1054,14 @@ async fn a_thousand_sagas_on_a_cluster_survive_an_orchestrator_kill_and_compensa
 /// `redis.tls_ca_file` and keeps retrying.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_private_ca_and_client_certificates_reaches_every_node() {
-    use common::tls::{ca, require, signed, tls_lines};
+    use common::tls::{certificates, require, tls_lines};
     if !require("openssl") {
         return;
     }
     let _g = common::heavy().await;
     let certs = tempfile::tempdir().unwrap();
     let d = certs.path();
-    ca(d, "ca");
-    ca(d, "other-ca");
-    signed(
-        d,
-        "ca",
-        "server",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    );
-    signed(d, "ca", "client", "extendedKeyUsage=clientAuth\n");
+    certificates(d);
     let cluster = Cluster::start_tls(3, d);
     let seeds: Vec<String> = cluster
         .tls_urls()

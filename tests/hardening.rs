@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::tls::{ca, require, signed, tls_lines};
+use common::tls::{certificates, require, tls_lines};
 use common::{free_port, poll, run_cli, worker_toml, write_file, RedisServer, WorkerProc};
 use taskstream::config::Config;
 use taskstream::producer::{NewTask, Producer};
@@ -118,16 +118,7 @@ async fn tls_with_a_private_ca_and_client_certificates() {
     }
     let certs = tempfile::tempdir().unwrap();
     let d = certs.path();
-    ca(d, "ca");
-    ca(d, "other-ca");
-    signed(
-        d,
-        "ca",
-        "server",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    );
-    signed(d, "ca", "client", "extendedKeyUsage=clientAuth\n");
-    signed(d, "other-ca", "stranger", "extendedKeyUsage=clientAuth\n");
+    certificates(d);
     let tls_port = free_port();
     let path = |f: &str| d.join(f).display().to_string();
     // The plain port is for the test's own setup and counting; the worker uses TLS only.

@@ -117,3 +117,19 @@ pub fn tls_lines(dir: &Path, ca: &str, client: Option<&str>) -> String {
     }
     s
 }
+
+/// The certificates the TLS tests use, in `dir`: the CAs `ca` and `other-ca`; `server`
+/// (for 127.0.0.1 and localhost) and `client` signed by `ca`; `stranger`, a client
+/// certificate signed by `other-ca`.
+pub fn certificates(dir: &Path) {
+    ca(dir, "ca");
+    ca(dir, "other-ca");
+    signed(
+        dir,
+        "ca",
+        "server",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    );
+    signed(dir, "ca", "client", "extendedKeyUsage=clientAuth\n");
+    signed(dir, "other-ca", "stranger", "extendedKeyUsage=clientAuth\n");
+}
