@@ -353,10 +353,10 @@ impl Broker {
         let registry = crate::keys::queues_registry();
         let mut cmds: Vec<(&str, redis::Cmd)> = Vec::with_capacity(entries.len() + 1);
         let mut queues: Vec<&str> = Vec::new();
+        let ttl = keys::RELAY_MARKER_TTL_MS.to_string();
         for e in entries {
             let marker = keys::relay_marker(&e.dest, &e.correlation).unwrap_or_default();
             let mut args: Vec<&[u8]> = Vec::with_capacity(1 + 2 * e.fields.len());
-            let ttl = keys::RELAY_MARKER_TTL_MS.to_string();
             args.push(ttl.as_bytes());
             for (k, v) in &e.fields {
                 args.push(k);
