@@ -45,6 +45,32 @@ async fn enqueue_ids(producer: &Producer, tasks: Vec<NewTask>) -> Vec<String> {
         .collect()
 }
 
+/// Enqueues `n` `builtin.record` tasks on `q` (recording into `hits`) and waits (`what`)
+/// until each has run; returns their ids.
+async fn run_records(
+    cluster: &Cluster,
+    producer: &Producer,
+    q: &str,
+    hits: &str,
+    n: usize,
+    what: &str,
+) -> Vec<String> {
+    let ids = enqueue_ids(
+        producer,
+        (0..n)
+            .map(|_| record(q, hits, serde_json::json!({})))
+            .collect(),
+    )
+    .await;
+    poll(what, Duration::from_secs(30), || {
+        let ran = cluster.executions(hits);
+        let all = ids.iter().all(|id| ran.contains_key(id));
+        async move { all.then_some(()) }
+    })
+    .await;
+    ids
+}
+
 /// The SHA1 digest of every script of the broker, by file name, as the cluster computes it.
 fn script_digests(cluster: &Cluster) -> HashMap<String, String> {
     let port = cluster.masters()[0];
@@ -802,19 +828,7 @@ async fn an_acl_user_of_the_seed_urls_reaches_every_node() {
         .collect();
     let producer = Producer::connect(&cfg).await.unwrap();
     partitions_recorded(&cluster, q, 3).await;
-    let ids: Vec<String> = enqueue_ids(
-        &producer,
-        (0..60)
-            .map(|_| record(q, hits, serde_json::json!({})))
-            .collect(),
-    )
-    .await;
-    poll("60 tasks run as user ts", Duration::from_secs(30), || {
-        let ran = cluster.executions(hits);
-        let all = ids.iter().all(|id| ran.contains_key(id));
-        async move { all.then_some(()) }
-    })
-    .await;
+    run_records(&cluster, &producer, q, hits, 60, "60 tasks run as user ts").await;
     for m in cluster.masters() {
         let list = cluster.query(m, &["CLIENT", "LIST"]).unwrap();
         assert!(
@@ -1085,19 +1099,12 @@ async fn tls_with_a_private_ca_and_client_certificates_reaches_every_node() {
     let cfg = taskstream::config::Config::parse("tls.toml", &toml).unwrap();
     let producer = Producer::connect(&cfg).await.unwrap();
     partitions_recorded(&cluster, q, 3).await;
-    let ids = enqueue_ids(
-        &producer,
-        (0..300)
-            .map(|_| record(q, hits, serde_json::json!({})))
-            .collect(),
-    )
-    .await;
-    poll("300 tasks run over TLS", Duration::from_secs(30), || {
-        let ran = cluster.executions(hits);
-        let all = ids.iter().all(|id| ran.get(id) == Some(&1));
-        async move { all.then_some(()) }
-    })
-    .await;
+    let ids = run_records(&cluster, &producer, q, hits, 300, "300 tasks run over TLS").await;
+    let ran = cluster.executions(hits);
+    assert!(
+        ids.iter().all(|id| ran.get(id) == Some(&1)),
+        "each once: {ran:?}"
+    );
     for (plain, tls) in &cluster.tls_ports {
         let list = cluster.query(*plain, &["CLIENT", "LIST"]).unwrap();
         let on_tls = format!("laddr=127.0.0.1:{tls} ");
