@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 
+pub mod api;
 pub mod sagas;
+pub use api::{ApiConfig, ApiRole, ApiToken};
 pub use sagas::{OrchestratorConfig, SagaDefToml};
 
 /// The whole configuration file.
@@ -38,6 +40,8 @@ pub struct Config {
     pub sagas: Vec<SagaDefToml>,
     /// Saga orchestrator settings (`[orchestrator]`).
     pub orchestrator: OrchestratorConfig,
+    /// The control plane of `taskstream serve` (`[api]`, see [`api`]).
+    pub api: ApiConfig,
 }
 
 /// `redis.url` when none is given.
@@ -616,6 +620,9 @@ impl Config {
         if let Some(v) = get("TASKSTREAM_HTTP_LISTEN") {
             self.http.listen = v;
         }
+        if let Some(v) = get("TASKSTREAM_API_LISTEN") {
+            self.api.listen = v;
+        }
         if let Some(v) = get("TASKSTREAM_LOG_LEVEL") {
             self.log.level = v;
         }
@@ -1112,6 +1119,9 @@ impl Config {
             if let Err(reason) = h.response_limit() {
                 bad(k("max_response_bytes"), reason);
             }
+        }
+        for (key, reason) in self.api.problems() {
+            bad(key, reason);
         }
         for (key, reason) in sagas::table_problems(&self.sagas, &self.orchestrator) {
             bad(key, reason);

@@ -59,7 +59,7 @@ pub fn router(handle: PrometheusHandle) -> Router {
 type Open = Arc<Mutex<VecDeque<(u64, CancellationToken)>>>;
 
 /// Serves `listener` with `app` until `stop` fires, with the limits of the module docs.
-async fn serve_connections(
+pub(crate) async fn serve_connections(
     listener: tokio::net::TcpListener,
     app: Router,
     stop: CancellationToken,

@@ -93,6 +93,64 @@ pub struct QueueStatus {
     pub served_queues: Vec<String>,
 }
 
+/// One worker process of a queue, as it reported itself with its last heartbeat.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WorkerInfo {
+    /// Consumer name (`<host>-<pid>` unless configured).
+    pub consumer: String,
+    /// Unix ms of its last heartbeat.
+    pub last_beat_at: u64,
+    /// Host it runs on.
+    pub host: Option<String>,
+    /// Its process id.
+    pub pid: Option<u64>,
+    /// taskstream version.
+    pub version: Option<String>,
+    /// Consumer group.
+    pub group: Option<String>,
+    /// Pool it serves, if not the default.
+    pub pool: Option<String>,
+    /// Slots it may use now (the SLA loop moves it between min and max).
+    pub concurrency: Option<u64>,
+    /// Handlers running at its last heartbeat.
+    pub running: Option<u64>,
+    /// Unix ms it started.
+    pub started_at: Option<u64>,
+    /// Entries delivered to it and not yet acknowledged, bulk lane.
+    pub pending_bulk: u64,
+    /// Same, express lane.
+    pub pending_express: u64,
+}
+
+impl WorkerInfo {
+    /// From a heartbeat, the JSON the worker wrote (`ts:{q}:workers`, may be empty for a
+    /// worker of an older version) and its pending counts.
+    pub(crate) fn from_parts(
+        consumer: String,
+        last_beat_at: u64,
+        v: &serde_json::Value,
+        pending_bulk: u64,
+        pending_express: u64,
+    ) -> Self {
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(String::from);
+        let n = |k: &str| v.get(k).and_then(|x| x.as_u64());
+        WorkerInfo {
+            consumer,
+            last_beat_at,
+            host: s("host"),
+            pid: n("pid"),
+            version: s("version"),
+            group: s("group"),
+            pool: s("pool"),
+            concurrency: n("concurrency"),
+            running: n("running"),
+            started_at: n("started_at"),
+            pending_bulk,
+            pending_express,
+        }
+    }
+}
+
 impl Inspector {
     /// An inspector over `broker`, with the default heartbeat lapse.
     pub fn new(broker: Broker) -> Self {
@@ -199,6 +257,46 @@ impl Inspector {
     pub async fn dead_letters(&self, queue: &str, limit: usize) -> Result<DeadLetterPage> {
         let (letters, total) = self.broker.dead_letters(queue, "-", "+", limit).await?;
         Ok(DeadLetterPage { letters, total })
+    }
+
+    /// Searches the dead letters of `queue` with `filter`: up to `limit` matches from
+    /// `cursor` on (see [`crate::dlq::SearchPage`]). The scan runs in Redis, bounded per
+    /// request.
+    pub async fn search_dead_letters(
+        &self,
+        queue: &str,
+        filter: &crate::dlq::DeadLetterFilter,
+        cursor: Option<&crate::dlq::SearchCursor>,
+        limit: usize,
+    ) -> Result<crate::dlq::SearchPage> {
+        crate::dlq::search(&self.broker, queue, filter, cursor, limit.max(1)).await
+    }
+
+    /// Requeues or deletes every dead letter of `queue` that `filter` matches; with
+    /// `dry_run`, only counts them.
+    pub async fn bulk_dead_letters(
+        &self,
+        queue: &str,
+        filter: &crate::dlq::DeadLetterFilter,
+        action: crate::dlq::BulkAction,
+        dry_run: bool,
+    ) -> Result<crate::dlq::BulkOutcome> {
+        crate::dlq::bulk(&self.broker, queue, filter, action, dry_run).await
+    }
+
+    /// Where task `task_id` of `queue` is and its state (see [`crate::lookup`]);
+    /// `None` when it is in none of the places a task waits, runs or dies.
+    pub async fn task(
+        &self,
+        queue: &str,
+        task_id: &str,
+    ) -> Result<Option<crate::lookup::TaskInfo>> {
+        crate::lookup::find(&self.broker, queue, task_id).await
+    }
+
+    /// The live worker processes of `queue`.
+    pub async fn workers(&self, queue: &str) -> Result<Vec<WorkerInfo>> {
+        self.broker.workers(queue, self.lapse_ms).await
     }
 
     /// Moves dead letter `dlq_id` back into its lane with a fresh attempt count.

@@ -296,6 +296,14 @@ fn crc16(data: &[u8]) -> u16 {
     crc
 }
 
+/// The worker processes of `queue` (`ts:{Q}:workers`, on partition 0's slot): a hash of
+/// consumer name → JSON (host, pid, version, group, pool, concurrency, running, started
+/// and beat times), rewritten with each heartbeat and removed with the consumer, so the
+/// control plane can list workers with what they run without asking them.
+pub fn workers_info(queue: &str) -> String {
+    format!("{PREFIX}:{{{}}}:workers", partition_tag(queue, 0))
+}
+
 /// The set of all known queue names, so `stats` and `dlq` can find queues that a
 /// producer created before any worker was configured for them.
 pub fn queues_registry() -> String {

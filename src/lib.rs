@@ -23,6 +23,8 @@
 //! build is `default-features = false`.
 #![deny(missing_docs)]
 
+#[cfg(feature = "http")]
+pub mod api;
 pub mod backoff;
 #[cfg(feature = "cli")]
 pub(crate) mod builtin;
@@ -44,6 +46,7 @@ pub mod inspect;
 pub mod keys;
 #[doc(hidden)]
 pub mod local_redis;
+pub mod lookup;
 pub mod metrics;
 pub mod preflight;
 pub mod producer;

@@ -25,6 +25,8 @@ mod parse;
 mod process;
 mod queue;
 mod saga;
+#[cfg(feature = "http")]
+mod serve;
 mod stats;
 mod task;
 mod worker;
@@ -85,6 +87,10 @@ enum Command {
         #[command(subcommand)]
         action: queue::Action,
     },
+    /// Serve the control plane: the REST API under /api/v1 on api.listen (default
+    /// 127.0.0.1:8080), until SIGINT/SIGTERM.
+    #[cfg(feature = "http")]
+    Serve(serve::Args),
     /// Run a self-contained showcase on a local Redis (starts a private redis-server if
     /// none answers at the configured URL).
     Demo(demo::Args),
@@ -137,6 +143,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => demo::run(cfg, a).await?,
         Command::Task { action } => task::run(cfg, action).await?,
         Command::Queue { action } => queue::run(cfg, action).await?,
+        #[cfg(feature = "http")]
+        Command::Serve(a) => serve::run(cfg, a).await?,
         Command::Config { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)

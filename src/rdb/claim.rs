@@ -231,6 +231,15 @@ impl Broker {
             [group.as_bytes(), consumer.as_bytes(), cutoff.as_bytes()],
         ));
         let (r,): (i64,) = self.pipe(&p).await?;
+        if r == 1 && keys.partition == 0 {
+            // Its line in the workers list goes with it (another slot on a cluster, so
+            // not in the script; a line left by a failure here shows a stale beat time).
+            let _: i64 = redis::cmd("HDEL")
+                .arg(crate::keys::workers_info(&keys.queue))
+                .arg(consumer)
+                .query_async(&mut self.c())
+                .await?;
+        }
         Ok(r == 1)
     }
 

@@ -65,6 +65,8 @@ pub enum Role {
     Cli,
     /// The demo.
     Demo,
+    /// The control plane (`taskstream serve`: API, dashboard, MCP).
+    Api,
 }
 
 impl Role {
@@ -77,6 +79,7 @@ impl Role {
             Role::Orchestrator => "orchestrator",
             Role::Cli => "cli",
             Role::Demo => "demo",
+            Role::Api => "api",
         }
     }
 }

@@ -324,6 +324,77 @@ impl Broker {
         Ok(names)
     }
 
+    /// The consumers of `queue` that beat within `lapse_ms`, with what each reported of
+    /// itself (`ts:{q}:workers`) and its pending entries on each lane (`XINFO CONSUMERS`),
+    /// sorted by name.
+    pub(crate) async fn workers(
+        &self,
+        queue: &str,
+        lapse_ms: u64,
+    ) -> Result<Vec<crate::inspect::WorkerInfo>> {
+        let sets = self.heartbeat_sets(queue).await?;
+        let since = now_ms().saturating_sub(lapse_ms);
+        let mut p = Pipeline::new();
+        for s in &sets {
+            p.cmd("ZRANGEBYSCORE")
+                .arg(s)
+                .arg(since)
+                .arg("+inf")
+                .arg("WITHSCORES");
+        }
+        let beats: Vec<Vec<(String, u64)>> = self.pipe(&p).await?;
+        let mut last: std::collections::BTreeMap<String, u64> = Default::default();
+        for (c, t) in beats.into_iter().flatten() {
+            let e = last.entry(c).or_insert(0);
+            *e = (*e).max(t);
+        }
+        let info: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(crate::keys::workers_info(queue))
+            .query_async(&mut self.c())
+            .await?;
+        let k = QueueKeys::new(queue);
+        let mut pending: std::collections::HashMap<String, (u64, u64)> = Default::default();
+        for (i, stream) in [&k.stream, &k.express].into_iter().enumerate() {
+            let r: redis::RedisResult<Value> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(stream)
+                .arg(crate::keys::DEFAULT_GROUP)
+                .query_async(&mut self.c())
+                .await;
+            let Ok(Value::Array(list)) = r else { continue };
+            for c in list {
+                let flat = match c {
+                    Value::Array(a) => a,
+                    Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                    _ => continue,
+                };
+                let (Some(name), Some(n)) = (
+                    as_string(field(&flat, "name")),
+                    as_u64(field(&flat, "pending")),
+                ) else {
+                    continue;
+                };
+                let e = pending.entry(name).or_insert((0, 0));
+                if i == 0 {
+                    e.0 = n
+                } else {
+                    e.1 = n
+                }
+            }
+        }
+        Ok(last
+            .into_iter()
+            .map(|(consumer, beat)| {
+                let v: serde_json::Value = info
+                    .get(&consumer)
+                    .and_then(|j| serde_json::from_str(j).ok())
+                    .unwrap_or_default();
+                let (pb, pe) = pending.get(&consumer).copied().unwrap_or((0, 0));
+                crate::inspect::WorkerInfo::from_parts(consumer, beat, &v, pb, pe)
+            })
+            .collect())
+    }
+
     /// Each consumer's applied pause state (`ts:{q}:pause_acks`): true where it reported
     /// `paused`.
     pub(crate) async fn pause_states(

@@ -20,13 +20,35 @@ pub(crate) struct Forwarded {
 impl Broker {
     /// Records each `(heartbeat set, consumer)` as alive at `score` (Unix ms; 0 marks the
     /// consumer gone, so recoverers take its leftovers without waiting for the lapse).
-    pub(crate) async fn beat(&self, members: &[(&str, &str)], score: u64) -> Result<()> {
-        let cmds = members.iter().map(|(set, consumer)| {
-            let mut c = redis::cmd("ZADD");
-            c.arg(*set).arg(score).arg(*consumer);
-            (*set, c)
-        });
-        self.pipe_per_slot(cmds.collect()).await?;
+    /// With each beat, `info` (workers hash, consumer, JSON) is written too, and removed
+    /// with a score of 0.
+    pub(crate) async fn beat(
+        &self,
+        members: &[(&str, &str)],
+        info: &[(&str, &str, String)],
+        score: u64,
+    ) -> Result<()> {
+        let mut cmds: Vec<(&str, redis::Cmd)> = members
+            .iter()
+            .map(|(set, consumer)| {
+                let mut c = redis::cmd("ZADD");
+                c.arg(*set).arg(score).arg(*consumer);
+                (*set, c)
+            })
+            .collect();
+        for (key, consumer, json) in info {
+            let c = if score == 0 {
+                let mut c = redis::cmd("HDEL");
+                c.arg(*key).arg(*consumer);
+                c
+            } else {
+                let mut c = redis::cmd("HSET");
+                c.arg(*key).arg(*consumer).arg(json);
+                c
+            };
+            cmds.push((*key, c));
+        }
+        self.pipe_per_slot(cmds).await?;
         Ok(())
     }
 

@@ -32,6 +32,7 @@ mod lifecycle;
 mod noperm;
 mod parse;
 mod routes;
+pub(crate) mod scan;
 pub(crate) mod scripts;
 mod sentinel;
 mod settle;

@@ -43,6 +43,8 @@ pub(crate) enum ScriptId {
     SagaRelay,
     /// Oldest id and entries-added of a stream, without entry fields (`stream_meta.lua`).
     StreamMeta,
+    /// Entries of a stream that match criteria, scanned in Redis (`scan_entries.lua`).
+    ScanEntries,
 }
 
 /// `(id, file, source)` of every script, in [`ScriptId`] order.
@@ -118,6 +120,11 @@ pub(crate) const TABLE: &[(ScriptId, &str, &str)] = &[
         "stream_meta.lua",
         include_str!("lua/stream_meta.lua"),
     ),
+    (
+        ScriptId::ScanEntries,
+        "scan_entries.lua",
+        include_str!("lua/scan_entries.lua"),
+    ),
 ];
 
 static COMPILED: LazyLock<Vec<Script>> =
@@ -192,7 +199,7 @@ mod tests {
                 "row {i} of the script table is out of order"
             );
         }
-        assert_eq!(TABLE.len(), ScriptId::StreamMeta as usize + 1);
+        assert_eq!(TABLE.len(), ScriptId::ScanEntries as usize + 1);
     }
 
     #[test]

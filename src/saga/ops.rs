@@ -180,18 +180,64 @@ pub async fn show(conn: &mut Conn, id: &str) -> Result<SagaView> {
 /// Sagas in `state` (a name of [`STATES`], or `active` for those not ended; `None` for
 /// all), those that entered their state most recently first, at most `limit`.
 pub async fn list(conn: &mut Conn, state: Option<&str>, limit: usize) -> Result<Vec<SagaSummary>> {
-    let states: Vec<&str> = match state {
+    let states = states_of(state)?;
+    Broker::new(conn.clone()).saga_list(&states, limit).await
+}
+
+/// A page of [`list`]: the sagas after `cursor` (the `next` of the previous page, or
+/// `None` for the first), and the cursor of the page after this one, if there may be one.
+/// A cursor is `<ms>.<saga id>`; [`parse_cursor`] checks one a client sent.
+pub async fn list_page(
+    conn: &mut Conn,
+    state: Option<&str>,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<(Vec<SagaSummary>, Option<String>)> {
+    let states = states_of(state)?;
+    let before = cursor.map(parse_cursor).transpose()?;
+    let (list, next) = Broker::new(conn.clone())
+        .saga_list_page(
+            &states,
+            limit,
+            before.as_ref().map(|(s, i)| (*s, i.as_str())),
+        )
+        .await?;
+    Ok((list, next.map(|(s, id)| format!("{s}.{id}"))))
+}
+
+/// Parses a saga list cursor (`<ms>.<saga id>`).
+pub fn parse_cursor(c: &str) -> Result<(u64, String)> {
+    let bad = || Error::Invalid {
+        what: "cursor",
+        reason: format!(
+            "{c:?} is not one this server returned (pass the next_cursor of the previous page)"
+        ),
+    };
+    let (ms, id) = c.split_once('.').ok_or_else(bad)?;
+    if ms.is_empty() || ms.len() > 19 || !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let ms = ms.parse::<u64>().map_err(|_| bad())?;
+    if id.is_empty() || id.chars().count() > 128 {
+        return Err(bad());
+    }
+    Ok((ms, id.to_string()))
+}
+
+fn states_of(state: Option<&str>) -> Result<Vec<&'static str>> {
+    Ok(match state {
         None => STATES.to_vec(),
         Some("active") => vec!["pending", "running", "compensating"],
-        Some(s) if STATES.contains(&s) => vec![s],
-        Some(s) => {
-            return Err(Error::Invalid {
-                what: "saga state",
-                reason: format!("{s:?}; use one of {}, or active", STATES.join(", ")),
-            })
-        }
-    };
-    Broker::new(conn.clone()).saga_list(&states, limit).await
+        Some(s) => match STATES.iter().find(|x| **x == s) {
+            Some(x) => vec![*x],
+            None => {
+                return Err(Error::Invalid {
+                    what: "saga state",
+                    reason: format!("{s:?}; use one of {}, or active", STATES.join(", ")),
+                })
+            }
+        },
+    })
 }
 
 /// Aborts saga `id`: a running saga stops and rolls back (its running step, whose

@@ -454,32 +454,63 @@ impl Broker {
         states: &[&str],
         limit: usize,
     ) -> Result<Vec<SagaSummary>> {
+        Ok(self.saga_list_page(states, limit, None).await?.0)
+    }
+
+    /// [`Broker::saga_list`] from a position on: only sagas after `before` (the time they
+    /// entered their state and their id, of the last saga of the previous page) in the
+    /// order newest first, ties by id descending. Also returns the position of this
+    /// page's last index entry when there may be more.
+    pub(crate) async fn saga_list_page(
+        &self,
+        states: &[&str],
+        limit: usize,
+        before: Option<(u64, &str)>,
+    ) -> Result<(Vec<SagaSummary>, Option<(u64, String)>)> {
         if limit == 0 || states.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
         let buckets = self.saga_buckets();
         let mut index_keys = Vec::with_capacity(states.len() * buckets.len());
         for b in &buckets {
             index_keys.extend(states.iter().map(|s| b.state_index(s)));
         }
-        let cmds = index_keys
-            .iter()
-            .map(|k| {
-                let mut c = redis::cmd("ZREVRANGE");
-                c.arg(k).arg(0).arg(limit - 1).arg("WITHSCORES");
-                (k.as_str(), c)
-            })
-            .collect();
+        let mut cmds: Vec<(&str, redis::Cmd)> = Vec::new();
+        for k in &index_keys {
+            let mut c = redis::cmd("ZREVRANGEBYSCORE");
+            match before {
+                None => c.arg(k).arg("+inf").arg("-inf"),
+                Some((score, _)) => c.arg(k).arg(format!("({score}")).arg("-inf"),
+            };
+            c.arg("WITHSCORES").arg("LIMIT").arg(0).arg(limit);
+            cmds.push((k.as_str(), c));
+            if let Some((score, _)) = before {
+                // The sagas that entered their state in the same ms as the cursor's.
+                let mut c = redis::cmd("ZREVRANGEBYSCORE");
+                c.arg(k).arg(score).arg(score).arg("WITHSCORES");
+                cmds.push((k.as_str(), c));
+            }
+        }
         let mut all: Vec<(String, f64)> = Vec::new();
         for page in self.pipe_per_slot(cmds).await? {
             let page: Vec<(String, f64)> = typed(page)?;
             all.extend(page);
         }
-        all.sort_by(|a, b| b.1.total_cmp(&a.1));
+        if let Some((score, id)) = before {
+            all.retain(|(i, s)| *s < score as f64 || (*s == score as f64 && i.as_str() < id));
+        }
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| b.0.cmp(&a.0)));
+        all.dedup_by(|a, b| a.0 == b.0);
+        let more = all.len() > limit;
         all.truncate(limit);
         if all.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
+        let next = if more || all.len() == limit {
+            all.last().map(|(id, s)| (*s as u64, id.clone()))
+        } else {
+            None
+        };
         let saga_keys: Vec<String> = all.iter().map(|(id, _)| self.saga_keys(id).saga).collect();
         let cmds = saga_keys
             .iter()
@@ -510,7 +541,7 @@ impl Broker {
             .into_iter()
             .map(typed::<Row>)
             .collect::<Result<Vec<Row>>>()?;
-        Ok(all
+        let list = all
             .into_iter()
             .zip(rows)
             // An index entry whose record expired: skip it (trimmed later).
@@ -525,7 +556,8 @@ impl Broker {
                     error: error.filter(|e| !e.is_empty()),
                 })
             })
-            .collect())
+            .collect();
+        Ok((list, next))
     }
 
     /// Sagas per state (first dropping index entries of finished sagas past the

@@ -15,12 +15,40 @@ use crate::task::now_ms;
 
 use super::runtime::QueueRuntime;
 
+/// When this process started (Unix ms), for the workers list.
+static STARTED_AT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// What the control plane shows of this process for one queue (`ts:{Q}:workers`).
+fn info(rt: &QueueRuntime, now: u64) -> String {
+    serde_json::json!({
+        "host": crate::rdb::hostname(),
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "group": rt.group,
+        "pool": rt.keys.pool,
+        "concurrency": rt.concurrency.load(std::sync::atomic::Ordering::Relaxed),
+        "running": rt.tracked.running_count(),
+        "started_at": *STARTED_AT.get_or_init(now_ms),
+        "beat_at": now,
+    })
+    .to_string()
+}
+
 async fn beat(broker: &Broker, queues: &[Arc<QueueRuntime>], score: u64) -> crate::Result<()> {
     let members: Vec<(&str, &str)> = queues
         .iter()
         .map(|rt| (rt.heartbeats.as_str(), rt.consumer.as_str()))
         .collect();
-    broker.beat(&members, score).await
+    let keys: Vec<String> = queues
+        .iter()
+        .map(|rt| crate::keys::workers_info(&rt.keys.queue))
+        .collect();
+    let info: Vec<(&str, &str, String)> = queues
+        .iter()
+        .zip(&keys)
+        .map(|(rt, k)| (k.as_str(), rt.consumer.as_str(), info(rt, score)))
+        .collect();
+    broker.beat(&members, &info, score).await
 }
 
 /// Refreshes the idle clock of every entry the process holds and has not finished, so the
