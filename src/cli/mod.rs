@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
 
+mod alerts;
 mod alloc;
 mod config_check;
 mod demo;
@@ -85,6 +86,9 @@ enum Command {
         #[command(subcommand)]
         action: queue::Action,
     },
+    /// Print the Prometheus alert rules with every runbook_url set to
+    /// <--runbook-base-url>/<AlertName> (needs no configuration and no Redis).
+    Alerts(alerts::Args),
     /// Run a self-contained showcase on a local Redis (starts a private redis-server if
     /// none answers at the configured URL).
     Demo(demo::Args),
@@ -121,6 +125,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Config { action } = &cli.command {
         return config_check::run(action);
     }
+    if let Command::Alerts(a) = &cli.command {
+        return alerts::run(a);
+    }
     let mut cfg = load_config(&cli)?;
     if matches!(cli.command, Command::Demo(_)) && std::env::var("RUST_LOG").is_err() {
         // The demo prints its own story; only errors should interrupt it.
@@ -137,7 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => demo::run(cfg, a).await?,
         Command::Task { action } => task::run(cfg, action).await?,
         Command::Queue { action } => queue::run(cfg, action).await?,
-        Command::Config { .. } => unreachable!("handled above"),
+        Command::Config { .. } | Command::Alerts(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }
