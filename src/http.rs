@@ -3,7 +3,9 @@
 //! Redis answers, refuses none of the commands the process needs, the consumer groups
 //! exist and the process is not shutting down; 503 with the reason otherwise — so a load
 //! balancer or Kubernetes stops routing to it). A refused command (a missing ACL
-//! permission) is named on its own line with the `ACL SETUSER` that grants it.
+//! permission) is named on its own line with the `ACL SETUSER` that grants it. The same
+//! server serves the runbooks at `/runbooks` and `/runbooks/<Alert>`, unauthenticated
+//! ([`crate::runbooks`]), so an alert's `runbook_url` can point at any process.
 //!
 //! Connections are served by hyper directly rather than `axum::serve`, which sets no
 //! header-read timeout: 500 half-sent requests stayed open indefinitely (issue 13).
@@ -24,9 +26,10 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The router (exposed for tests).
+/// The router (exposed for tests): `/metrics`, `/health`, `/ready` and the runbooks.
 pub fn router(handle: PrometheusHandle) -> Router {
     Router::new()
+        .merge(crate::runbooks::router())
         .route(
             "/metrics",
             get(move || {
@@ -160,6 +163,6 @@ pub async fn serve_with(
         Duration::from_millis(cfg.header_read_timeout_ms),
         cfg.max_connections,
     ));
-    tracing::info!(addr = %local, "http server listening (/metrics, /health, /ready)");
+    tracing::info!(addr = %local, "http server listening (/metrics, /health, /ready, /runbooks)");
     Ok((local, j))
 }

@@ -17,8 +17,12 @@
 //! - [`saga`]: saga definitions, the orchestrator and the saga client ([`saga::ops`]).
 //! - [`inspect`]: the operator API (stats, dead letters, pause/resume/cancel signals).
 //! - [`rdb`]: the broker — every Redis operation, one typed method each.
+//! - `runbooks` (feature `http`): the runbooks, embedded and served as HTML at `/runbooks/<Alert>` by
+//!   every process's HTTP server, because the alerts' `runbook_url` pointed at a repository
+//!   that does not exist (a dead link for on-call; issue 12.5). Unauthenticated on purpose:
+//!   a browser following an alert's link cannot send a bearer token.
 //!
-//! Features: `cli` (the binaries), `http` (the `/metrics` `/health` `/ready` server),
+//! Features: `cli` (the binaries), `http` (the `/metrics` `/health` `/ready` `/runbooks` server),
 //! `http-handler` (task types served by an HTTP endpoint); all on by default. A library-only
 //! build is `default-features = false`.
 #![deny(missing_docs)]
@@ -53,6 +57,8 @@ pub mod producer;
 pub mod rdb;
 pub mod reply;
 pub(crate) mod routing;
+#[cfg(feature = "http")]
+pub mod runbooks;
 pub mod saga;
 pub(crate) mod scaling;
 pub mod signal;

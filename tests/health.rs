@@ -1,6 +1,7 @@
 //! Readiness is per component: a second worker in one process that stops must not make
 //! the process read as "shutting down" while the first still serves (the first release kept
 //! one process-wide flag). Its own test binary, so no other test's workers share the state.
+//! Also: the HTTP server serves the runbooks (`/runbooks`, `/runbooks/<Alert>`).
 #![cfg(feature = "cli")]
 
 mod common;
@@ -83,4 +84,79 @@ fn the_builder_refuses_an_invalid_setup_with_the_problems_config_check_reports()
     let text = err.to_string();
     assert!(text.contains("redis.url"), "{text}");
     assert!(text.contains("queues[0].name"), "{text}");
+}
+
+/// The runbooks an alert links to are served by the same HTTP server as /metrics, without
+/// authentication (issue 12.5: the alerts' runbook_url pointed at a repository that does
+/// not exist).
+#[cfg(all(feature = "http", feature = "http-handler"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_server_serves_the_runbooks() {
+    let stop = CancellationToken::new();
+    let (addr, server) = taskstream::http::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        taskstream::metrics::install(),
+        stop.clone(),
+    )
+    .await
+    .expect("listens");
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        let req = client.get(format!("{base}{path}"));
+        async move {
+            let r = req.send().await.expect("the server answers");
+            let status = r.status().as_u16();
+            let ctype = r
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            (status, ctype, r.text().await.expect("a body"))
+        }
+    };
+
+    let (status, ctype, body) = get("/runbooks/TaskstreamRedisDown").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ctype, "text/html; charset=utf-8");
+    assert!(body.starts_with("<!doctype html>"), "{body}");
+    assert!(body.contains("<h1>TaskstreamRedisDown</h1>"), "{body}");
+    assert!(body.contains("<h2>Mitigation</h2>"), "{body}");
+
+    // Old links to the markdown file keep working.
+    let (status, _, body_md) = get("/runbooks/TaskstreamRedisDown.md").await;
+    assert_eq!(status, 200);
+    assert_eq!(body_md, body);
+
+    let (status, ctype, body) = get("/runbooks/Nope").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(ctype, "text/html; charset=utf-8");
+    assert!(body.contains("href=\"/runbooks\""), "{body}");
+
+    let (status, ctype, index) = get("/runbooks").await;
+    assert_eq!(status, 200, "{index}");
+    assert_eq!(ctype, "text/html; charset=utf-8");
+    let names: Vec<&str> = taskstream::runbooks::names().collect();
+    assert!(names.len() >= 12, "{names:?}");
+    assert!(names.contains(&"TaskstreamRedisDown"), "{names:?}");
+    for name in names {
+        assert!(
+            index.contains(&format!("href=\"/runbooks/{name}\"")),
+            "the index does not link {name}"
+        );
+    }
+
+    // /metrics is still there next to them.
+    let (status, _, _) = get("/metrics").await;
+    assert_eq!(status, 200);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("the server stops")
+        .unwrap();
 }

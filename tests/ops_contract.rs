@@ -7,7 +7,11 @@
 //! - `ops_assets_use_only_defined_metrics`: every `taskstream_*` metric name in the alerts,
 //!   their tests, the dashboards and the runbooks is a constant of `src/metrics.rs`, and
 //!   every recording rule they use (`level:taskstream_…:ops`) is defined in alerts/.
-//! - `every_alert_has_a_runbook_and_every_runbook_an_alert`: runbooks/<Alert>.md pairing.
+//! - `every_alert_has_a_runbook_and_every_runbook_an_alert`: runbooks/<Alert>.md pairing,
+//!   and every runbook_url is `http://localhost:9464/runbooks/<Alert>` (the default base).
+//! - `alerts_command_writes_rules_promtool_accepts`: `taskstream alerts
+//!   --runbook-base-url URL` prints rules that promtool accepts, with every runbook_url
+//!   `URL/<Alert>`; a bad URL is refused naming the flag. Needs promtool like the first.
 //!
 //! Only std is used; files are scanned line by line, no YAML parser.
 
@@ -135,48 +139,63 @@ fn recorded_rules() -> BTreeSet<String> {
     names
 }
 
-/// Alert names from `- alert: NAME` in alerts/*.rules.yml, with their runbook_url.
-fn alerts() -> Vec<(String, Option<String>)> {
+/// Alert names from `- alert: NAME` in rules text, with their runbook_url.
+fn alerts_in(text: &str) -> Vec<(String, Option<String>)> {
     let mut out: Vec<(String, Option<String>)> = Vec::new();
-    for f in files("alerts", ".rules.yml") {
-        let mut current: Option<usize> = None;
-        for line in read(&f).lines() {
-            let t = line.trim();
-            if let Some(rest) = t.strip_prefix("- alert:") {
-                out.push((rest.trim().to_string(), None));
-                current = Some(out.len() - 1);
-            } else if t.starts_with("- record:") {
-                current = None;
-            } else if let (Some(i), Some(rest)) = (current, t.strip_prefix("runbook_url:")) {
-                out[i].1 = Some(rest.trim().trim_matches('"').to_string());
-            }
+    let mut current: Option<usize> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("- alert:") {
+            out.push((rest.trim().to_string(), None));
+            current = Some(out.len() - 1);
+        } else if t.starts_with("- record:") {
+            current = None;
+        } else if let (Some(i), Some(rest)) = (current, t.strip_prefix("runbook_url:")) {
+            out[i].1 = Some(rest.trim().trim_matches('"').to_string());
         }
     }
     out
 }
 
-#[test]
-fn ops_check_script_passes() {
+/// Alert names from `- alert: NAME` in alerts/*.rules.yml, with their runbook_url.
+fn alerts() -> Vec<(String, Option<String>)> {
+    files("alerts", ".rules.yml")
+        .iter()
+        .flat_map(|f| alerts_in(&read(f)))
+        .collect()
+}
+
+/// The promtool to use (`PROMTOOL` or `promtool`), or `None` when there is none: then the
+/// calling test is skipped locally, and fails under CI (`CI` set).
+fn promtool(test: &str) -> Option<String> {
     let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
     let promtool = std::env::var("PROMTOOL").unwrap_or_else(|_| "promtool".into());
     let have_promtool = Command::new(&promtool)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !have_promtool {
-        if ci {
-            panic!(
-                "promtool is required under CI to check the alert rules \
-                 (install it: apt-get install -y prometheus)"
-            );
-        }
-        // Written to the real stderr, not through eprintln!, so that libtest's output
-        // capture does not hide the skip.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP ops_check_script_passes: `promtool` not found; install it with \
-             `apt-get install -y prometheus` to check alerts/ (required when CI is set)"
+    if have_promtool {
+        return Some(promtool);
+    }
+    if ci {
+        panic!(
+            "{test}: promtool is required under CI to check the alert rules \
+             (install it: apt-get install -y prometheus)"
         );
+    }
+    // Written to the real stderr, not through eprintln!, so that libtest's output
+    // capture does not hide the skip.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIP {test}: `promtool` not found; install it with \
+         `apt-get install -y prometheus` to check alerts/ (required when CI is set)"
+    );
+    None
+}
+
+#[test]
+fn ops_check_script_passes() {
+    if promtool("ops_check_script_passes").is_none() {
         return;
     }
     let out = Command::new("bash")
@@ -259,7 +278,9 @@ fn every_alert_has_a_runbook_and_every_runbook_an_alert() {
         if !path.is_file() {
             problems.push(format!("alert {name}: runbooks/{name}.md is missing"));
         }
-        let want = format!("https://github.com/taskstream/taskstream/blob/main/runbooks/{name}.md");
+        // The default base of `taskstream alerts --runbook-base-url` (src/cli/alerts.rs),
+        // where the local processes serve the runbooks (src/runbooks.rs).
+        let want = format!("http://localhost:9464/runbooks/{name}");
         if url.as_deref() != Some(want.as_str()) {
             problems.push(format!("alert {name}: runbook_url is {url:?}, want {want}"));
         }
@@ -282,6 +303,108 @@ fn every_alert_has_a_runbook_and_every_runbook_an_alert() {
         problems.is_empty(),
         "runbook pairing:\n  {}",
         problems.join("\n  ")
+    );
+}
+
+/// Runs the built `taskstream` binary with `args` and `env` (no configuration, no Redis).
+#[cfg(feature = "cli")]
+fn taskstream(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_taskstream"));
+    cmd.args(args)
+        .env_remove("TASKSTREAM_RUNBOOK_BASE_URL")
+        .env_remove("TASKSTREAM_CONFIG")
+        // Unroutable on purpose: the command must not need Redis.
+        .env("TASKSTREAM_REDIS_URL", "redis://127.0.0.1:1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("cannot run the taskstream binary")
+}
+
+#[cfg(feature = "cli")]
+#[test]
+fn alerts_command_writes_rules_promtool_accepts() {
+    let base = "https://ops.example.com/rb";
+    let out = taskstream(&["alerts", "--runbook-base-url", &format!("{base}/")], &[]);
+    assert!(
+        out.status.success(),
+        "taskstream alerts failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules = String::from_utf8(out.stdout).expect("UTF-8 rules");
+
+    // Same alerts as the committed file, each pointing at BASE/<Alert>.
+    let committed = alerts();
+    let generated = alerts_in(&rules);
+    assert_eq!(
+        generated.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        committed.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        "the generated rules have other alerts than alerts/taskstream.rules.yml"
+    );
+    let wrong: Vec<String> = generated
+        .iter()
+        .filter(|(name, url)| url.as_deref() != Some(format!("{base}/{name}").as_str()))
+        .map(|(name, url)| format!("{name}: {url:?}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "runbook_url not {base}/<Alert>:\n  {}",
+        wrong.join("\n  ")
+    );
+    assert!(
+        !rules
+            .lines()
+            .any(|l| !l.trim_start().starts_with('#') && l.contains("localhost:9464")),
+        "a default URL was left"
+    );
+
+    // The environment variable works too; without either, the committed file comes out.
+    let out = taskstream(&["alerts"], &[("TASKSTREAM_RUNBOOK_BASE_URL", base)]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), rules);
+    let out = taskstream(&["alerts"], &[]);
+    assert!(out.status.success());
+    let default = String::from_utf8(out.stdout).expect("UTF-8");
+    let committed_text = read(&root().join("alerts/taskstream.rules.yml"));
+    assert_eq!(
+        default.split_once('\n').map(|(_, rest)| rest),
+        Some(committed_text.as_str()),
+        "`taskstream alerts` without a base should print the committed rules after its header"
+    );
+
+    for bad in [
+        "ops.example.com/rb",
+        "https://ops.example.com/r b",
+        "https://x/rb?q=1",
+    ] {
+        let out = taskstream(&["alerts", "--runbook-base-url", bad], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(out.stdout.is_empty(), "{bad:?}: printed rules anyway");
+        assert!(
+            stderr.contains("--runbook-base-url"),
+            "{bad:?}: the error does not name the flag: {stderr}"
+        );
+    }
+
+    let Some(promtool) = promtool("alerts_command_writes_rules_promtool_accepts") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("taskstream.rules.yml");
+    fs::write(&path, &rules).expect("write the generated rules");
+    let check = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("cannot run promtool");
+    assert!(
+        check.status.success(),
+        "promtool check rules refused the generated rules ({}):\n{}{}",
+        check.status,
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
     );
 }
 

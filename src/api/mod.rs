@@ -198,6 +198,7 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/api/v1", api)
+        .merge(crate::runbooks::router())
         .route("/health", get(|| async { "ok\n" }))
         .route(
             "/ready",
@@ -290,6 +291,6 @@ pub async fn serve(
         std::time::Duration::from_millis(http.header_read_timeout_ms),
         256,
     ));
-    tracing::info!(addr = %local, "api listening (/api/v1, /health, /ready)");
+    tracing::info!(addr = %local, "api listening (/api/v1, /runbooks, /health, /ready)");
     Ok(Server { addr: local, done })
 }

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
 
+mod alerts;
 mod alloc;
 mod config_check;
 mod demo;
@@ -91,6 +92,9 @@ enum Command {
     /// 127.0.0.1:8080), until SIGINT/SIGTERM.
     #[cfg(feature = "http")]
     Serve(serve::Args),
+    /// Print the Prometheus alert rules with every runbook_url set to
+    /// <--runbook-base-url>/<AlertName> (needs no configuration and no Redis).
+    Alerts(alerts::Args),
     /// Run a self-contained showcase on a local Redis (starts a private redis-server if
     /// none answers at the configured URL).
     Demo(demo::Args),
@@ -127,6 +131,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Config { action } = &cli.command {
         return config_check::run(action);
     }
+    if let Command::Alerts(a) = &cli.command {
+        return alerts::run(a);
+    }
     let mut cfg = load_config(&cli)?;
     if matches!(cli.command, Command::Demo(_)) && std::env::var("RUST_LOG").is_err() {
         // The demo prints its own story; only errors should interrupt it.
@@ -145,7 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue { action } => queue::run(cfg, action).await?,
         #[cfg(feature = "http")]
         Command::Serve(a) => serve::run(cfg, a).await?,
-        Command::Config { .. } => unreachable!("handled above"),
+        Command::Config { .. } | Command::Alerts(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }
