@@ -4,8 +4,10 @@
 //! enqueue and settle a write). A lookup therefore searches where a task can be, in the
 //! order a task moves through them, with every scan done inside Redis and bounded:
 //!
-//! 1. each lane stream of each partition (and each pool's streams): `queued`, or `running`
-//!    when the entry is in the group's pending list (delivered, not yet acknowledged);
+//! 1. each lane stream of each partition (and each pool's streams): `queued` when the
+//!    default group has not been given the entry yet, `running` when it is in the group's
+//!    pending list (delivered, not yet acknowledged); an entry delivered and acknowledged
+//!    (a fan-out queue keeps it until its slowest group passes) is not the task's state;
 //! 2. the schedule: `scheduled` (attempt 1, a delayed enqueue) or `retrying`;
 //! 3. the dead-letter stream: `dead`, with its reason and last error.
 //!
@@ -143,6 +145,12 @@ fn info_of(
     }
 }
 
+/// An entry id as (ms, seq), for ordering.
+fn order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 /// Splits a default task id into (lane, pool, entry id) when it is one.
 fn default_id(task_id: &str) -> Option<(Lane, Option<&str>, &str)> {
     let is_entry = |s: &str| {
@@ -248,6 +256,12 @@ pub(crate) async fn find(b: &Broker, queue: &str, task_id: &str) -> Result<Optio
                 let state = if pending.is_some() {
                     TaskState::Running
                 } else {
+                    let delivered = b.last_delivered(stream, group).await?;
+                    if delivered.is_some_and(|d| order(&entry_id) <= order(&d)) {
+                        // Delivered and acknowledged: a copy a fan-out queue keeps until
+                        // its slowest group passes it. The task is elsewhere or finished.
+                        continue;
+                    }
                     TaskState::Queued
                 };
                 let mut info = info_of(task_id, queue, state, lane.as_str(), &fields);

@@ -199,6 +199,20 @@ async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
         .await
         .unwrap();
     assert_eq!(s.dead_letters, 3, "only the permanent failures are dead");
+    // The control plane's search and lookup scan within the queue's slot too.
+    let insp = taskstream::inspect::Inspector::new(taskstream::rdb::Broker::new(conn.clone()));
+    let found = insp
+        .search_dead_letters(q, &taskstream::dlq::DeadLetterFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(found.letters.len(), 3, "{found:?}");
+    let dead_id = found.letters[0].get("id").unwrap().to_string();
+    let t = insp
+        .task(q, &dead_id)
+        .await
+        .unwrap()
+        .expect("the dead task");
+    assert_eq!(t.state, taskstream::lookup::TaskState::Dead);
     let (requeued, _) = taskstream::dlq::requeue_all(&mut conn, q).await.unwrap();
     assert_eq!(requeued, 3);
 

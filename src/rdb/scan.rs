@@ -174,6 +174,36 @@ impl Broker {
         Ok((ok, rs.len() as u64 - ok))
     }
 
+    /// The last entry id `group` was given on `stream` (`XINFO GROUPS`); `None` when the
+    /// stream or the group does not exist.
+    pub(crate) async fn last_delivered(&self, stream: &str, group: &str) -> Result<Option<String>> {
+        let r: redis::RedisResult<Value> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut self.c())
+            .await;
+        let Ok(Value::Array(groups)) = r else {
+            return Ok(None);
+        };
+        for g in groups {
+            let flat = match g {
+                Value::Array(a) => a,
+                Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                _ => continue,
+            };
+            let get = |name: &str| {
+                flat.chunks(2).find_map(|kv| match kv {
+                    [k, v] if text(k).as_deref() == Some(name) => text(v),
+                    _ => None,
+                })
+            };
+            if get("name").as_deref() == Some(group) {
+                return Ok(get("last-delivered-id"));
+            }
+        }
+        Ok(None)
+    }
+
     /// The pending entry `id` of `group` on `stream`: (consumer, idle ms, deliveries).
     pub(crate) async fn pending_entry(
         &self,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod cluster;
 pub mod sentinel;
+pub mod serve;
 pub mod tls;
 
 /// Serializes the heavy tests of one test binary (many processes on a 2-core machine).
