@@ -111,6 +111,21 @@ enum Mode {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// The control plane: API enqueue throughput (single over keep-alive and batches)
+    /// against the library producer doing the same in the same run, and what the
+    /// dashboard's calls cost with 10,000 queued tasks and 100,000 dead letters (latency
+    /// p50/p99 and Redis CPU per call).
+    Api {
+        /// Enqueue requests (single) and tasks (batches).
+        #[arg(long, default_value_t = 20_000)]
+        tasks: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Dead letters to search.
+        #[arg(long, default_value_t = 100_000)]
+        dead_letters: usize,
+    },
     /// Re-delivery delay after SIGKILL of the worker holding a task.
     Recovery {
         /// Kills.
@@ -997,6 +1012,279 @@ async fn saga_bench(url: &str, n: usize, rate: usize, fail_every: usize) -> Resu
     Ok(())
 }
 
+/// Runs `n` calls of `f` with `conc` in flight; returns (calls/s, latencies in ms).
+async fn timed_calls<F, Fut>(n: usize, conc: usize, f: F) -> Result<(f64, Vec<f64>)>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let t0 = Instant::now();
+    let mut js = tokio::task::JoinSet::new();
+    for _ in 0..conc.max(1) {
+        let (f, next, lat) = (f.clone(), next.clone(), lat.clone());
+        js.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    return Ok::<(), anyhow::Error>(());
+                }
+                let s = Instant::now();
+                f(i).await?;
+                lat.lock().unwrap().push(s.elapsed().as_secs_f64() * 1e3);
+            }
+        });
+    }
+    while let Some(r) = js.join_next().await {
+        r??;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let lat = std::mem::take(&mut *lat.lock().unwrap());
+    Ok((n as f64 / secs, lat))
+}
+
+async fn api_bench(url: &str, tasks: usize, conc: usize, dead: usize) -> Result<()> {
+    let bin = taskstream_bin()?;
+    let dir = std::env::temp_dir().join(format!("taskstream-api-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let cfg = dir.join("serve.toml");
+    std::fs::write(
+        &cfg,
+        format!("[redis]\nurl = \"{url}\"\n[http]\nlisten = \"\"\n[[queues]]\nname = \"api-single\"\n[[queues]]\nname = \"api-batch\"\n[[queues]]\nname = \"lib-single\"\n[[queues]]\nname = \"lib-batch\"\n[[queues]]\nname = \"api-dash\"\n"),
+    )?;
+    let log = std::fs::File::create(dir.join("serve.log"))?;
+    let mut server = Command::new(&bin)
+        .args(["serve", "-c"])
+        .arg(&cfg)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(conc)
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http
+        .get(format!("{base}/queues"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        if Instant::now() > deadline {
+            bail!("taskstream serve did not answer; log in {}", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut rc = redis::Client::open(url)?.get_connection()?;
+    let info: String = redis::cmd("INFO").arg("server").query(&mut rc)?;
+    let redis_pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .unwrap_or("0")
+        .trim()
+        .to_string();
+    let producer = Producer::connect(&base_config(url, "lib-single", 1)).await?;
+    println!("api: {tasks} enqueues with {conc} in flight, over HTTP/1.1 keep-alive to `taskstream serve` (one process) against the library producer in the same run");
+
+    // Single enqueues: library, then API, alternated twice.
+    let mut rows = Vec::new();
+    for round in 0..2 {
+        let p = producer.clone();
+        let (lib, mut ll) = timed_calls(tasks, conc, move |_| {
+            let p = p.clone();
+            async move {
+                p.enqueue(NewTask::raw("lib-single", "noop", "{}")).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        let (h, b) = (http.clone(), base.clone());
+        let (api, mut al) = timed_calls(tasks, conc, move |_| {
+            let (h, b) = (h.clone(), b.clone());
+            async move {
+                let r = h
+                    .post(format!("{b}/queues/api-single/tasks"))
+                    .header("content-type", "application/json")
+                    .body(r#"{"type":"noop","payload":{}}"#)
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status() == 201, "enqueue answered {}", r.status());
+                Ok(())
+            }
+        })
+        .await?;
+        println!(
+            "  round {}: single  library {lib:>8.0}/s p99 {:.2} ms   API {api:>8.0}/s p50 {:.2} ms p99 {:.2} ms  ({:.2}x)",
+            round + 1,
+            pct(&mut ll, 0.99),
+            pct(&mut al, 0.5),
+            pct(&mut al, 0.99),
+            api / lib
+        );
+        rows.push((lib, api, pct(&mut al, 0.5), pct(&mut al, 0.99)));
+    }
+    // Batches of 100.
+    let batches = (tasks / 100).max(1);
+    let body: String = format!(
+        "{{\"tasks\":[{}]}}",
+        vec![r#"{"type":"noop","payload":{}}"#; 100].join(",")
+    );
+    let mut brows = Vec::new();
+    for round in 0..2 {
+        let p = producer.clone();
+        let (lib, _) = timed_calls(batches, conc.min(8), move |_| {
+            let p = p.clone();
+            async move {
+                let b = (0..100)
+                    .map(|_| NewTask::raw("lib-batch", "noop", "{}"))
+                    .collect();
+                p.enqueue_batch(b).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        let (h, b, bd) = (http.clone(), base.clone(), body.clone());
+        let (api, mut al) = timed_calls(batches, conc.min(8), move |_| {
+            let (h, b, bd) = (h.clone(), b.clone(), bd.clone());
+            async move {
+                let r = h
+                    .post(format!("{b}/queues/api-batch/tasks/batch"))
+                    .header("content-type", "application/json")
+                    .body(bd)
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status() == 201, "batch answered {}", r.status());
+                Ok(())
+            }
+        })
+        .await?;
+        println!(
+            "  round {}: batch of 100  library {:>8.0} tasks/s   API {:>8.0} tasks/s p99 {:.2} ms per batch  ({:.2}x)",
+            round + 1,
+            lib * 100.0,
+            api * 100.0,
+            pct(&mut al, 0.99),
+            api / lib
+        );
+        brows.push((lib * 100.0, api * 100.0));
+    }
+
+    // The dashboard's reads at 10,000 queued tasks and `dead` dead letters.
+    let mut pipe = redis::pipe();
+    for i in 0..10_000 {
+        pipe.cmd("XADD")
+            .arg("ts:{api-dash}:stream")
+            .arg("*")
+            .arg("type")
+            .arg("noop")
+            .arg("payload")
+            .arg(format!("{{\"i\":{i}}}"))
+            .ignore();
+    }
+    pipe.query::<()>(&mut rc)?;
+    for chunk in 0..dead.div_ceil(10_000) {
+        let mut pipe = redis::pipe();
+        for i in chunk * 10_000..((chunk + 1) * 10_000).min(dead) {
+            let err = if i == dead / 2 {
+                "the needle: quota exceeded".to_string()
+            } else {
+                format!("timeout after {}s", i % 30)
+            };
+            pipe.cmd("XADD")
+                .arg("ts:{api-dash}:dlq")
+                .arg("*")
+                .arg(&[
+                    ("id", format!("d{i}")),
+                    ("type", "email.send".into()),
+                    (
+                        "payload",
+                        format!(
+                            "{{\"to\":\"user{i}@example.com\",\"body\":\"{}\"}}",
+                            "x".repeat(200)
+                        ),
+                    ),
+                    ("dlq_reason", "exhausted: 3 of 3 attempts failed".into()),
+                    ("dlq_error", err),
+                ])
+                .ignore();
+        }
+        pipe.query::<()>(&mut rc)?;
+    }
+    println!("  dashboard reads with 10,000 queued tasks and {dead} dead letters (one request at a time):");
+    let calls: [(&str, String, usize); 4] = [
+        ("queue stats (GET /queues)", format!("{base}/queues"), 200),
+        (
+            "first page of letters",
+            format!("{base}/queues/api-dash/dead-letters?limit=50"),
+            200,
+        ),
+        (
+            "lookup, unknown id (all)",
+            format!("{base}/queues/api-dash/tasks/no-such-task"),
+            20,
+        ),
+        (
+            "needle search, all pages",
+            format!("{base}/queues/api-dash/dead-letters?error=needle&limit=100"),
+            20,
+        ),
+    ];
+    for (what, u, n) in calls {
+        let mut lat = Vec::new();
+        let (r0, s0) = (cpu_micros(&redis_pid), cpu_micros(&server.id().to_string()));
+        let mut pages = 0;
+        for _ in 0..n {
+            let s = Instant::now();
+            let mut cursor: Option<String> = None;
+            loop {
+                let url = match &cursor {
+                    Some(c) => format!("{u}&cursor={c}"),
+                    None => u.clone(),
+                };
+                let v: serde_json::Value = http.get(&url).send().await?.json().await?;
+                pages += 1;
+                match v.get("next_cursor").and_then(|c| c.as_str()) {
+                    Some(c) if what.starts_with("needle") => cursor = Some(c.to_string()),
+                    _ => break,
+                }
+            }
+            lat.push(s.elapsed().as_secs_f64() * 1e3);
+        }
+        let (r1, s1) = (cpu_micros(&redis_pid), cpu_micros(&server.id().to_string()));
+        println!(
+            "    {what:<28} p50 {:>8.2} ms  p99 {:>8.2} ms  Redis CPU {:>8.0} µs/call  server CPU {:>8.0} µs/call  ({:.1} requests/call)",
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99),
+            (r1 - r0) as f64 / n as f64,
+            (s1 - s0) as f64 / n as f64,
+            pages as f64 / n as f64
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let med = |v: Vec<f64>| {
+        let mut v = v;
+        pct(&mut v, 0.5)
+    };
+    println!(
+        "RESULT api_single_per_s={:.0} lib_single_per_s={:.0} api_batch_tasks_per_s={:.0} lib_batch_tasks_per_s={:.0}",
+        med(rows.iter().map(|r| r.1).collect()),
+        med(rows.iter().map(|r| r.0).collect()),
+        med(brows.iter().map(|r| r.1).collect()),
+        med(brows.iter().map(|r| r.0).collect())
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -1018,6 +1306,11 @@ async fn main() -> Result<()> {
         Mode::Durability { tasks, rounds } => durability(&url, tasks, rounds).await,
         Mode::Cluster { tasks, rounds } => cluster_bench(&url, tasks, rounds).await,
         Mode::Recovery { kills } => recovery(&url, kills).await,
+        Mode::Api {
+            tasks,
+            concurrency,
+            dead_letters,
+        } => api_bench(&url, tasks, concurrency, dead_letters).await,
         Mode::Express { backlog, express } => express_bench(&url, backlog, express).await,
         Mode::Saga {
             sagas,
