@@ -6,7 +6,8 @@
 //!   payloads, bad cursors and parameters — each a 4xx problem document, never a 5xx.
 //! - `tasks_queues_and_workers`: enqueue (one, batch, idempotent, express, delayed),
 //!   lookup in every state a task can be found in, cancel, pause/resume in Redis, workers.
-//! - `dead_letter_search_and_bulk_actions`: one letter among 3,000 found by its error text;
+//! - `dead_letter_search_and_bulk_actions`: one letter among 3,000 found by its error text
+//!   (and by `taskstream dlq search` and `task show`, alike);
 //!   the scan in Redis agrees with the filter stated in Rust; dry runs count; requeue and
 //!   delete act on exactly the matches.
 //! - `sagas_start_list_show_abort`: pagination by cursor visits each saga once.
@@ -568,6 +569,53 @@ async fn dead_letter_search_and_bulk_actions() {
     assert_eq!(hit.len(), 1, "{hit:?}");
     let fields = hit[0]["fields"].as_array().unwrap();
     assert!(fields.contains(&json!(["id", "task-1234"])), "{fields:?}");
+    // The CLI's search and lookup are the same library calls, and say the same.
+    let url = redis.url();
+    let (code, out, err) = run_cli(
+        &[
+            "--redis-url",
+            &url,
+            "dlq",
+            "search",
+            "-q",
+            "dl",
+            "--error",
+            "QUOTA",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let cli: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cli["letters"], json!(hit), "{out}");
+    let (code, out, err) = run_cli(
+        &[
+            "--redis-url",
+            &url,
+            "task",
+            "show",
+            "task-1234",
+            "-q",
+            "dl",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    let (_, api_view) = send(
+        c.get(api.url("/api/v1/queues/dl/tasks/task-1234"))
+            .bearer_auth(READ),
+    )
+    .await;
+    assert_eq!(shown, api_view);
+    assert_eq!(shown["state"], "dead");
+    let (code, _, err) = run_cli(
+        &["--redis-url", &url, "task", "show", "nope", "-q", "dl"],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("results are not retained"), "{err}");
     // The scan in Redis agrees with the filter as stated in Rust, on several filters.
     let all: Vec<taskstream::dlq::DeadLetter> = {
         let v: Vec<(String, Vec<(String, String)>)> = {

@@ -1,4 +1,6 @@
-//! `taskstream dlq list|requeue|purge`: a queue's dead-letter stream.
+//! `taskstream dlq list|search|requeue|purge`: a queue's dead-letter stream. `search`
+//! is the API's search (`GET /api/v1/queues/{q}/dead-letters`): the same filter, scanned
+//! in Redis by the same library call, cursor and all.
 //!
 //! `list` prints producer-written text (task ids, types, reasons) with control characters
 //! escaped (issue 10.16), and says when the stream holds more than it shows instead of
@@ -25,6 +27,39 @@ pub(crate) enum Action {
               value_parser = clap::value_parser!(u64).range(1..))]
         limit: u64,
         /// Print JSON (includes payloads).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Search dead letters: every given filter must hold (as the API's search).
+    Search {
+        /// Queue name.
+        #[arg(long, short = 'q')]
+        queue: String,
+        /// Task type, exactly.
+        #[arg(long = "type")]
+        task_type: Option<String>,
+        /// Text the reason contains (any case): exhausted, poison, malformed, failed…
+        #[arg(long)]
+        reason: Option<String>,
+        /// Text the last error contains (any case).
+        #[arg(long)]
+        error: Option<String>,
+        /// Task id, exactly.
+        #[arg(long)]
+        task_id: Option<String>,
+        /// Dead-lettered at or after this Unix ms.
+        #[arg(long)]
+        since_ms: Option<u64>,
+        /// Dead-lettered at or before this Unix ms.
+        #[arg(long)]
+        until_ms: Option<u64>,
+        /// Most matches to show.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        limit: u64,
+        /// Continue after an earlier search (the cursor it printed).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print JSON (the API's page: letters, next_cursor, scanned).
         #[arg(long)]
         json: bool,
     },
@@ -109,6 +144,54 @@ pub(crate) async fn run(cfg: Config, action: Action) -> anyhow::Result<()> {
                     page.letters.len(),
                     page.total
                 );
+            }
+        }
+        Action::Search {
+            queue,
+            task_type,
+            reason,
+            error,
+            task_id,
+            since_ms,
+            until_ms,
+            limit,
+            cursor,
+            json,
+        } => {
+            let filter = crate::dlq::DeadLetterFilter {
+                task_type,
+                reason,
+                error,
+                task_id,
+                since_ms,
+                until_ms,
+            };
+            let cursor = cursor
+                .as_deref()
+                .map(crate::dlq::SearchCursor::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let page = insp
+                .search_dead_letters(&queue, &filter, cursor.as_ref(), limit as usize)
+                .await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&page)?);
+            } else {
+                let shown = DeadLetterPage {
+                    total: page.letters.len() as u64,
+                    letters: page.letters,
+                };
+                if shown.letters.is_empty() {
+                    outln!(
+                        "no matching dead letters in queue {queue:?} ({} looked at)",
+                        page.scanned
+                    );
+                } else {
+                    super::output::out!("{}", render(&shown));
+                }
+                if let Some(c) = page.next_cursor {
+                    eprintln!("more may match: continue with --cursor {c}");
+                }
             }
         }
         Action::Requeue {

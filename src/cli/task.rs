@@ -1,4 +1,6 @@
 //! `taskstream task cancel ID`: a cancel signal to every replica of the task's queue.
+//! `taskstream task show ID`: where the task is and its state — the API's lookup
+//! (`GET /api/v1/queues/{q}/tasks/{id}`), by the same library call.
 
 use tokio_util::sync::CancellationToken;
 
@@ -18,12 +20,81 @@ pub(crate) enum Action {
         #[arg(long, short = 'q', default_value = "default")]
         queue: String,
     },
+    /// Where a task is and its state: scheduled, queued, running, retrying or dead.
+    Show {
+        /// Task id.
+        id: String,
+        /// Queue of the task.
+        #[arg(long, short = 'q', default_value = "default")]
+        queue: String,
+        /// Print JSON (as the API answers).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(crate) async fn run(cfg: Config, action: Action) -> anyhow::Result<()> {
-    let Action::Cancel { id, queue } = action;
     let insp = Inspector::connect(&cfg.redis, &CancellationToken::new()).await?;
-    insp.cancel(&queue, &id).await?;
-    outln!("cancel signal sent for task {id} in queue {queue:?}");
+    match action {
+        Action::Cancel { id, queue } => {
+            insp.cancel(&queue, &id).await?;
+            outln!("cancel signal sent for task {id} in queue {queue:?}");
+        }
+        Action::Show { id, queue, json } => {
+            let Some(t) = insp.task(&queue, &id).await? else {
+                anyhow::bail!(
+                    "task {id:?} is not waiting, running or dead in queue {queue:?}: it finished (results are not retained), was never enqueued there, or sits beyond the first {} entries of a stream",
+                    crate::lookup::LOOKUP_SCAN
+                );
+            };
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                let esc = |s: &Option<String>| {
+                    s.as_deref()
+                        .map(|v| super::output::escape_controls(v, false).into_owned())
+                        .unwrap_or_else(|| "-".into())
+                };
+                outln!(
+                    "task      {}",
+                    super::output::escape_controls(&t.task_id, false)
+                );
+                outln!(
+                    "queue     {} (partition {}, lane {})",
+                    t.queue,
+                    t.partition,
+                    t.lane
+                );
+                outln!(
+                    "state     {}",
+                    serde_json::to_value(t.state)?.as_str().unwrap_or("?")
+                );
+                outln!("type      {}", esc(&t.task_type));
+                outln!(
+                    "attempt   {}{}",
+                    t.attempt,
+                    t.max_attempts
+                        .map(|m| format!(" of {m}"))
+                        .unwrap_or_default()
+                );
+                if let Some(c) = &t.consumer {
+                    outln!(
+                        "consumer  {c} (delivered {} times)",
+                        t.deliveries.unwrap_or(0)
+                    );
+                }
+                if let Some(d) = t.due_at {
+                    outln!("due at    {d} (Unix ms)");
+                }
+                if t.last_error.is_some() {
+                    outln!("error     {}", esc(&t.last_error));
+                }
+                if t.dead_reason.is_some() {
+                    outln!("reason    {}", esc(&t.dead_reason));
+                }
+                outln!("payload   {}", esc(&t.payload));
+            }
+        }
+    }
     Ok(())
 }
