@@ -1,7 +1,8 @@
 //! The control plane's HTTP API (`taskstream serve`): `/api/v1/…` over the same library
 //! operations the CLI uses ([`crate::inspect::Inspector`], [`crate::producer::Producer`],
 //! [`crate::saga::ops`]), so a queue paused from the API, the CLI or (later) the dashboard
-//! is paused the same way, and behaviour cannot drift between them (issue 12).
+//! is paused the same way, and behaviour cannot drift between them (issue 12). The MCP
+//! server ([`crate::mcp`], `/mcp`) calls these handlers' functions too.
 //!
 //! One concept per file: [`auth`] (bearer tokens), [`problem`] (RFC 9457 errors),
 //! [`extract`] (bodies and query strings that fail as problems), and one file of handlers
