@@ -197,11 +197,15 @@ impl Serve {
         let s = Serve { child, log, addr };
         // Listening and connected (its /ready also waits for consumer groups, which a
         // control plane never creates).
-        poll("taskstream serve connected", Duration::from_secs(30), || {
-            let log = s.log_text();
-            let up = http_get(&s.addr, "/health").is_some();
-            async move { (up && log.contains("api connected to redis")).then_some(()) }
-        })
+        poll(
+            "taskstream serve connected",
+            Duration::from_secs(30),
+            || {
+                let log = s.log_text();
+                let up = http_get(&s.addr, "/health").is_some();
+                async move { (up && log.contains("api connected to redis")).then_some(()) }
+            },
+        )
         .await;
         s
     }
