@@ -21,6 +21,8 @@
 //!   every process's HTTP server, because the alerts' `runbook_url` pointed at a repository
 //!   that does not exist (a dead link for on-call; issue 12.5). Unauthenticated on purpose:
 //!   a browser following an alert's link cannot send a bearer token.
+//! - `mcp` (feature `http`): the MCP server, at `/mcp` on `taskstream serve` and on stdio
+//!   (`taskstream mcp`), whose tools call the REST API's functions.
 //!
 //! Features: `cli` (the binaries), `http` (the `/metrics` `/health` `/ready` `/runbooks` server),
 //! `http-handler` (task types served by an HTTP endpoint); all on by default. A library-only
@@ -51,6 +53,8 @@ pub mod keys;
 #[doc(hidden)]
 pub mod local_redis;
 pub mod lookup;
+#[cfg(feature = "http")]
+pub mod mcp;
 pub mod metrics;
 pub mod preflight;
 pub mod producer;

@@ -269,9 +269,11 @@ async fn every_refusal_is_a_problem_document() {
         let d = p["detail"].as_str().unwrap();
         assert!(d.contains(needle), "{want}: detail {d:?} lacks {needle:?}");
     }
-    // Nothing above crashed the server or reached Redis.
+    // Nothing above crashed the server or reached Redis, and it reports itself ready.
     let (s, _) = send(admin(c.get(u("/api/v1/queues")))).await;
     assert_eq!(s, 200);
+    let ready = c.get(u("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
     let len: u64 = r.xlen("ts:{q}:stream").unwrap();
     assert_eq!(len, 0);
     assert!(!api.log_text().contains("panicked"), "{}", api.log_text());

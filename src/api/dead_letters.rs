@@ -28,7 +28,7 @@ fn filter_of(q: &Query) -> Result<DeadLetterFilter, Problem> {
     Ok(f)
 }
 
-fn check(f: &DeadLetterFilter) -> Result<(), Problem> {
+pub(crate) fn check(f: &DeadLetterFilter) -> Result<(), Problem> {
     // since_ms after until_ms is an empty range, not an error.
     for (name, v) in [("since_ms", f.since_ms), ("until_ms", f.until_ms)] {
         if v.is_some_and(|v| v > i64::MAX as u64) {
@@ -64,18 +64,30 @@ pub(crate) async fn search(
     let q = Query::parse(uri.query(), PARAMS)?;
     let limit = limit(&q)?;
     let filter = filter_of(&q)?;
-    let cursor = q
-        .str("cursor")
+    Ok(Json(
+        search_page(&state, &queue, &filter, q.str("cursor"), limit).await?,
+    ))
+}
+
+/// A page of the search of `queue`'s dead letters by `filter` (checked) from `cursor`
+/// (also the MCP tool `dead_letters_search`).
+pub(crate) async fn search_page(
+    state: &ApiState,
+    queue: &str,
+    filter: &DeadLetterFilter,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<SearchPage, Problem> {
+    let cursor = cursor
         .map(SearchCursor::parse)
         .transpose()
         .map_err(Problem::bad_request)?;
-    known_queue(&state, &queue).await?;
-    let page = state
+    known_queue(state, queue).await?;
+    Ok(state
         .backend()?
         .insp
-        .search_dead_letters(&queue, &filter, cursor.as_ref(), limit)
-        .await?;
-    Ok(Json(page))
+        .search_dead_letters(queue, filter, cursor.as_ref(), limit)
+        .await?)
 }
 
 /// A filter in a JSON body (numbers may be written as whole floats; null is absent).

@@ -1,7 +1,8 @@
 //! The control plane's HTTP API (`taskstream serve`): `/api/v1/…` over the same library
 //! operations the CLI uses ([`crate::inspect::Inspector`], [`crate::producer::Producer`],
 //! [`crate::saga::ops`]), so a queue paused from the API, the CLI or (later) the dashboard
-//! is paused the same way, and behaviour cannot drift between them (issue 12).
+//! is paused the same way, and behaviour cannot drift between them (issue 12). The MCP
+//! server ([`crate::mcp`], `/mcp`) calls these handlers' functions too.
 //!
 //! One concept per file: [`auth`] (bearer tokens), [`problem`] (RFC 9457 errors),
 //! [`extract`] (bodies and query strings that fail as problems), and one file of handlers
@@ -40,15 +41,15 @@ use crate::rdb::Conn;
 use crate::saga::definition::SagaDef;
 
 pub mod auth;
-mod dead_letters;
-mod extract;
+pub(crate) mod dead_letters;
+pub(crate) mod extract;
 pub mod problem;
-mod queues;
-mod sagas;
-mod tasks;
+pub(crate) mod queues;
+pub(crate) mod sagas;
+pub(crate) mod tasks;
 
 pub use auth::Caller;
-use auth::Tokens;
+pub(crate) use auth::Tokens;
 pub use problem::Problem;
 
 /// The OpenAPI 3.1 document of this API.
@@ -82,10 +83,22 @@ pub struct ApiState {
     /// Queues named in the configuration (known even before a worker registered them).
     configured: Arc<Vec<String>>,
     /// Largest request body.
-    max_body_bytes: usize,
+    pub(crate) max_body_bytes: usize,
 }
 
 impl ApiState {
+    /// The state of `cfg` with `tokens`, not connected yet (see [`connect_in_background`]).
+    pub(crate) fn new(cfg: &Config, tokens: Tokens) -> Result<ApiState, String> {
+        let defs = crate::saga::configured(cfg).map_err(|e| format!("saga definitions: {e}"))?;
+        Ok(ApiState {
+            backend: Arc::new(OnceCell::new()),
+            tokens: Arc::new(tokens),
+            defs: Arc::new(defs),
+            configured: Arc::new(cfg.queues.iter().map(|q| q.name.clone()).collect()),
+            max_body_bytes: cfg.api.max_body_bytes,
+        })
+    }
+
     /// The backend, or 503 while Redis has not answered yet.
     pub(crate) fn backend(&self) -> Result<&Backend, Problem> {
         self.backend.get().ok_or_else(|| {
@@ -199,6 +212,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .merge(crate::runbooks::router())
+        .merge(crate::mcp::http::router())
         .route("/health", get(|| async { "ok\n" }))
         .route(
             "/ready",
@@ -212,6 +226,42 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// Connects to the Redis of `cfg` in the background, retrying with backoff until it
+/// answers or `stop` fires; until then the state's [`ApiState::backend`] is a 503.
+pub(crate) fn connect_in_background(state: &ApiState, cfg: &Config, stop: CancellationToken) {
+    let redis = cfg.redis.clone();
+    let producer_cfg = cfg.producer.clone();
+    let backend = state.backend.clone();
+    crate::health::set_redis_up(false);
+    tokio::spawn(async move {
+        let name = crate::rdb::ClientName::process(crate::rdb::Role::Api);
+        match crate::rdb::connect(&redis, &stop, name).await {
+            Ok(conn) => {
+                let mut producer = Producer::new(conn.clone(), producer_cfg);
+                if redis.wait_replicas > 0 {
+                    producer = producer.wait_replicas(
+                        redis.wait_replicas,
+                        std::time::Duration::from_millis(redis.wait_timeout_ms),
+                    );
+                }
+                let b = Backend {
+                    insp: Inspector::new(crate::rdb::Broker::new(conn.clone())),
+                    producer,
+                    conn,
+                };
+                let _ = backend.set(b);
+                crate::health::set_redis_up(true);
+                // A control plane creates no consumer groups: the worker's readiness
+                // condition on them is met by definition (without this, /ready said
+                // "consumer groups not created yet" for ever).
+                crate::health::set_groups_ready(true);
+                tracing::info!("api connected to redis");
+            }
+            Err(e) => tracing::warn!(error = %e, "api gave up connecting to redis"),
+        }
+    });
 }
 
 /// A running API server.
@@ -237,14 +287,8 @@ pub async fn serve(
     api.check_exposure()?;
     let tokens = Tokens::load(&api, |k| std::env::var(k).ok())?;
     let addr = api.addr()?;
-    let defs = crate::saga::configured(cfg).map_err(|e| format!("saga definitions: {e}"))?;
-    let state = ApiState {
-        backend: Arc::new(OnceCell::new()),
-        tokens: Arc::new(tokens),
-        defs: Arc::new(defs),
-        configured: Arc::new(cfg.queues.iter().map(|q| q.name.clone()).collect()),
-        max_body_bytes: api.max_body_bytes,
-    };
+    let mut state = ApiState::new(cfg, tokens)?;
+    state.max_body_bytes = api.max_body_bytes;
     if state.tokens.is_open() {
         tracing::warn!(addr = %addr, "the API has no tokens: every caller on this loopback address is an admin");
     }
@@ -254,34 +298,7 @@ pub async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| format!("api.listen {addr}: {e}"))?;
-    let redis = cfg.redis.clone();
-    let producer_cfg = cfg.producer.clone();
-    let backend = state.backend.clone();
-    let connect_stop = stop.clone();
-    crate::health::set_redis_up(false);
-    tokio::spawn(async move {
-        let name = crate::rdb::ClientName::process(crate::rdb::Role::Api);
-        match crate::rdb::connect(&redis, &connect_stop, name).await {
-            Ok(conn) => {
-                let mut producer = Producer::new(conn.clone(), producer_cfg);
-                if redis.wait_replicas > 0 {
-                    producer = producer.wait_replicas(
-                        redis.wait_replicas,
-                        std::time::Duration::from_millis(redis.wait_timeout_ms),
-                    );
-                }
-                let b = Backend {
-                    insp: Inspector::new(crate::rdb::Broker::new(conn.clone())),
-                    producer,
-                    conn,
-                };
-                let _ = backend.set(b);
-                crate::health::set_redis_up(true);
-                tracing::info!("api connected to redis");
-            }
-            Err(e) => tracing::warn!(error = %e, "api gave up connecting to redis"),
-        }
-    });
+    connect_in_background(&state, cfg, stop.clone());
     let http = crate::config::HttpConfig::default();
     let app = router(state);
     let done = tokio::spawn(crate::http::serve_connections(
@@ -291,6 +308,6 @@ pub async fn serve(
         std::time::Duration::from_millis(http.header_read_timeout_ms),
         256,
     ));
-    tracing::info!(addr = %local, "api listening (/api/v1, /runbooks, /health, /ready)");
+    tracing::info!(addr = %local, "api listening (/api/v1, /mcp, /runbooks, /health, /ready)");
     Ok(Server { addr: local, done })
 }

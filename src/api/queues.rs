@@ -24,9 +24,9 @@ pub(crate) struct QueueView {
 #[derive(Debug, Serialize)]
 pub(crate) struct QueuePage {
     /// The queues, by name.
-    queues: Vec<QueueView>,
+    pub(crate) queues: Vec<QueueView>,
     /// The cursor of the next page (the last name of this one), if any.
-    next_cursor: Option<String>,
+    pub(crate) next_cursor: Option<String>,
 }
 
 async fn view(state: &ApiState, queue: &str) -> Result<QueueView, Problem> {
@@ -54,9 +54,18 @@ pub(crate) async fn list(
 ) -> Result<Json<QueuePage>, Problem> {
     let q = Query::parse(uri.query(), &["cursor", "limit"])?;
     let limit = limit(&q)?;
+    Ok(Json(page(&state, q.str("cursor"), limit).await?))
+}
+
+/// The known queues after `after` (a page's `next_cursor`), at most `limit`, with their
+/// figures (also the MCP tool `queue_stats`).
+pub(crate) async fn page(
+    state: &ApiState,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<QueuePage, Problem> {
     let b = state.backend()?;
     let names = b.insp.queues(&state.configured).await?;
-    let after = q.str("cursor");
     let mut page: Vec<String> = names
         .into_iter()
         .filter(|n| after.is_none_or(|a| n.as_str() > a))
@@ -66,12 +75,12 @@ pub(crate) async fn list(
     page.truncate(limit);
     let mut queues = Vec::with_capacity(page.len());
     for n in &page {
-        queues.push(view(&state, n).await?);
+        queues.push(view(state, n).await?);
     }
-    Ok(Json(QueuePage {
+    Ok(QueuePage {
         next_cursor: if more { page.last().cloned() } else { None },
         queues,
-    }))
+    })
 }
 
 /// `GET /queues/{queue}`.

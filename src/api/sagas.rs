@@ -27,10 +27,21 @@ pub(crate) async fn list(
 ) -> Result<Json<SagaPage>, Problem> {
     let q = Query::parse(uri.query(), &["state", "cursor", "limit"])?;
     let limit = limit(&q)?;
+    Ok(Json(
+        page(&state, q.str("state"), limit, q.str("cursor")).await?,
+    ))
+}
+
+/// Sagas in `saga_state` (see [`ops::list_page`]), a page (also the MCP tool `saga_list`).
+pub(crate) async fn page(
+    state: &ApiState,
+    saga_state: Option<&str>,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<SagaPage, Problem> {
     let mut conn = state.backend()?.conn.clone();
-    let (sagas, next_cursor) =
-        ops::list_page(&mut conn, q.str("state"), limit, q.str("cursor")).await?;
-    Ok(Json(SagaPage { sagas, next_cursor }))
+    let (sagas, next_cursor) = ops::list_page(&mut conn, saga_state, limit, cursor).await?;
+    Ok(SagaPage { sagas, next_cursor })
 }
 
 /// `GET /sagas/{saga_id}`: state, steps, timings, errors and history.

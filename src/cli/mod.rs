@@ -20,6 +20,8 @@ mod config_check;
 mod demo;
 mod dlq;
 mod enqueue;
+#[cfg(feature = "http")]
+mod mcp;
 mod orchestrator;
 mod output;
 mod parse;
@@ -92,6 +94,10 @@ enum Command {
     /// 127.0.0.1:8080), until SIGINT/SIGTERM.
     #[cfg(feature = "http")]
     Serve(serve::Args),
+    /// Serve MCP (Model Context Protocol) on stdin/stdout for an AI assistant: queue
+    /// stats, task lookup, dead letters, sagas; read-only unless --admin.
+    #[cfg(feature = "http")]
+    Mcp(mcp::Args),
     /// Print the Prometheus alert rules with every runbook_url set to
     /// <--runbook-base-url>/<AlertName> (needs no configuration and no Redis).
     Alerts(alerts::Args),
@@ -152,6 +158,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue { action } => queue::run(cfg, action).await?,
         #[cfg(feature = "http")]
         Command::Serve(a) => serve::run(cfg, a).await?,
+        #[cfg(feature = "http")]
+        Command::Mcp(a) => mcp::run(cfg, a).await?,
         Command::Config { .. } | Command::Alerts(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
