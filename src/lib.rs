@@ -22,6 +22,9 @@
 //!   that does not exist (a dead link for on-call; issue 12.5). Unauthenticated on purpose:
 //!   a browser following an alert's link cannot send a bearer token.
 //!
+//! - `dashboard` (feature `http`): the control plane's page, embedded (HTML, vanilla
+//!   JavaScript and CSS compiled in), served by `taskstream serve` at `/` (issue 12.3).
+//!
 //! Features: `cli` (the binaries), `http` (the `/metrics` `/health` `/ready` `/runbooks` server),
 //! `http-handler` (task types served by an HTTP endpoint); all on by default. A library-only
 //! build is `default-features = false`.
@@ -38,6 +41,8 @@ pub mod cli;
 #[cfg(feature = "cli")]
 pub(crate) mod collector;
 pub mod config;
+#[cfg(feature = "http")]
+pub mod dashboard;
 pub mod dlq;
 pub mod error;
 pub mod handler;
