@@ -24,6 +24,9 @@
 //! - `mcp` (feature `http`): the MCP server, at `/mcp` on `taskstream serve` and on stdio
 //!   (`taskstream mcp`), whose tools call the REST API's functions.
 //!
+//! - `dashboard` (feature `http`): the control plane's page, embedded (HTML, vanilla
+//!   JavaScript and CSS compiled in), served by `taskstream serve` at `/` (issue 12.3).
+//!
 //! Features: `cli` (the binaries), `http` (the `/metrics` `/health` `/ready` `/runbooks` server),
 //! `http-handler` (task types served by an HTTP endpoint); all on by default. A library-only
 //! build is `default-features = false`.
@@ -40,6 +43,8 @@ pub mod cli;
 #[cfg(feature = "cli")]
 pub(crate) mod collector;
 pub mod config;
+#[cfg(feature = "http")]
+pub mod dashboard;
 pub mod dlq;
 pub mod error;
 pub mod handler;

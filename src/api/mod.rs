@@ -1,8 +1,9 @@
 //! The control plane's HTTP API (`taskstream serve`): `/api/v1/…` over the same library
 //! operations the CLI uses ([`crate::inspect::Inspector`], [`crate::producer::Producer`],
-//! [`crate::saga::ops`]), so a queue paused from the API, the CLI or (later) the dashboard
-//! is paused the same way, and behaviour cannot drift between them (issue 12). The MCP
-//! server ([`crate::mcp`], `/mcp`) calls these handlers' functions too.
+//! [`crate::saga::ops`]), so a queue paused from the API, the CLI or the dashboard
+//! ([`crate::dashboard`], served at `/`) is paused the same way, and behaviour cannot
+//! drift between them (issue 12). The MCP server ([`crate::mcp`], `/mcp`) calls these
+//! handlers' functions too.
 //!
 //! One concept per file: [`auth`] (bearer tokens), [`problem`] (RFC 9457 errors),
 //! [`extract`] (bodies and query strings that fail as problems), and one file of handlers
@@ -164,6 +165,30 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
+/// The answer of `GET /whoami`.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct WhoAmI {
+    /// The token's name (`anonymous` when the API has no tokens).
+    name: String,
+    /// `read` or `admin`.
+    role: crate::config::ApiRole,
+    /// True when the API has no tokens (every caller is the anonymous admin).
+    open: bool,
+}
+
+/// `GET /whoami`: who the bearer token is and what it may do (the dashboard hides its
+/// mutating buttons from a read token).
+async fn whoami(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    caller: Caller,
+) -> axum::Json<WhoAmI> {
+    axum::Json(WhoAmI {
+        name: caller.name,
+        role: caller.role,
+        open: state.tokens.is_open(),
+    })
+}
+
 async fn not_found(uri: axum::http::Uri) -> Problem {
     Problem::not_found(format!(
         "no route {}: see /api/v1/openapi.json for the routes",
@@ -184,6 +209,7 @@ async fn method_not_allowed() -> Problem {
 pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/openapi.json", get(openapi))
+        .route("/whoami", get(whoami))
         .route("/queues", get(queues::list))
         .route("/queues/{queue}", get(queues::show))
         .route("/queues/{queue}/pause", post(queues::pause))
@@ -213,6 +239,7 @@ pub fn router(state: ApiState) -> Router {
         .nest("/api/v1", api)
         .merge(crate::runbooks::router())
         .merge(crate::mcp::http::router())
+        .merge(crate::dashboard::router())
         .route("/health", get(|| async { "ok\n" }))
         .route(
             "/ready",
@@ -308,6 +335,6 @@ pub async fn serve(
         std::time::Duration::from_millis(http.header_read_timeout_ms),
         256,
     ));
-    tracing::info!(addr = %local, "api listening (/api/v1, /mcp, /runbooks, /health, /ready)");
+    tracing::info!(addr = %local, "api listening (/ the dashboard, /api/v1, /mcp, /runbooks, /health, /ready)");
     Ok(Server { addr: local, done })
 }
