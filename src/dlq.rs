@@ -223,20 +223,10 @@ pub const SEARCH_BUDGET: usize = 20_000;
 /// the dead letter itself is untouched).
 pub const SEARCH_VALUE_CUT: usize = 4096;
 
-fn letter(e: crate::rdb::RawEntry) -> DeadLetter {
-    DeadLetter {
-        dlq_id: e.id,
-        fields: e
-            .fields
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(&k).into_owned(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
-            })
-            .collect(),
+impl From<crate::rdb::RawEntry> for DeadLetter {
+    fn from(e: crate::rdb::RawEntry) -> Self {
+        let (dlq_id, fields) = e.into_text();
+        DeadLetter { dlq_id, fields }
     }
 }
 
@@ -277,7 +267,8 @@ pub(crate) async fn search(
                 )
                 .await?;
             page.scanned += s.scanned;
-            page.letters.extend(s.matches.into_iter().map(letter));
+            page.letters
+                .extend(s.matches.into_iter().map(DeadLetter::from));
             let Some(last) = s.last else { break };
             if page.letters.len() >= limit || page.scanned >= SEARCH_BUDGET as u64 {
                 page.next_cursor = Some(

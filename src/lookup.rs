@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::keys::{Lane, QueueKeys, DEFAULT_GROUP};
 use crate::rdb::scan::{Criterion, Fields, SCAN_CHUNK};
-use crate::rdb::{Broker, RawEntry};
+use crate::rdb::Broker;
 
 /// Entries of one stream a lookup looks at, at most (newest first is not possible with a
 /// forward scan, so: the first this many from the oldest).
@@ -90,21 +90,6 @@ fn get<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
-}
-
-fn text_fields(e: RawEntry) -> (String, Vec<(String, String)>) {
-    let f = e
-        .fields
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                String::from_utf8_lossy(&k).into_owned(),
-                String::from_utf8_lossy(&v).into_owned(),
-            )
-        })
-        .collect();
-    (e.id, f)
 }
 
 /// The info of a task with `fields`, in `state`.
@@ -187,7 +172,7 @@ async fn find_in(
             .scan_entries(stream, (id, id), 1, 1, Fields::CutAt(LOOKUP_VALUE_CUT), &[])
             .await?;
         if let Some(e) = s.matches.into_iter().next() {
-            let (id, f) = text_fields(e);
+            let (id, f) = e.into_text();
             // An entry that names another id is not this task.
             if get(&f, "id").is_none_or(|v| v == task_id) {
                 return Ok(Some((id, f)));
@@ -210,7 +195,7 @@ async fn find_in(
             .await?;
         seen += s.scanned as usize;
         if let Some(e) = s.matches.into_iter().next() {
-            return Ok(Some(text_fields(e)));
+            return Ok(Some(e.into_text()));
         }
         match s.last {
             Some(last) if (s.scanned as usize) == SCAN_CHUNK => start = format!("({last}"),

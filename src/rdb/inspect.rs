@@ -60,23 +60,6 @@ pub(crate) fn parse_groups(v: Value, lane: &str) -> Vec<GroupStats> {
         .collect()
 }
 
-fn dead_letter(e: parse::RawEntry) -> DeadLetter {
-    DeadLetter {
-        dlq_id: e.id,
-        fields: e
-            .fields
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(&k).into_owned(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
-            })
-            .collect(),
-    }
-}
-
 impl Broker {
     /// The queue names in the registry (`ts:queues`), unsorted.
     pub(crate) async fn registered_queues(&self) -> Result<Vec<String>> {
@@ -521,7 +504,10 @@ impl Broker {
         p.cmd("XLEN").arg(&k.dlq);
         let (v, total): (Value, u64) = self.pipe(&p).await?;
         Ok((
-            parse::entries(v).into_iter().map(dead_letter).collect(),
+            parse::entries(v)
+                .into_iter()
+                .map(DeadLetter::from)
+                .collect(),
             total,
         ))
     }

@@ -12,6 +12,25 @@ pub struct RawEntry {
     pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
+impl RawEntry {
+    /// The id and the fields as text (invalid UTF-8 replaced), for display and for the
+    /// operator's views (dead letters, task lookup); none for a deleted entry.
+    pub fn into_text(self) -> (String, Vec<(String, String)>) {
+        let fields = self
+            .fields
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
+        (self.id, fields)
+    }
+}
+
 /// Entries of one stream from an XREAD/XREADGROUP reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamBatch {
