@@ -140,11 +140,7 @@ impl DeadLetterFilter {
     /// Whether `d` meets the filter: what the scan in Redis computes, stated in Rust
     /// (tests compare the two).
     pub fn matches(&self, d: &DeadLetter) -> bool {
-        let ms = d
-            .dlq_id
-            .split_once('-')
-            .and_then(|(m, _)| m.parse::<u64>().ok())
-            .unwrap_or(0);
+        let ms = crate::task::entry_id_ms(&d.dlq_id).unwrap_or(0);
         let has = |field: &str, needle: &Option<String>| match needle {
             None => true,
             Some(n) => d

@@ -22,6 +22,7 @@ use crate::error::Result;
 use crate::keys::{Lane, QueueKeys, DEFAULT_GROUP};
 use crate::rdb::scan::{Criterion, Fields, SCAN_CHUNK};
 use crate::rdb::Broker;
+use crate::task::entry_order;
 
 /// Entries of one stream a lookup looks at, at most (newest first is not possible with a
 /// forward scan, so: the first this many from the oldest).
@@ -130,12 +131,6 @@ fn info_of(
     }
 }
 
-/// An entry id as (ms, seq), for ordering.
-fn order(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-}
-
 /// Splits a default task id into (lane, pool, entry id) when it is one.
 fn default_id(task_id: &str) -> Option<(Lane, Option<&str>, &str)> {
     let is_entry = |s: &str| {
@@ -242,7 +237,7 @@ pub(crate) async fn find(b: &Broker, queue: &str, task_id: &str) -> Result<Optio
                     TaskState::Running
                 } else {
                     let delivered = b.last_delivered(stream, group).await?;
-                    if delivered.is_some_and(|d| order(&entry_id) <= order(&d)) {
+                    if delivered.is_some_and(|d| entry_order(&entry_id) <= entry_order(&d)) {
                         // Delivered and acknowledged: a copy a fan-out queue keeps until
                         // its slowest group passes it. The task is elsewhere or finished.
                         continue;

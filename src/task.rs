@@ -84,6 +84,12 @@ pub fn entry_id_ms(entry_id: &str) -> Option<u64> {
     entry_id.split('-').next()?.parse().ok()
 }
 
+/// A stream entry id as (ms, seq), for ordering ids (of different streams too).
+pub(crate) fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 /// Field/value byte pairs of a stream entry, in stream order.
 pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 

@@ -10,7 +10,7 @@ use crate::dlq::DeadLetter;
 use crate::error::Result;
 use crate::keys::{queues_registry, QueueKeys};
 use crate::stats::{GroupStats, QueueCounters, QueueStats};
-use crate::task::{entry_id_ms, now_ms};
+use crate::task::{entry_id_ms, entry_order, now_ms};
 
 fn field<'a>(flat: &'a [Value], name: &str) -> Option<&'a Value> {
     flat.chunks(2).find_map(|kv| match kv {
@@ -517,15 +517,8 @@ impl Broker {
         let n = self.partitions(&QueueKeys::new(queue)).await?;
         let mut newest: Option<String> = None;
         for part in 0..n {
-            let v: Value = redis::cmd("XREVRANGE")
-                .arg(QueueKeys::partition(queue, part).dlq)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut self.c())
-                .await?;
-            if let Some(id) = parse::entries(v).pop().map(|e| e.id) {
+            let dlq = QueueKeys::partition(queue, part).dlq;
+            if let Some(id) = self.newest_entry_id(&dlq).await? {
                 if newest
                     .as_deref()
                     .is_none_or(|n| entry_order(&id) > entry_order(n))
@@ -586,12 +579,6 @@ impl Broker {
         }
         Ok(purged)
     }
-}
-
-/// A stream entry id as (ms, seq), for ordering ids of different streams.
-fn entry_order(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 #[cfg(test)]
