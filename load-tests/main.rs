@@ -126,6 +126,31 @@ enum Mode {
         #[arg(long, default_value_t = 100_000)]
         dead_letters: usize,
     },
+    /// The cost of span export (`[tracing] otlp_endpoint`): end-to-end runs with export
+    /// off, on with every trace sampled, and on at 1%, each in a fresh child process
+    /// (export is set up once per process), alternated over rounds, against a null OTLP
+    /// collector in this process; tasks/s, client CPU-µs per task, spans exported/dropped.
+    Trace {
+        /// Tasks per run.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        /// Rounds (off, on, 1% in each; medians reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// One run of `trace` (in a child process).
+    #[command(hide = true)]
+    TraceRun {
+        /// Tasks.
+        #[arg(long)]
+        tasks: usize,
+        /// The collector; none: export off.
+        #[arg(long)]
+        otlp: Option<String>,
+        /// `[tracing] sample_ratio`.
+        #[arg(long, default_value_t = 1.0)]
+        ratio: f64,
+    },
     /// Re-delivery delay after SIGKILL of the worker holding a task.
     Recovery {
         /// Kills.
@@ -1285,6 +1310,111 @@ async fn api_bench(url: &str, tasks: usize, conc: usize, dead: usize) -> Result<
     Ok(())
 }
 
+/// One end-to-end run with span export as given; prints `RUN tps=… cpu_us=… …`.
+async fn trace_run(url: &str, tasks: usize, otlp: Option<String>, ratio: f64) -> Result<()> {
+    let mut cfg = base_config(url, "bench-trace", 512);
+    cfg.tracing.otlp_endpoint = otlp;
+    cfg.tracing.sample_ratio = ratio;
+    let exporting = taskstream::telemetry::init(&cfg.tracing)?;
+    let cpu0 = cpu_micros("self");
+    let (tps, _, _) = end_to_end_cfg(cfg, tasks, "bench-trace").await?;
+    let cpu = cpu_micros("self") - cpu0;
+    let t = Instant::now();
+    if let Some(e) = exporting {
+        e.shutdown().await;
+    }
+    let flush = t.elapsed().as_secs_f64();
+    let c = taskstream::telemetry::counts();
+    println!(
+        "RUN tps={tps:.0} cpu_us={:.2} emitted={} exported={} failed={} dropped={} flush_s={flush:.2}",
+        cpu as f64 / tasks as f64,
+        c.emitted,
+        c.exported,
+        c.failed,
+        c.dropped()
+    );
+    Ok(())
+}
+
+/// Alternates [`trace_run`] children: export off, on (all sampled), on at 1%.
+async fn trace_bench(url: &str, tasks: usize, rounds: usize) -> Result<()> {
+    // A null collector: reads each request whole, counts it, answers 200.
+    let (reqs, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (r2, b2) = (reqs.clone(), bytes.clone());
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            r2.fetch_add(1, Ordering::Relaxed);
+            b2.fetch_add(body.len() as u64, Ordering::Relaxed);
+            async { "" }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let otlp = format!("http://{}", l.local_addr()?);
+    tokio::spawn(async move { axum::serve(l, app).await });
+    println!("trace: {tasks} no-op tasks per run, {rounds} rounds of (off, on, 1%), each a fresh process; null collector at {otlp}");
+    let me = std::env::current_exe()?;
+    let setups: [(&str, Option<&str>, f64); 3] = [
+        ("off", None, 1.0),
+        ("on, all sampled", Some(otlp.as_str()), 1.0),
+        ("on, 1% sampled", Some(otlp.as_str()), 0.01),
+    ];
+    let mut got: Vec<Vec<(f64, f64, String)>> = vec![Vec::new(); setups.len()];
+    for round in 0..rounds {
+        for (i, (name, ep, ratio)) in setups.iter().enumerate() {
+            let mut cmd = tokio::process::Command::new(&me);
+            cmd.args([
+                "--redis-url",
+                url,
+                "trace-run",
+                "--tasks",
+                &tasks.to_string(),
+            ])
+            .args(["--ratio", &ratio.to_string()])
+            .stderr(std::process::Stdio::null());
+            if let Some(ep) = ep {
+                cmd.args(["--otlp", ep]);
+            }
+            let out = cmd.output().await?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("RUN "))
+                .with_context(|| format!("{name}: no RUN line in {text}"))?;
+            let field = |k: &str| -> f64 {
+                line.split_whitespace()
+                    .find_map(|f| {
+                        f.strip_prefix(&format!("{k}="))
+                            .and_then(|v| v.parse().ok())
+                    })
+                    .unwrap_or(f64::NAN)
+            };
+            println!("  round {} {name:<16} {line}", round + 1);
+            got[i].push((field("tps"), field("cpu_us"), line.to_string()));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    println!("  | setup | tasks/s | client CPU µs/task |\n  |---|---|---|");
+    let base = median(got[0].iter().map(|g| g.1).collect());
+    for (i, (name, _, _)) in setups.iter().enumerate() {
+        let tps = median(got[i].iter().map(|g| g.0).collect());
+        let cpu = median(got[i].iter().map(|g| g.1).collect());
+        println!(
+            "  | {name} | {tps:.0} | {cpu:.2} ({:+.1}%) |",
+            (cpu / base - 1.0) * 100.0
+        );
+    }
+    println!(
+        "  collector: {} requests, {:.1} MB",
+        reqs.load(Ordering::Relaxed),
+        bytes.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -1306,6 +1436,8 @@ async fn main() -> Result<()> {
         Mode::Durability { tasks, rounds } => durability(&url, tasks, rounds).await,
         Mode::Cluster { tasks, rounds } => cluster_bench(&url, tasks, rounds).await,
         Mode::Recovery { kills } => recovery(&url, kills).await,
+        Mode::Trace { tasks, rounds } => trace_bench(&url, tasks, rounds).await,
+        Mode::TraceRun { tasks, otlp, ratio } => trace_run(&url, tasks, otlp, ratio).await,
         Mode::Api {
             tasks,
             concurrency,

@@ -15,8 +15,10 @@ use crate::backoff::Backoff;
 
 pub mod api;
 pub mod sagas;
+pub mod trace;
 pub use api::{ApiConfig, ApiRole, ApiToken};
 pub use sagas::{OrchestratorConfig, SagaDefToml};
+pub use trace::TracingConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -42,6 +44,8 @@ pub struct Config {
     pub orchestrator: OrchestratorConfig,
     /// The control plane of `taskstream serve` (`[api]`, see [`api`]).
     pub api: ApiConfig,
+    /// Span export over OTLP (`[tracing]`, see [`trace`]); off unless an endpoint is set.
+    pub tracing: TracingConfig,
 }
 
 /// `redis.url` when none is given.
@@ -623,6 +627,9 @@ impl Config {
         if let Some(v) = get("TASKSTREAM_API_LISTEN") {
             self.api.listen = v;
         }
+        if let Some(v) = get("TASKSTREAM_TRACING_OTLP_ENDPOINT") {
+            self.tracing.otlp_endpoint = Some(v);
+        }
         if let Some(v) = get("TASKSTREAM_LOG_LEVEL") {
             self.log.level = v;
         }
@@ -1121,6 +1128,9 @@ impl Config {
             }
         }
         for (key, reason) in self.api.problems() {
+            bad(key, reason);
+        }
+        for (key, reason) in self.tracing.problems() {
             bad(key, reason);
         }
         for (key, reason) in sagas::table_problems(&self.sagas, &self.orchestrator) {

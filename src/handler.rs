@@ -95,6 +95,9 @@ struct ContextInner {
     attempt: u32,
     max_attempts: u32,
     cancel: CancellationToken,
+    /// The run's own trace context when spans are exported (the `execute` span), set
+    /// once the run starts; see [`TaskContext::traceparent`].
+    run_trace: std::sync::OnceLock<String>,
 }
 
 /// One task execution as a handler sees it. Cheap to clone.
@@ -132,7 +135,13 @@ impl TaskContext {
             attempt,
             max_attempts,
             cancel,
+            run_trace: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Sets the run's trace context (the worker, when it opens the `execute` span).
+    pub(crate) fn set_run_traceparent(&self, tp: String) {
+        let _ = self.0.run_trace.set(tp);
     }
 
     /// Task id, stable across retries.
@@ -195,9 +204,15 @@ impl TaskContext {
     pub fn saga_id(&self) -> Option<&str> {
         self.0.task.saga_id.as_deref()
     }
-    /// W3C traceparent from the producer.
+    /// The W3C traceparent to pass on from this run: the `execute` span's when spans are
+    /// exported (`[tracing] otlp_endpoint`, see [`crate::telemetry`]), so what the handler
+    /// calls hangs under the run; otherwise the producer's, as the task carries it.
     pub fn traceparent(&self) -> Option<&str> {
-        self.0.task.traceparent.as_deref()
+        self.0
+            .run_trace
+            .get()
+            .map(String::as_str)
+            .or(self.0.task.traceparent.as_deref())
     }
     /// Unix ms of the original enqueue.
     pub fn enqueued_at(&self) -> u64 {

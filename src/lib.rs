@@ -74,6 +74,7 @@ pub mod signal;
 pub mod signals;
 pub mod stats;
 pub mod task;
+pub mod telemetry;
 pub mod worker;
 
 pub use error::{Error, Result};

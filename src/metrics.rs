@@ -32,6 +32,10 @@ pub const ACK_TOTAL: &str = "taskstream_ack_total";
 pub const ACK_RETRIES_TOTAL: &str = "taskstream_ack_retries_total";
 /// ACKs that could not be confirmed (left pending for recovery). Labels: queue.
 pub const ACK_FAILURES_TOTAL: &str = "taskstream_ack_failures_total";
+/// OTLP span export requests (`[tracing] otlp_endpoint`). Labels: result (ok, error).
+pub const TRACE_EXPORTS_TOTAL: &str = "taskstream_trace_exports_total";
+/// Spans in OTLP exports. Labels: result (exported, failed).
+pub const TRACE_SPANS_TOTAL: &str = "taskstream_trace_spans_total";
 /// Entries in a queue's stream (backlog + in flight). Labels: queue, lane. Gauge.
 pub const STREAM_LENGTH: &str = "taskstream_stream_length";
 /// Entries in one partition's stream of a partitioned queue (issue 11.6). Labels: queue,

@@ -278,7 +278,11 @@ impl Producer {
         Ok(())
     }
 
-    fn entry(&self, t: NewTask, now: u64) -> Result<(NewEntry, bool)> {
+    fn entry(
+        &self,
+        t: NewTask,
+        now: u64,
+    ) -> Result<(NewEntry, bool, Option<crate::telemetry::Span>)> {
         self.check(&t)?;
         let (pool, n) = self.routes.route(&t.queue, &t.task_type);
         let keys = if n > 1 {
@@ -301,6 +305,13 @@ impl Producer {
         let task_id =
             t.id.clone()
                 .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let (traceparent, span) = crate::telemetry::enqueue(
+            t.traceparent,
+            &t.queue,
+            &t.task_type,
+            &task_id,
+            lane == Lane::Express,
+        );
         let task = Task {
             max_attempts: t.max_attempts,
             enqueued_at: now,
@@ -309,7 +320,7 @@ impl Producer {
             saga_id: t.saga_id,
             reply_to: t.reply_to,
             correlation: t.correlation,
-            traceparent: Some(t.traceparent.unwrap_or_else(new_traceparent)),
+            traceparent: Some(traceparent),
             ..Task::new(task_id.clone(), t.task_type, t.payload)
         };
         let scheduled = t.delay.is_some_and(|d| !d.is_zero());
@@ -335,7 +346,7 @@ impl Producer {
                 .as_ref()
                 .map(|k| (keys.idem(k), window_ms)),
         };
-        Ok((entry, scheduled))
+        Ok((entry, scheduled, span))
     }
 
     async fn register_queues<'a>(&self, queues: impl Iterator<Item = &'a str>) -> Result<()> {
@@ -375,19 +386,40 @@ impl Producer {
         let mut queues: Vec<(String, Lane)> = Vec::with_capacity(tasks.len());
         let mut entries = Vec::with_capacity(tasks.len());
         let mut scheduled = Vec::with_capacity(tasks.len());
+        let mut spans = Vec::new();
         for t in tasks {
             queues.push((t.queue.clone(), t.lane()));
-            let (e, s) = self.entry(t, now)?;
+            let (e, s, span) = self.entry(t, now)?;
             entries.push(e);
             scheduled.push(s);
+            spans.push(span);
         }
-        self.register_queues(queues.iter().map(|(q, _)| q.as_str()))
-            .await?;
-        let added = self.broker().enqueue(&entries).await?;
+        let added = match self.add(&queues, &entries).await {
+            Ok(a) => a,
+            Err(e) => {
+                let end = std::time::SystemTime::now();
+                for s in spans.into_iter().flatten() {
+                    s.end(end, Some(e.to_string()));
+                }
+                return Err(e);
+            }
+        };
+        let end = std::time::SystemTime::now();
         let mut out = Vec::with_capacity(entries.len());
-        for (((entry, added), (queue, lane)), scheduled) in
-            entries.into_iter().zip(added).zip(queues).zip(scheduled)
+        for ((((entry, added), (queue, lane)), scheduled), span) in entries
+            .into_iter()
+            .zip(added)
+            .zip(queues)
+            .zip(scheduled)
+            .zip(spans)
         {
+            if let Some(s) = span {
+                s.attr(
+                    "taskstream.duplicate",
+                    matches!(added, Added::Duplicate(_)).to_string(),
+                )
+                .end(end, None);
+            }
             let e = match added {
                 Added::New(entry_id) => Enqueued {
                     task_id: entry.task_id,
@@ -411,5 +443,12 @@ impl Producer {
             out.push(e);
         }
         Ok(out)
+    }
+
+    /// Registers the queues (once per producer) and adds the entries.
+    async fn add(&self, queues: &[(String, Lane)], entries: &[NewEntry]) -> Result<Vec<Added>> {
+        self.register_queues(queues.iter().map(|(q, _)| q.as_str()))
+            .await?;
+        self.broker().enqueue(entries).await
     }
 }

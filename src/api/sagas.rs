@@ -63,6 +63,10 @@ pub(crate) struct StartIn {
     /// Input every step receives; `{}` when absent.
     #[serde(default)]
     input: Option<serde_json::Value>,
+    /// W3C trace context the saga continues (else the request's `traceparent` header,
+    /// else a trace of its own whose id is the saga id).
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 /// A started saga.
@@ -76,12 +80,24 @@ pub(crate) struct Started {
 pub(crate) async fn start(
     State(state): State<ApiState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     Body(body): Body<StartIn>,
 ) -> Result<(StatusCode, Json<Started>), Problem> {
     caller.require_admin("start sagas")?;
+    if let Some(tp) = &body.traceparent {
+        if !super::tasks::is_traceparent(tp) {
+            return Err(Problem::bad_request(format!(
+                "traceparent {tp:?} is not a W3C trace context (00-<32 hex>-<16 hex>-<2 hex>)"
+            )));
+        }
+    }
+    let parent = body
+        .traceparent
+        .or_else(|| super::tasks::header_traceparent(&headers));
     let mut conn = state.backend()?.conn.clone();
     let input = body.input.unwrap_or_else(|| serde_json::json!({}));
-    let saga_id = ops::start(&mut conn, &state.defs, &body.saga, input).await?;
+    let saga_id =
+        ops::start_traced(&mut conn, &state.defs, &body.saga, input, parent.as_deref()).await?;
     tracing::info!(token = %caller.name, saga_id = %saga_id, saga = %body.saga, "api: saga started");
     Ok((StatusCode::CREATED, Json(Started { saga_id })))
 }

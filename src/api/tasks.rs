@@ -147,8 +147,10 @@ fn printable(what: &str, v: Option<String>, max: usize) -> Result<Option<String>
     }
 }
 
-/// `00-<32 hex>-<16 hex>-<2 hex>`, lower case.
-fn is_traceparent(s: &str) -> bool {
+/// `00-<32 hex>-<16 hex>-<2 hex>`, lower case: the shape the OpenAPI document's pattern
+/// gives. (Ids of all zeros pass here and are kept on the task, but start no span:
+/// [`crate::telemetry::TraceContext`] refuses them.)
+pub(crate) fn is_traceparent(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     let hex = |p: &str, n: usize| {
         p.len() == n
@@ -162,16 +164,32 @@ fn is_traceparent(s: &str) -> bool {
         && hex(parts[3], 2)
 }
 
+/// The request's own W3C `traceparent` header, when valid: what an instrumented HTTP
+/// client sends, so its trace continues through the enqueue without a body field. An
+/// invalid header is ignored, as the W3C spec asks of a receiver.
+pub(crate) fn header_traceparent(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| is_traceparent(v))
+        .map(str::to_string)
+}
+
 /// `POST /queues/{queue}/tasks`: 201 with the new task, 200 for a duplicate.
 pub(crate) async fn enqueue(
     State(state): State<ApiState>,
     caller: Caller,
     PathParams(queue): PathParams<String>,
+    headers: axum::http::HeaderMap,
     Body(task): Body<TaskIn>,
 ) -> Result<(StatusCode, Json<EnqueuedOut>), Problem> {
     caller.require_admin("enqueue tasks")?;
     known_queue(&state, &queue).await?;
-    let t = new_task(&queue, task)?;
+    let mut t = new_task(&queue, task)?;
+    if t.traceparent.is_none() {
+        t.traceparent = header_traceparent(&headers);
+    }
     let ty = t.task_type.clone();
     let e = state.backend()?.producer.enqueue(t).await?;
     tracing::info!(token = %caller.name, queue = %queue, task_id = %e.task_id, task_type = %ty, duplicate = e.duplicate, "api: task enqueued");
@@ -204,6 +222,7 @@ pub(crate) async fn enqueue_batch(
     State(state): State<ApiState>,
     caller: Caller,
     PathParams(queue): PathParams<String>,
+    headers: axum::http::HeaderMap,
     Body(batch): Body<BatchIn>,
 ) -> Result<(StatusCode, Json<BatchOut>), Problem> {
     caller.require_admin("enqueue tasks")?;
@@ -215,11 +234,16 @@ pub(crate) async fn enqueue_batch(
         )));
     }
     let mut tasks = Vec::with_capacity(n);
+    let header = header_traceparent(&headers);
     for (i, Obj(t)) in batch.tasks.into_iter().enumerate() {
-        tasks.push(new_task(&queue, t).map_err(|mut p| {
+        let mut t = new_task(&queue, t).map_err(|mut p| {
             p.detail = format!("tasks[{i}]: {}", p.detail);
             p
-        })?);
+        })?;
+        if t.traceparent.is_none() {
+            t.traceparent = header.clone();
+        }
+        tasks.push(t);
     }
     let out = state.backend()?.producer.enqueue_batch(tasks).await?;
     tracing::info!(token = %caller.name, queue = %queue, tasks = n, "api: batch enqueued");

@@ -146,7 +146,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cfg.log.level = "error".into();
     }
     init_logging(&cfg);
-    match cli.command {
+    // Span export ([tracing] otlp_endpoint): started before the command, flushed after
+    // it, whatever it returned, so the spans of a failed enqueue leave too.
+    let exporting = crate::telemetry::init(&cfg.tracing)
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    let r = dispatch(cli.command, cfg).await;
+    if let Some(e) = exporting {
+        e.shutdown().await;
+    }
+    r
+}
+
+async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Worker(a) => worker::run(cfg, a).await?,
         Command::Orchestrator(a) => orchestrator::run(cfg, a).await?,
         Command::Saga { action } => saga::run(cfg, action).await?,

@@ -419,10 +419,12 @@ pub async fn run(
         "enqueue" => {
             let queue = a.required("queue")?;
             let task = a.rest()?;
-            out(tasks::enqueue(st(), c, PathParams(queue), Body(task))
-                .await?
-                .1
-                 .0)
+            out(
+                tasks::enqueue(st(), c, PathParams(queue), Default::default(), Body(task))
+                    .await?
+                    .1
+                     .0,
+            )
         }
         "dead_letters_search" => {
             let queue = a.required("queue")?;
@@ -454,7 +456,10 @@ pub async fn run(
         }
         "saga_start" => {
             let body = a.rest()?;
-            out(sagas::start(st(), c, Body(body)).await?.1 .0)
+            out(sagas::start(st(), c, Default::default(), Body(body))
+                .await?
+                .1
+                 .0)
         }
         "saga_get" => {
             let id = a.required("saga_id")?;

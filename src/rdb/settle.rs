@@ -61,6 +61,9 @@ pub(crate) struct Settlement {
     pub reply: Option<ReplyEntry>,
     /// A recovered entry: its start marks are dropped with the settlement.
     pub recovered: bool,
+    /// The `settle` span, ended by the settler once Redis has the batch (boxed: `None`
+    /// costs one word on the hot path when spans are not exported).
+    pub trace: Option<Box<crate::telemetry::Span>>,
 }
 
 impl Settlement {

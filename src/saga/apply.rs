@@ -78,9 +78,21 @@ pub(crate) async fn advance(
     })
 }
 
-/// Logs and measures a written transition.
+/// Logs, measures and (when spans are exported) traces a written transition.
 pub(crate) fn after_commit(w: &Write) {
     let n = &w.note;
+    crate::telemetry::saga_transition(crate::telemetry::Transition {
+        saga_id: &w.id,
+        saga: &n.saga,
+        traceparent: w.traceparent.as_deref(),
+        started_under: w.started_under.as_deref(),
+        event: &w.history.event,
+        step: w.history.step.as_deref(),
+        from: w.from,
+        to: w.to,
+        rev: w.new_rev,
+        decided_ms: w.now,
+    });
     metrics::counter!(m::SAGA_TRANSITIONS_TOTAL, "saga" => n.saga.clone(), "from" => w.from, "to" => w.to)
         .increment(1);
     tracing::debug!(

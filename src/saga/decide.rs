@@ -158,6 +158,10 @@ pub(crate) struct Write {
     pub zadd: Vec<(u64, bool, String)>,
     pub dispatches: Vec<Dispatch>,
     pub note: Note,
+    /// The saga's traceparent, for the transition's span ([`crate::telemetry`]).
+    pub traceparent: Option<String>,
+    /// On the start: the traceparent the saga was started under (its span's parent).
+    pub started_under: Option<String>,
 }
 
 impl Write {
@@ -455,6 +459,8 @@ fn transition_write(
             compensation_failed,
             forced: false,
         },
+        traceparent: rec.traceparent.clone(),
+        started_under: None,
     }
 }
 
@@ -516,6 +522,8 @@ fn forced_failure(rec: &Record, trig: &Trigger, reason: String, now: u64) -> Wri
             compensation_failed: None,
             forced: true,
         },
+        traceparent: rec.traceparent.clone(),
+        started_under: None,
     }
 }
 
@@ -589,18 +597,19 @@ fn task_for(
     }
 }
 
-/// A W3C traceparent whose trace id is the saga id, so every task of the saga shares it.
-pub(crate) fn traceparent_for(id: &uuid::Uuid) -> String {
-    let span: u64 = rand::random::<u64>() | 1;
-    format!("00-{}-{span:016x}-01", id.simple())
-}
-
 /// The creation of a saga: the `Start` transition written at revision 1 together with
-/// the definition snapshot, the input and the saga's deadline.
-pub(crate) fn start_write(def: &SagaDef, input: Value, now: u64) -> Result<Write> {
+/// the definition snapshot, the input and the saga's deadline. Its W3C traceparent, which
+/// every task of the saga carries, continues `parent`'s trace when one is given (a saga
+/// started from a traced request or task), else a trace whose id is the saga id.
+pub(crate) fn start_write(
+    def: &SagaDef,
+    input: Value,
+    now: u64,
+    parent: Option<&str>,
+) -> Result<Write> {
     let uid = uuid::Uuid::now_v7();
     let id = uid.to_string();
-    let traceparent = traceparent_for(&uid);
+    let traceparent = crate::telemetry::saga_traceparent(uid.as_u128(), parent);
     let deadline = now + ms(def.timeout);
     let rec = Record {
         id: id.clone(),
@@ -627,6 +636,7 @@ pub(crate) fn start_write(def: &SagaDef, input: Value, now: u64) -> Result<Write
             reason: e.to_string(),
         })?;
     let mut w = transition_write(&rec, def, &state, &Trigger::Start, &Event::Start, &t, now);
+    w.started_under = parent.map(str::to_string);
     w.expect_rev = 0;
     w.active_score = Some(deadline);
     w.zadd.push((deadline, false, saga_member(&id)));
@@ -698,7 +708,7 @@ mod tests {
     #[test]
     fn start_creates_and_dispatches_step_zero_atomically() {
         let d = demo_saga();
-        let w = start_write(&d, json!({"topic": "x"}), 5_000).unwrap();
+        let w = start_write(&d, json!({"topic": "x"}), 5_000, None).unwrap();
         assert_eq!(
             (w.expect_rev, w.new_rev, w.from, w.to),
             (0, 1, "pending", "running")
@@ -940,7 +950,7 @@ mod tests {
     #[test]
     fn routing_sends_a_pooled_type_to_its_pool_and_others_to_the_queue() {
         let d = demo_saga();
-        let mut w = start_write(&d, json!({}), 1).unwrap();
+        let mut w = start_write(&d, json!({}), 1, None).unwrap();
         assert_eq!(w.dispatches[0].stream, "ts:{default}:stream");
         w.route(|q, t| {
             let pool = (q == "default" && t == "demo.reasoning").then(|| "gpu".to_string());
@@ -1092,7 +1102,7 @@ mod tests {
                 inputs in proptest::collection::vec(arb_input(), 0..40),
             ) {
                 let defs = std::slice::from_ref(&def);
-                let start = start_write(&def, json!({"k": 1}), 1_000).unwrap();
+                let start = start_write(&def, json!({"k": 1}), 1_000, None).unwrap();
                 let mut rec = Record {
                     id: start.id.clone(),
                     saga: def.name.clone(),

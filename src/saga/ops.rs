@@ -52,8 +52,21 @@ fn not_found(id: &str) -> Error {
 /// stream of the pool serving the step's type, if one does); an orchestrator drives it
 /// from there.
 pub async fn start(conn: &mut Conn, defs: &[SagaDef], name: &str, input: Value) -> Result<String> {
+    start_traced(conn, defs, name, input, None).await
+}
+
+/// [`start`], continuing the W3C trace of `traceparent` (the caller's request or task):
+/// the saga's steps, and its spans when they are exported, join that trace. Without it
+/// (or with one that is not a valid traceparent) the saga's trace id is its own id.
+pub async fn start_traced(
+    conn: &mut Conn,
+    defs: &[SagaDef],
+    name: &str,
+    input: Value,
+    traceparent: Option<&str>,
+) -> Result<String> {
     let def = find(defs, name)?;
-    let w = decide::start_write(def, input, now_ms())?;
+    let w = decide::start_write(def, input, now_ms(), traceparent)?;
     let id = w.id.clone();
     let broker = Broker::new(conn.clone());
     if !apply::commit(&broker, &RouteCache::default(), w).await? {
@@ -81,7 +94,7 @@ pub async fn start_many(
         let mut ws = inputs
             .by_ref()
             .take(START_CHUNK)
-            .map(|i| decide::start_write(def, i, now))
+            .map(|i| decide::start_write(def, i, now, None))
             .collect::<Result<Vec<_>>>()?;
         apply::route(&broker, &routes, &mut ws).await?;
         let created = broker.saga_create_many(&ws).await?;

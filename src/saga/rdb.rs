@@ -814,7 +814,8 @@ mod tests {
 
     #[test]
     fn script_arguments_follow_the_layout_of_the_script() {
-        let w = super::super::decide::start_write(&demo_saga(), serde_json::json!({}), 5).unwrap();
+        let w = super::super::decide::start_write(&demo_saga(), serde_json::json!({}), 5, None)
+            .unwrap();
         let (k, a) = script_args(&w, &SagaKeys::of(&w.id, false));
         assert_eq!(k.len(), 8 + w.dispatches.len());
         assert_eq!(k[8], w.dispatches[0].stream);
@@ -850,7 +851,8 @@ mod tests {
 
     #[test]
     fn outbox_entries_parse_back() {
-        let w = super::super::decide::start_write(&demo_saga(), serde_json::json!({}), 5).unwrap();
+        let w = super::super::decide::start_write(&demo_saga(), serde_json::json!({}), 5, None)
+            .unwrap();
         let e = outbox_entries(&w, &["7-0".to_string()]).remove(0);
         let mut fields = vec![
             (b"dest".to_vec(), e.dest.clone().into_bytes()),

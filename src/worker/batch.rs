@@ -174,6 +174,7 @@ mod tests {
                 fields: vec![("result", "x".repeat(n))],
             }),
             recovered: false,
+            trace: None,
         }
     }
 

@@ -221,6 +221,7 @@ pub(crate) fn settlement(
         action,
         reply,
         recovered: d.recovered,
+        trace: None,
     }
 }
 
@@ -253,6 +254,7 @@ pub(crate) fn dead_on_arrival(
         action: SettleAction::Dead(fields),
         reply: task.and_then(|t| reply(t, r.queue, Err(reason), d.now_ms)),
         recovered: d.recovered,
+        trace: None,
     }
 }
 
@@ -266,6 +268,7 @@ pub(crate) fn skip(lane: Lane, entry_id: &str, recovered: bool) -> Settlement {
         action: SettleAction::Skip,
         reply: None,
         recovered,
+        trace: None,
     }
 }
 
@@ -286,6 +289,7 @@ pub(crate) fn moved(
         },
         reply: None,
         recovered,
+        trace: None,
     }
 }
 

@@ -83,6 +83,20 @@ pub(crate) async fn execute(
     };
     // Shutdown came before the gate opened: the run never started, so it is handed back.
     let refused = start.is_none();
+    let trace = match refused {
+        true => None,
+        false => crate::telemetry::Attempt::start(
+            ctx.task().traceparent.as_deref(),
+            &rt.cfg.name,
+            ctx.task_type(),
+            ctx.id(),
+            attempt,
+            entry_id_ms(&entry_id),
+        ),
+    };
+    if let Some(t) = &trace {
+        ctx.set_run_traceparent(t.traceparent());
+    }
     let started = Instant::now();
     let outcome = match start {
         Some(start) => {
@@ -151,13 +165,29 @@ pub(crate) async fn execute(
             }
         }
     }
-    let s = decide::settlement(
+    let settle_span = trace.map(|t| {
+        let (label, error) = trace_outcome(&decision);
+        t.executed(label, error)
+    });
+    let mut s = decide::settlement(
         decision,
         task,
         rt.reader(),
         delivery(lane, &entry_id, attempt, recovered),
     );
+    s.trace = settle_span.map(Box::new);
     rt.settler.send(s);
+}
+
+/// The `taskstream.outcome` of a run's spans, and the error that is their status.
+fn trace_outcome(d: &Decision) -> (&'static str, Option<String>) {
+    match d {
+        Decision::Succeeded(_) => ("succeeded", None),
+        Decision::Retry { error, .. } => ("retry", Some(error.to_string())),
+        Decision::Dead { error, .. } => ("dead", Some(error.to_string())),
+        Decision::Cancelled => ("cancelled", None),
+        Decision::HandBack => ("handed_back", None),
+    }
 }
 
 /// Runs the handler under `timeout`; a panic or a timeout is a retryable failure. `start`

@@ -144,6 +144,16 @@ pub(crate) fn channel(
     )
 }
 
+/// Ends the `settle` spans of a batch once the settler knows whether Redis has it.
+fn end_spans(batch: &mut [Settlement], ok: bool) {
+    if crate::telemetry::enabled() {
+        crate::telemetry::settled(
+            batch.iter_mut().filter_map(|s| s.trace.take()).map(|b| *b),
+            ok,
+        );
+    }
+}
+
 impl Settler {
     fn scope(&self) -> SettleScope<'_> {
         SettleScope {
@@ -277,7 +287,8 @@ impl Settler {
                 }
             }
             // While running, keep trying for ~a minute; recovery takes over after that.
-            self.flush(&batch, 12, &stop).await;
+            let ok = self.flush(&batch, 12, &stop).await;
+            end_spans(&mut batch, ok);
             self.release(&batch);
             batch.clear();
         }
@@ -287,14 +298,16 @@ impl Settler {
             bytes += settlement_bytes(&s);
             batch.push(s);
             if settle_batch_full(batch.len(), bytes, self.batch) {
-                self.flush(&batch, 4, &stop).await;
+                let ok = self.flush(&batch, 4, &stop).await;
+                end_spans(&mut batch, ok);
                 self.release(&batch);
                 batch.clear();
                 bytes = 0;
             }
         }
         if !batch.is_empty() {
-            self.flush(&batch, 4, &stop).await;
+            let ok = self.flush(&batch, 4, &stop).await;
+            end_spans(&mut batch, ok);
             self.release(&batch);
         }
     }
