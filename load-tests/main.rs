@@ -126,6 +126,20 @@ enum Mode {
         #[arg(long, default_value_t = 100_000)]
         dead_letters: usize,
     },
+    /// Enqueue → handler start latency under paced load (issue 14.4): the capacity of a
+    /// flood first, then producers paced at 10%, 50% and 90% of it; every task's latency,
+    /// measured from its scheduled send time (no coordinated omission).
+    Latency {
+        /// Tasks of the capacity flood.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        /// Seconds each paced rate runs.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// Worker concurrency.
+        #[arg(long, default_value_t = 512)]
+        concurrency: usize,
+    },
     /// The cost of span export (`[tracing] otlp_endpoint`): end-to-end runs with export
     /// off, on with every trace sampled, and on at 1%, each in a fresh child process
     /// (export is set up once per process), alternated over rounds, against a null OTLP
@@ -1310,6 +1324,140 @@ async fn api_bench(url: &str, tasks: usize, conc: usize, dead: usize) -> Result<
     Ok(())
 }
 
+/// One paced run: `rate` tasks/s for `secs` s. Task i is due at t0 + i/rate; the producer
+/// sends, every millisecond, the tasks due by then in one pipelined batch, each carrying its
+/// due time and its send time, so a producer or worker that falls behind shows as latency
+/// instead of slowing the offered load. Returns (for every task, latency in ms from its due
+/// time and from its send, the achieved rate, CPU-µs per task of this process).
+async fn paced_run(
+    url: &str,
+    queue: &str,
+    rate: f64,
+    secs: u64,
+    concurrency: usize,
+) -> Result<(Vec<(f64, f64)>, f64, f64)> {
+    let n = (rate * secs as f64) as usize;
+    let cfg = base_config(url, queue, concurrency);
+    let done = Arc::new(AtomicU64::new(0));
+    let lat: Arc<Mutex<Vec<(f64, f64)>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let (d2, l2) = (done.clone(), lat.clone());
+    let mut reg = Registry::new();
+    reg.register(
+        "noop",
+        handler_fn(move |ctx: TaskContext| {
+            let now = micros();
+            // {"t":<sent µs>,"d":<due µs>}
+            let v: Vec<u64> = ctx
+                .payload_str()
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let (sent, due) = (
+                v.first().copied().unwrap_or(0),
+                v.get(1).copied().unwrap_or(0),
+            );
+            let ms = |t: u64| now.saturating_sub(t) as f64 / 1000.0;
+            l2.lock().unwrap().push((ms(due), ms(sent)));
+            d2.fetch_add(1, Ordering::Relaxed);
+            async { Ok(serde_json::Value::Null) }
+        }),
+    );
+    let stop = CancellationToken::new();
+    let worker = taskstream::worker::Worker::new(cfg.clone(), reg);
+    let wj = tokio::spawn(worker.run(stop.clone()));
+    let p = Producer::connect(&cfg).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !taskstream::health::groups_ready() {
+        if Instant::now() > deadline {
+            bail!("worker did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cpu0 = cpu_micros("self");
+    let t0 = micros();
+    let start = Instant::now();
+    let mut sent = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while sent < n {
+        tick.tick().await;
+        let elapsed = start.elapsed().as_secs_f64();
+        let due = ((elapsed * rate) as usize).min(n);
+        if due <= sent {
+            continue;
+        }
+        let now = micros();
+        let batch: Vec<NewTask> = (sent..due)
+            .map(|i| {
+                let at = t0 + (i as f64 * 1e6 / rate) as u64;
+                NewTask::raw(
+                    queue.to_string(),
+                    "noop",
+                    format!("{{\"t\":{now},\"d\":{at}}}"),
+                )
+            })
+            .collect();
+        sent = due;
+        // Sent without waiting for the reply, so a slow round trip delays no later batch.
+        let p = p.clone();
+        tokio::spawn(async move { p.enqueue_batch(batch).await });
+    }
+    let wait = Instant::now() + Duration::from_secs(60);
+    while done.load(Ordering::Relaxed) < n as u64 {
+        if Instant::now() > wait {
+            bail!(
+                "only {} of {n} tasks ran within 60 s",
+                done.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let achieved = n as f64 / start.elapsed().as_secs_f64();
+    let cpu = (cpu_micros("self") - cpu0) as f64 / n as f64;
+    stop.cancel();
+    wj.await??;
+    let l = std::mem::take(&mut *lat.lock().unwrap());
+    Ok((l, achieved, cpu))
+}
+
+/// Capacity by a flood, then paced runs at 10%, 50% and 90% of it.
+async fn latency_bench(url: &str, tasks: usize, secs: u64, concurrency: usize) -> Result<()> {
+    println!("latency: capacity from a flood of {tasks} no-op tasks, then paced producers at 10%, 50%, 90% of it for {secs} s each (concurrency {concurrency}); latency = handler start − the task's scheduled send time, every task");
+    let (cap, _, _) = end_to_end(url, tasks, concurrency, "bench-cap", 0).await?;
+    println!("  capacity (flood):  {cap:>10.0} tasks/s");
+    println!("  | offered | rate | achieved | from due: p50 / p99 / p99.9 / max ms | from send: p50 / p99 / p99.9 ms | client CPU µs/task |");
+    println!("  |---|---|---|---|---|---|");
+    let mut result = Vec::new();
+    for (k, f) in [0.1, 0.5, 0.9].into_iter().enumerate() {
+        let rate = cap * f;
+        let (l, achieved, cpu) =
+            paced_run(url, &format!("bench-paced{k}"), rate, secs, concurrency).await?;
+        let mut due: Vec<f64> = l.iter().map(|x| x.0).collect();
+        let mut sent: Vec<f64> = l.iter().map(|x| x.1).collect();
+        let (p50, p99, p999) = (
+            pct(&mut due, 0.5),
+            pct(&mut due, 0.99),
+            pct(&mut due, 0.999),
+        );
+        let max = pct(&mut due, 1.0);
+        println!(
+            "  | {:.0}% | {rate:.0}/s | {achieved:.0}/s | {p50:.2} / {p99:.2} / {p999:.2} / {max:.1} | {:.2} / {:.2} / {:.2} | {cpu:.1} |",
+            f * 100.0,
+            pct(&mut sent, 0.5),
+            pct(&mut sent, 0.99),
+            pct(&mut sent, 0.999)
+        );
+        result.push(format!(
+            "p{}_p50_ms={p50:.2} p{}_p99_ms={p99:.2} p{}_p999_ms={p999:.2}",
+            (f * 100.0) as u32,
+            (f * 100.0) as u32,
+            (f * 100.0) as u32
+        ));
+    }
+    println!("RESULT capacity={cap:.0} {}", result.join(" "));
+    Ok(())
+}
+
 /// One end-to-end run with span export as given; prints `RUN tps=… cpu_us=… …`.
 async fn trace_run(url: &str, tasks: usize, otlp: Option<String>, ratio: f64) -> Result<()> {
     let mut cfg = base_config(url, "bench-trace", 512);
@@ -1437,6 +1585,11 @@ async fn main() -> Result<()> {
         Mode::Cluster { tasks, rounds } => cluster_bench(&url, tasks, rounds).await,
         Mode::Recovery { kills } => recovery(&url, kills).await,
         Mode::Trace { tasks, rounds } => trace_bench(&url, tasks, rounds).await,
+        Mode::Latency {
+            tasks,
+            secs,
+            concurrency,
+        } => latency_bench(&url, tasks, secs, concurrency).await,
         Mode::TraceRun { tasks, otlp, ratio } => trace_run(&url, tasks, otlp, ratio).await,
         Mode::Api {
             tasks,
