@@ -140,6 +140,14 @@ enum Mode {
         #[arg(long, default_value_t = 512)]
         concurrency: usize,
     },
+    /// Throughput and CPU per task against payload size (22 B, 1 KiB, 16 KiB), Redis
+    /// memory per 100,000 queued tasks of each size, and end-to-end throughput with one
+    /// and two `taskstream worker` processes (issue 14.5).
+    Sizes {
+        /// Tasks per run (the 16 KiB run takes a fifth of them).
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+    },
     /// The cost of span export (`[tracing] otlp_endpoint`): end-to-end runs with export
     /// off, on with every trace sampled, and on at 1%, each in a fresh child process
     /// (export is set up once per process), alternated over rounds, against a null OTLP
@@ -182,10 +190,12 @@ fn micros() -> u64 {
 
 /// The enqueue timestamp (µs) a benchmark task carries as its payload `{"t":N}`.
 fn sent_micros(ctx: &TaskContext) -> u64 {
-    ctx.payload_str()
-        .trim_start_matches("{\"t\":")
-        .trim_end_matches('}')
-        .parse()
+    // {"t":<µs>…}: the digits after the first "t":.
+    let p = ctx.payload_str();
+    p.find("\"t\":")
+        .map(|i| &p[i + 4..])
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|d| d.parse().ok())
         .unwrap_or(0)
 }
 
@@ -333,6 +343,17 @@ async fn end_to_end_cfg(
     n: usize,
     queue: &str,
 ) -> Result<(f64, Vec<f64>, Vec<(u64, u64)>)> {
+    end_to_end_padded(cfg, n, queue, 0).await
+}
+
+/// [`end_to_end_cfg`] with `pad` bytes of filler in every payload.
+async fn end_to_end_padded(
+    cfg: Config,
+    n: usize,
+    queue: &str,
+    pad: usize,
+) -> Result<(f64, Vec<f64>, Vec<(u64, u64)>)> {
+    let filler: Arc<str> = "x".repeat(pad).into();
     let done = Arc::new(AtomicU64::new(0));
     let lat: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let rss: Arc<Mutex<Vec<(u64, u64)>>> = Default::default();
@@ -373,13 +394,21 @@ async fn end_to_end_cfg(
     for k in 0..2 {
         let p = p.clone();
         let q = queue.to_string();
+        let filler = filler.clone();
         let count = if k == 0 { per } else { n - per };
         prods.push(tokio::spawn(async move {
             let mut left = count;
             while left > 0 {
                 let b = left.min(500);
                 let batch: Vec<NewTask> = (0..b)
-                    .map(|_| NewTask::raw(q.clone(), "noop", format!("{{\"t\":{}}}", micros())))
+                    .map(|_| {
+                        let payload = if filler.is_empty() {
+                            format!("{{\"t\":{}}}", micros())
+                        } else {
+                            format!("{{\"t\":{},\"p\":\"{filler}\"}}", micros())
+                        };
+                        NewTask::raw(q.clone(), "noop", payload)
+                    })
                     .collect();
                 p.enqueue_batch(batch).await?;
                 left -= b;
@@ -1324,6 +1353,157 @@ async fn api_bench(url: &str, tasks: usize, conc: usize, dead: usize) -> Result<
     Ok(())
 }
 
+/// The `process_id` and `used_memory` of the server at `url`.
+fn redis_info(url: &str) -> Result<(String, u64)> {
+    let mut c = redis::Client::open(url)?.get_connection()?;
+    let info: String = redis::cmd("INFO").query(&mut c)?;
+    let field = |k: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or("0")
+            .trim()
+            .to_string()
+    };
+    Ok((
+        field("process_id:"),
+        field("used_memory:").parse().unwrap_or(0),
+    ))
+}
+
+async fn sizes_bench(url: &str, tasks: usize) -> Result<()> {
+    println!("sizes: no-op tasks end to end by payload size (producer + worker in this process), Redis memory per 100,000 queued, then 1 and 2 worker processes");
+    let (pid, _) = redis_info(url)?;
+    println!("  | payload | tasks | tasks/s | MB/s of payload | client CPU µs/task | Redis CPU µs/task | Redis memory per 100k queued |");
+    println!("  |---|---|---|---|---|---|---|");
+    let mut result = Vec::new();
+    for (label, size) in [("22 B", 22usize), ("1 KiB", 1024), ("16 KiB", 16384)] {
+        let n = if size > 4096 { tasks / 5 } else { tasks };
+        // {"t":1764650000000000} is 22 bytes; the filler makes up the rest.
+        let pad = size.saturating_sub(30);
+        let q = format!("bench-size{size}");
+        let cfg = base_config(url, &q, 512);
+        let (c0, r0) = (cpu_micros("self"), cpu_micros(&pid));
+        let (tps, _, _) = end_to_end_padded(cfg, n, &q, pad).await?;
+        let (c1, r1) = (cpu_micros("self"), cpu_micros(&pid));
+        // Memory: the same tasks queued with no worker, then removed.
+        let mq = format!("bench-mem{size}");
+        let p = Producer::connect(&base_config(url, &mq, 1)).await?;
+        let m = (n / 5).max(1000);
+        let (_, before) = redis_info(url)?;
+        let filler = "x".repeat(pad);
+        for chunk in 0..m.div_ceil(500) {
+            let b = 500.min(m - chunk * 500);
+            let batch: Vec<NewTask> = (0..b)
+                .map(|_| {
+                    NewTask::raw(
+                        mq.clone(),
+                        "noop",
+                        if pad == 0 {
+                            format!("{{\"t\":{}}}", micros())
+                        } else {
+                            format!("{{\"t\":{},\"p\":\"{filler}\"}}", micros())
+                        },
+                    )
+                })
+                .collect();
+            p.enqueue_batch(batch).await?;
+        }
+        let (_, after) = redis_info(url)?;
+        let mut conn = p.connection();
+        let _: () = redis::cmd("DEL")
+            .arg(format!("ts:{{{mq}}}:stream"))
+            .query_async(&mut conn)
+            .await?;
+        let per100k = after.saturating_sub(before) as f64 / m as f64 * 100_000.0 / 1e6;
+        println!(
+            "  | {label} | {n} | {tps:.0} | {:.1} | {:.1} | {:.1} | {per100k:.1} MB |",
+            tps * size as f64 / 1e6,
+            (c1 - c0) as f64 / n as f64,
+            (r1 - r0) as f64 / n as f64,
+        );
+        result.push(format!(
+            "tps_{size}={tps:.0} mem100k_{size}_mb={per100k:.1}"
+        ));
+    }
+    // Worker processes: `taskstream worker` (builtin.noop) × 1 and × 2, this process floods.
+    let bin = taskstream_bin()?;
+    let dir = std::env::temp_dir().join(format!("taskstream-sizes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    println!("  | worker processes | tasks/s | worker CPU µs/task (all processes) |");
+    println!("  |---|---|---|");
+    for procs in [1usize, 2] {
+        let q = format!("bench-procs{procs}");
+        let cfg = dir.join(format!("w{procs}.toml"));
+        std::fs::write(&cfg, format!("[redis]\nurl = \"{url}\"\n[worker]\nbuiltin_handlers = true\nread_count = 512\nack_batch = 1024\n[http]\nlisten = \"\"\n[[queues]]\nname = \"{q}\"\nconcurrency = 512\nexpress_concurrency = 32\n"))?;
+        let mut kids = Vec::new();
+        for k in 0..procs {
+            kids.push(spawn_worker(&bin, &cfg, &format!("p{procs}-{k}"), &dir)?);
+        }
+        let p = Producer::connect(&base_config(url, &q, 1)).await?;
+        let mut conn = p.connection();
+        // Wait for every process's consumer in the group.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v: redis::Value = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(format!("ts:{{{q}}}:stream"))
+                .arg(taskstream::keys::DEFAULT_GROUP)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(redis::Value::Nil);
+            let n = match v {
+                redis::Value::Array(a) => a.len(),
+                _ => 0,
+            };
+            if n >= procs {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{procs} worker processes did not join the group within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let cpu =
+            |kids: &[Child]| -> u64 { kids.iter().map(|c| cpu_micros(&c.id().to_string())).sum() };
+        let w0 = cpu(&kids);
+        let t0 = Instant::now();
+        let mut left = tasks;
+        while left > 0 {
+            let b = left.min(500);
+            let batch: Vec<NewTask> = (0..b)
+                .map(|_| NewTask::raw(q.clone(), "builtin.noop", "{}"))
+                .collect();
+            p.enqueue_batch(batch).await?;
+            left -= b;
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let len: u64 = redis::cmd("XLEN")
+                .arg(format!("ts:{{{q}}}:stream"))
+                .query_async(&mut conn)
+                .await?;
+            if len == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{len} tasks left after 120 s with {procs} worker processes");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let tps = tasks as f64 / t0.elapsed().as_secs_f64();
+        let w = (cpu(&kids) - w0) as f64 / tasks as f64;
+        println!("  | {procs} | {tps:.0} | {w:.1} |");
+        result.push(format!("procs{procs}_tps={tps:.0}"));
+        for mut k in kids {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("RESULT {}", result.join(" "));
+    Ok(())
+}
+
 /// One paced run: `rate` tasks/s for `secs` s. Task i is due at t0 + i/rate; the producer
 /// sends, every millisecond, the tasks due by then in one pipelined batch, each carrying its
 /// due time and its send time, so a producer or worker that falls behind shows as latency
@@ -1585,6 +1765,7 @@ async fn main() -> Result<()> {
         Mode::Cluster { tasks, rounds } => cluster_bench(&url, tasks, rounds).await,
         Mode::Recovery { kills } => recovery(&url, kills).await,
         Mode::Trace { tasks, rounds } => trace_bench(&url, tasks, rounds).await,
+        Mode::Sizes { tasks } => sizes_bench(&url, tasks).await,
         Mode::Latency {
             tasks,
             secs,
