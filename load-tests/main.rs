@@ -160,7 +160,8 @@ enum Mode {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
-    /// One run of `trace` (in a child process).
+    /// One end-to-end run in this process with span export as given (a child of `trace`;
+    /// also what `load-tests/instructions.sh` counts under callgrind).
     #[command(hide = true)]
     TraceRun {
         /// Tasks.
@@ -1689,7 +1690,9 @@ async fn trace_bench(url: &str, tasks: usize, rounds: usize) -> Result<()> {
     ];
     let mut got: Vec<Vec<(f64, f64, String)>> = vec![Vec::new(); setups.len()];
     for round in 0..rounds {
-        for (i, (name, ep, ratio)) in setups.iter().enumerate() {
+        // The order rotates each round, so no setup always runs first or last.
+        for i in (0..setups.len()).map(|k| (k + round) % setups.len()) {
+            let (name, ep, ratio) = &setups[i];
             let mut cmd = tokio::process::Command::new(&me);
             cmd.args([
                 "--redis-url",
