@@ -124,6 +124,8 @@ pub(crate) fn dispatch(
             // would wait forever (and starve the queue behind it).
             let slots = rt.concurrency.load(Ordering::Relaxed).max(1);
             let all = rt.total.clone().acquire_many_owned(slots as u32).await;
+            // The ACKs of what ran before must be in Redis first (see `drained`).
+            rt.settler.drained(&rt.stopping).await;
             tracing::info!(queue = %rt.cfg.name, entry_id = %entry.id, deliveries, "running a suspect task alone");
             (None, all.ok())
         } else {

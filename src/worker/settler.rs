@@ -102,6 +102,28 @@ impl SettleSender {
         true
     }
 
+    /// Waits until every settlement sent so far has been written to Redis (or given up
+    /// on). A suspect task runs alone only after this: otherwise the task that ran alone
+    /// before it could still have its ACK queued here when the suspect, if it is the
+    /// poison one, kills the process — and that innocent task would be charged one more
+    /// execution and dead-lettered as poison itself (seen on Valkey in
+    /// `a_task_that_keeps_killing_workers_becomes_poison`). False when `stop` fired first.
+    pub(crate) async fn drained(&self, stop: &CancellationToken) -> bool {
+        while self.backlog.bytes.load(Ordering::Acquire) > 0 {
+            let drained = self.backlog.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.backlog.bytes.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = drained => {}
+            }
+        }
+        true
+    }
+
     /// The byte count the settler lowers as it settles ([`Settler::backlog`]).
     pub(crate) fn backlog(&self) -> Arc<Backlog> {
         self.backlog.clone()
