@@ -213,9 +213,15 @@ impl Sentinel {
     /// The port of the node every live sentinel names, once they agree on one other than
     /// `old` and it says it is a master.
     pub fn promoted(&self, old: u16) -> Option<u16> {
+        self.master().filter(|p| *p != old)
+    }
+
+    /// The port of the node every live sentinel names, once they agree and it says it is
+    /// a master.
+    pub fn master(&self) -> Option<u16> {
         let named = self.named_masters();
         let port = (*named.first()?)?;
-        let agreed = port != old && named.iter().all(|p| *p == Some(port));
+        let agreed = named.iter().all(|p| *p == Some(port));
         let master = query::<redis::Value>(port, &["ROLE"]).is_some_and(|v| {
             matches!(v, redis::Value::Array(ref a) if a.first().is_some_and(|r| {
                 redis::from_redis_value_ref::<String>(r).is_ok_and(|r| r == "master")
