@@ -46,6 +46,26 @@ pub struct Config {
     pub api: ApiConfig,
     /// Span export over OTLP (`[tracing]`, see [`trace`]); off unless an endpoint is set.
     pub tracing: TracingConfig,
+    /// Periodic tasks (`[[schedules]]`, see [`crate::schedule`]), written to Redis by
+    /// every worker that starts with them.
+    pub schedules: Vec<crate::schedule::ScheduleDef>,
+    /// Whether this worker runs the scheduler (`[scheduler]`).
+    pub scheduler: SchedulerConfig,
+}
+
+/// The `[scheduler]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Run the scheduler loop in `taskstream worker` (default true). Any number of
+    /// workers may run it: each tick still fires once.
+    pub enabled: bool,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig { enabled: true }
+    }
 }
 
 /// `redis.url` when none is given.
@@ -1135,6 +1155,23 @@ impl Config {
         }
         for (key, reason) in sagas::table_problems(&self.sagas, &self.orchestrator) {
             bad(key, reason);
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, d) in self.schedules.iter().enumerate() {
+            if let Err(problems) = d.compile() {
+                for (field, reason) in problems {
+                    bad(format!("schedules[{i}].{field}"), reason);
+                }
+            }
+            if !names.insert(d.name.as_str()) {
+                bad(
+                    format!("schedules[{i}].name"),
+                    format!(
+                        "{:?} is defined twice: give each schedule its own name",
+                        d.name
+                    ),
+                );
+            }
         }
         if p.is_empty() {
             Ok(())

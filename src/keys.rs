@@ -253,6 +253,15 @@ impl QueueKeys {
         }
     }
 
+    /// The claim state of schedule `name` when its tasks go to these keys' partition:
+    /// `ts:{q}:schedule:<name>`, in the slot of the streams its ticks are added to.
+    pub fn schedule(&self, name: &str) -> String {
+        format!(
+            "{PREFIX}:{{{}}}:schedule:{name}",
+            partition_tag(&self.queue, self.partition)
+        )
+    }
+
     /// The idempotency key for a producer-supplied key.
     pub fn idem(&self, key: &str) -> String {
         format!("{}{key}", self.idem_prefix)
@@ -302,6 +311,11 @@ fn crc16(data: &[u8]) -> u16 {
 /// control plane can list workers with what they run without asking them.
 pub fn workers_info(queue: &str) -> String {
     format!("{PREFIX}:{{{}}}:workers", partition_tag(queue, 0))
+}
+
+/// The schedule definitions (`ts:schedules`): a hash of schedule name → JSON definition.
+pub fn schedules_registry() -> String {
+    format!("{PREFIX}:schedules")
 }
 
 /// The set of all known queue names, so `stats` and `dlq` can find queues that a

@@ -70,6 +70,7 @@ pub(crate) mod routing;
 pub mod runbooks;
 pub mod saga;
 pub(crate) mod scaling;
+pub mod schedule;
 pub mod signal;
 pub mod signals;
 pub mod stats;

@@ -99,6 +99,14 @@ pub const SETTLES_NOT_REPLICATED_TOTAL: &str = "taskstream_settles_not_replicate
 pub const THROTTLED_TOTAL: &str = "taskstream_tasks_throttled_total";
 /// Concurrency the SLA controller currently allows. Labels: queue. Gauge.
 pub const CONCURRENCY_TARGET: &str = "taskstream_concurrency_target";
+/// Schedule ticks claimed by this process. Labels: schedule, outcome (fired, skipped,
+/// paused). Each tick is counted once across all replicas: by the one that claimed it.
+pub const SCHEDULE_TICKS_TOTAL: &str = "taskstream_schedule_ticks_total";
+/// Ticks fired more than 1 s after their instant. Labels: schedule.
+pub const SCHEDULE_LATE_TICKS_TOTAL: &str = "taskstream_schedule_late_ticks_total";
+/// The next tick of a schedule, Unix seconds (every scheduler reports it). Labels:
+/// schedule. Gauge.
+pub const SCHEDULE_NEXT_FIRE: &str = "taskstream_schedule_next_fire_timestamp_seconds";
 /// Build information: value 1. Labels: version.
 pub const BUILD_INFO: &str = "taskstream_build_info";
 

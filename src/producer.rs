@@ -20,6 +20,20 @@ use crate::rdb::{self, Added, NewEntry, Placement};
 use crate::routing::RouteCache;
 use crate::task::{now_ms, validate_type, Task};
 
+/// The task of one schedule tick, ready for `schedule_tick.lua`.
+pub(crate) struct TickTask {
+    /// `<schedule>@<tick ms>`.
+    pub task_id: String,
+    /// The schedule's claim state, in the stream's slot.
+    pub state_key: String,
+    /// The lane stream it goes to.
+    pub stream: String,
+    /// Its wire fields.
+    pub fields: Vec<(&'static str, String)>,
+    /// Its enqueue span, when traces are exported.
+    pub span: Option<crate::telemetry::Span>,
+}
+
 /// A task to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewTask {
@@ -190,6 +204,12 @@ impl Producer {
         }
     }
 
+    /// [`Producer::wait_replicas`] as the broker's setting.
+    pub(crate) fn with_wait_for(mut self, wait: Option<rdb::WaitFor>) -> Self {
+        self.wait = wait;
+        self
+    }
+
     /// Enqueues return only once `replicas` replicas have the tasks, or fail with
     /// [`Error::NotReplicated`] after `timeout` (`redis.wait_replicas`, which
     /// [`Producer::connect`] applies by itself).
@@ -282,7 +302,7 @@ impl Producer {
         &self,
         t: NewTask,
         now: u64,
-    ) -> Result<(NewEntry, bool, Option<crate::telemetry::Span>)> {
+    ) -> Result<(NewEntry, bool, Option<crate::telemetry::Span>, QueueKeys)> {
         self.check(&t)?;
         let (pool, n) = self.routes.route(&t.queue, &t.task_type);
         let keys = if n > 1 {
@@ -346,7 +366,46 @@ impl Producer {
                 .as_ref()
                 .map(|k| (keys.idem(k), window_ms)),
         };
-        Ok((entry, scheduled, span))
+        Ok((entry, scheduled, span, keys))
+    }
+
+    /// The task tick `tick_ms` of schedule `def` adds, built as any enqueue is (checks,
+    /// routing to a pool or partition, wire fields), and the key of the schedule's claim
+    /// state in the same slot as the stream (see [`crate::schedule`]).
+    pub(crate) async fn tick_task(
+        &self,
+        def: &crate::schedule::ScheduleDef,
+        tick_ms: u64,
+    ) -> Result<TickTask> {
+        self.routes
+            .refresh(&self.broker(), std::iter::once(def.queue.as_str()))
+            .await?;
+        self.register_queues(std::iter::once(def.queue.as_str()))
+            .await?;
+        let mut t = NewTask::raw(&def.queue, &def.task_type, def.payload_text());
+        t.express = def.express;
+        t.id = Some(def.task_id(tick_ms));
+        t.partition_key = Some(
+            def.partition_key
+                .clone()
+                .unwrap_or_else(|| def.name.clone()),
+        );
+        let (entry, _, span, keys) = self.entry(t, now_ms())?;
+        match entry.placement {
+            Placement::Stream { stream, fields } => Ok(TickTask {
+                task_id: entry.task_id,
+                state_key: keys.schedule(&def.name),
+                stream,
+                fields,
+                span,
+            }),
+            Placement::Scheduled { .. } => unreachable!("a tick has no delay"),
+        }
+    }
+
+    /// The broker this producer writes through.
+    pub(crate) fn broker_handle(&self) -> rdb::Broker {
+        self.broker()
     }
 
     async fn register_queues<'a>(&self, queues: impl Iterator<Item = &'a str>) -> Result<()> {
@@ -389,7 +448,7 @@ impl Producer {
         let mut spans = Vec::new();
         for t in tasks {
             queues.push((t.queue.clone(), t.lane()));
-            let (e, s, span) = self.entry(t, now)?;
+            let (e, s, span, _) = self.entry(t, now)?;
             entries.push(e);
             scheduled.push(s);
             spans.push(span);

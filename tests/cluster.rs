@@ -105,7 +105,8 @@ async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
     let toml = cluster.worker_toml(
         q,
         "recovery_interval_ms = 200\nheartbeat_interval_ms = 100\nheartbeat_lapse_ms = 800\nmin_idle_ms = 3000",
-        "fanout_groups = [\"audit\"]\n[queues.types.\"builtin.record\"]\nrate_per_sec = 2000\nburst = 50\n[[queues]]\nname = \"beta\"\nconcurrency = 8\n",
+        "fanout_groups = [\"audit\"]\n[queues.types.\"builtin.record\"]\nrate_per_sec = 2000\nburst = 50\n[[queues]]\nname = \"beta\"\nconcurrency = 8\n\
+         [[schedules]]\nname = \"tick\"\nevery = \"1s\"\nqueue = \"alpha\"\ntype = \"builtin.record\"\npayload = { key = \"{rec}:ticks\" }\n",
     );
     let mut w1 = WorkerProc::spawn_named(&toml, "c1");
     let producer = Producer::connect(&cluster.config()).await.unwrap();
@@ -304,6 +305,21 @@ async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
         ran.len(),
         expected.len(),
         "tasks ran that were never enqueued"
+    );
+
+    // A schedule's ticks (schedule_tick.lua) and its pause and resume (schedule_pause.lua).
+    poll(
+        "two schedule ticks ran",
+        Duration::from_secs(30),
+        || async { (cluster.executions("{rec}:ticks").len() >= 2).then_some(()) },
+    )
+    .await;
+    let insp =
+        taskstream::inspect::Inspector::new(taskstream::rdb::Broker::new(producer.connection()));
+    assert_eq!(insp.pause_schedule("tick", true).await.unwrap(), Some(true));
+    assert_eq!(
+        insp.pause_schedule("tick", false).await.unwrap(),
+        Some(true)
     );
 
     let (shas, errors) = cluster.scripts_and_errors();

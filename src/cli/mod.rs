@@ -28,6 +28,7 @@ mod parse;
 mod process;
 mod queue;
 mod saga;
+mod schedule;
 #[cfg(feature = "http")]
 mod serve;
 mod stats;
@@ -83,6 +84,12 @@ enum Command {
         /// What to do.
         #[command(subcommand)]
         action: task::Action,
+    },
+    /// Periodic tasks: list, show, set, remove, pause, resume, trigger.
+    Schedule {
+        /// What to do.
+        #[command(subcommand)]
+        action: schedule::Action,
     },
     /// Pause or resume delivery of a queue on every replica.
     Queue {
@@ -168,6 +175,7 @@ async fn dispatch(command: Command, cfg: Config) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => demo::run(cfg, a).await?,
         Command::Task { action } => task::run(cfg, action).await?,
         Command::Queue { action } => queue::run(cfg, action).await?,
+        Command::Schedule { action } => schedule::run(cfg, action).await?,
         #[cfg(feature = "http")]
         Command::Serve(a) => serve::run(cfg, a).await?,
         #[cfg(feature = "http")]

@@ -33,6 +33,7 @@ mod noperm;
 mod parse;
 mod routes;
 pub(crate) mod scan;
+pub(crate) mod schedule;
 pub(crate) mod scripts;
 mod sentinel;
 mod settle;

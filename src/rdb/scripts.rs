@@ -45,6 +45,10 @@ pub(crate) enum ScriptId {
     StreamMeta,
     /// Entries of a stream that match criteria, scanned in Redis (`scan_entries.lua`).
     ScanEntries,
+    /// Claim a schedule's tick and add its task (`schedule_tick.lua`).
+    ScheduleTick,
+    /// Pause or resume a schedule (`schedule_pause.lua`).
+    SchedulePause,
 }
 
 /// `(id, file, source)` of every script, in [`ScriptId`] order.
@@ -125,6 +129,16 @@ pub(crate) const TABLE: &[(ScriptId, &str, &str)] = &[
         "scan_entries.lua",
         include_str!("lua/scan_entries.lua"),
     ),
+    (
+        ScriptId::ScheduleTick,
+        "schedule_tick.lua",
+        include_str!("lua/schedule_tick.lua"),
+    ),
+    (
+        ScriptId::SchedulePause,
+        "schedule_pause.lua",
+        include_str!("lua/schedule_pause.lua"),
+    ),
 ];
 
 static COMPILED: LazyLock<Vec<Script>> =
@@ -199,7 +213,7 @@ mod tests {
                 "row {i} of the script table is out of order"
             );
         }
-        assert_eq!(TABLE.len(), ScriptId::ScanEntries as usize + 1);
+        assert_eq!(TABLE.len(), ScriptId::SchedulePause as usize + 1);
     }
 
     #[test]

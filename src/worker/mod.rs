@@ -25,6 +25,7 @@ pub(crate) mod pause;
 pub(crate) mod reader;
 pub(crate) mod recovery;
 pub(crate) mod runtime;
+pub(crate) mod scheduler;
 pub(crate) mod settler;
 pub(crate) mod signal_loop;
 pub(crate) mod sla;
@@ -354,6 +355,15 @@ impl Worker {
                     stop_reading.clone(),
                 ));
             }
+        }
+        if cfg.scheduler.enabled {
+            let producer = crate::producer::Producer::new(conn.clone(), cfg.producer.clone())
+                .with_wait_for(rdb::WaitFor::of(&cfg.redis));
+            loops.spawn(scheduler::run(
+                producer,
+                cfg.schedules.clone(),
+                stop_reading.clone(),
+            ));
         }
         loops.close();
 
