@@ -11,6 +11,8 @@
 //!   the scan in Redis agrees with the filter stated in Rust; dry runs count; requeue and
 //!   delete act on exactly the matches.
 //! - `sagas_start_list_show_abort`: pagination by cursor visits each saga once.
+//! - `schedules_list_show_pause_resume_trigger`: the next tick in the schedule's time
+//!   zone, pause state in Redis, a trigger's task in the stream, and the refusals.
 //! - `serve_refuses_to_start_exposed_or_without_its_secrets`.
 //! - `openapi_document_is_valid_and_matches_the_router`: the document validates
 //!   (openapi-spec-validator), every route it names is served, and a schema-driven fuzzer
@@ -812,6 +814,124 @@ async fn sagas_start_list_show_abort() {
     assert_eq!(v["sagas"].as_array().unwrap().len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_list_show_pause_resume_trigger() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let env = [("TASKSTREAM_REDIS_URL", url.as_str())];
+    for args in [
+        &[
+            "schedule",
+            "set",
+            "nightly",
+            "--cron",
+            "0 3 * * *",
+            "--timezone",
+            "Europe/Berlin",
+            "--queue",
+            "q",
+            "--type",
+            "report.build",
+        ][..],
+        &[
+            "schedule", "set", "beat", "--every", "1h", "--queue", "q", "--type", "t",
+        ][..],
+    ] {
+        let (code, out, err) = run_cli(args, &env);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let api = ServeProc::start(&serve_toml(&url, &["q"], "")).await;
+    let c = client();
+    // Pages of one visit both, by name.
+    let (s, v) = send(
+        c.get(api.url("/api/v1/schedules?limit=1"))
+            .bearer_auth(READ),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["schedules"][0]["name"], "beat");
+    assert_eq!(v["next_cursor"], "beat");
+    let (_, v) = send(
+        c.get(api.url("/api/v1/schedules?limit=1&cursor=beat"))
+            .bearer_auth(READ),
+    )
+    .await;
+    assert_eq!(v["schedules"][0]["name"], "nightly");
+    assert_eq!(v["next_cursor"], Value::Null);
+    // 03:00 in Berlin in December is 02:00 UTC.
+    let show = || {
+        c.get(api.url("/api/v1/schedules/nightly"))
+            .bearer_auth(READ)
+    };
+    let (s, v) = send(show()).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["definition"]["timezone"], "Europe/Berlin");
+    let next = v["next_fire_ms"].as_u64().unwrap();
+    assert!(next > taskstream::task::now_ms());
+    assert_eq!(next / 1000 % 86_400, 2 * 3600, "{v}");
+    assert_eq!(v["problems"], json!([]));
+
+    let post = |path: &str, token: &str| {
+        c.post(api.url(&format!("/api/v1/schedules/{path}")))
+            .bearer_auth(token)
+    };
+    for path in ["nightly/pause", "nightly/resume", "nightly/trigger"] {
+        let (s, v) = send(post(path, READ)).await;
+        assert_eq!(s, 403, "read token on {path}: {v}");
+    }
+    let (s, v) = send(post("nightly/pause", ADMIN)).await;
+    assert_eq!(
+        (s, &v["paused"], &v["changed"]),
+        (200, &json!(true), &json!(true)),
+        "{v}"
+    );
+    let (_, v) = send(post("nightly/pause", ADMIN)).await;
+    assert_eq!(v["changed"], false, "already paused");
+    let mut conn = redis.sync_conn();
+    let paused: Option<String> = conn.hget("ts:{q}:schedule:nightly", "paused").unwrap();
+    assert_eq!(paused.as_deref(), Some("1"));
+    let (_, v) = send(show()).await;
+    assert_eq!(
+        (&v["paused"], &v["next_fire_ms"]),
+        (&json!(true), &Value::Null),
+        "{v}"
+    );
+    let (s, v) = send(post("nightly/resume", ADMIN)).await;
+    assert_eq!(
+        (s, &v["paused"], &v["changed"]),
+        (200, &json!(false), &json!(true)),
+        "{v}"
+    );
+
+    let (s, v) = send(post("nightly/trigger", ADMIN)).await;
+    assert_eq!(s, 202, "{v}");
+    let task = v["task_id"].as_str().unwrap().to_string();
+    assert!(task.starts_with("nightly@manual-"), "{v}");
+    let (s, t) = send(
+        c.get(api.url(&format!("/api/v1/queues/q/tasks/{}", urlencode(&task))))
+            .bearer_auth(READ),
+    )
+    .await;
+    assert_eq!(
+        (s, &t["task_type"], &t["state"]),
+        (200, &json!("report.build"), &json!("queued")),
+        "{t}"
+    );
+
+    for (path, status) in [("nope", 404), ("bad%20name", 400), ("nope/pause", 404)] {
+        let rq = if path.ends_with("pause") {
+            post(path, ADMIN)
+        } else {
+            c.get(api.url(&format!("/api/v1/schedules/{path}")))
+                .bearer_auth(READ)
+        };
+        let (s, v) = send(rq).await;
+        assert_eq!(s, status, "{path}: {v}");
+    }
+    let (s, _) = send(c.get(api.url("/api/v1/schedules"))).await;
+    assert_eq!(s, 401, "no token");
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -913,7 +1033,8 @@ async fn openapi_document_is_valid_and_matches_the_router() {
         let concrete = path
             .replace("{queue}", "q")
             .replace("{task_id}", "t")
-            .replace("{saga_id}", "s");
+            .replace("{saga_id}", "s")
+            .replace("{name}", "n");
         for method in ops.as_object().unwrap().keys() {
             let rq = match method.as_str() {
                 "get" => c.get(api.url(&concrete)),

@@ -47,6 +47,7 @@ pub(crate) mod extract;
 pub mod problem;
 pub(crate) mod queues;
 pub(crate) mod sagas;
+pub(crate) mod schedules;
 pub(crate) mod tasks;
 
 pub use auth::Caller;
@@ -234,6 +235,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/sagas", get(sagas::list).post(sagas::start))
         .route("/sagas/{saga_id}", get(sagas::show))
         .route("/sagas/{saga_id}/abort", post(sagas::abort))
+        .route("/schedules", get(schedules::list))
+        .route("/schedules/{name}", get(schedules::show))
+        .route("/schedules/{name}/pause", post(schedules::pause))
+        .route("/schedules/{name}/resume", post(schedules::resume))
+        .route("/schedules/{name}/trigger", post(schedules::trigger))
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest("/api/v1", api)
