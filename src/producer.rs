@@ -241,7 +241,8 @@ impl Producer {
         self.conn.clone()
     }
 
-    fn broker(&self) -> rdb::Broker {
+    /// The broker this producer writes through (also the scheduler's).
+    pub(crate) fn broker(&self) -> rdb::Broker {
         rdb::Broker::new(self.conn.clone()).with_wait(self.wait)
     }
 
@@ -401,11 +402,6 @@ impl Producer {
             }),
             Placement::Scheduled { .. } => unreachable!("a tick has no delay"),
         }
-    }
-
-    /// The broker this producer writes through.
-    pub(crate) fn broker_handle(&self) -> rdb::Broker {
-        self.broker()
     }
 
     async fn register_queues<'a>(&self, queues: impl Iterator<Item = &'a str>) -> Result<()> {

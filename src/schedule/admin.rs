@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{ScheduleDef, Spec};
+use super::ScheduleDef;
 use crate::error::{Error, Result};
 use crate::inspect::Inspector;
 use crate::producer::{Enqueued, NewTask, Producer};
@@ -108,7 +108,7 @@ impl Inspector {
                 v.paused_ticks = s.paused_ticks;
                 if let (Some(spec), false) = (&spec, s.paused) {
                     let from = s.start().unwrap_or(0).max(now_ms());
-                    v.next_fire_ms = next(spec, from);
+                    v.next_fire_ms = spec.next_after(from);
                 }
             }
         }
@@ -200,8 +200,4 @@ impl Inspector {
         }
         Ok(Some(def))
     }
-}
-
-fn next(spec: &Spec, from: u64) -> Option<u64> {
-    spec.next_after(from)
 }

@@ -34,7 +34,7 @@ struct Known {
 /// Writes the config's schedules (the config wins for the names it defines), then runs
 /// until `stop` fires.
 pub(crate) async fn run(producer: Producer, config: Vec<ScheduleDef>, stop: CancellationToken) {
-    let broker = producer.broker_handle();
+    let broker = producer.broker();
     let own: Vec<(String, String)> = config
         .iter()
         .map(|d| {
@@ -156,10 +156,7 @@ async fn step(producer: &Producer, k: &mut Known) -> crate::error::Result<()> {
         Some(s) => s,
         None => {
             let key = producer.tick_task(&k.def, 0).await?.state_key;
-            let state = producer
-                .broker_handle()
-                .schedule_state(&key, Some(now))
-                .await?;
+            let state = producer.broker().schedule_state(&key, Some(now)).await?;
             let s = state.start().unwrap_or(now);
             k.start = Some(s);
             s
@@ -173,7 +170,7 @@ async fn step(producer: &Producer, k: &mut Known) -> crate::error::Result<()> {
         }
         let t = producer.tick_task(&k.def, tick).await?;
         let outcome = producer
-            .broker_handle()
+            .broker()
             .claim_tick(
                 &t.state_key,
                 &t.stream,
@@ -205,7 +202,7 @@ async fn step(producer: &Producer, k: &mut Known) -> crate::error::Result<()> {
         if k.start.is_none_or(|s| tick > s) {
             let t = producer.tick_task(&k.def, tick).await?;
             let outcome = producer
-                .broker_handle()
+                .broker()
                 .claim_tick(&t.state_key, &t.stream, tick, now_ms(), skipped - 1, None)
                 .await?;
             record(name, &outcome, skipped - 1);
