@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `builtin.noop` | anything | succeeds at once |
 //! | `builtin.echo` | anything | succeeds with the payload as result |
-//! | `builtin.sleep` | `{"ms": N}` | sleeps N ms (stops early when cancelled), succeeds |
+//! | `builtin.sleep` | `{"ms": N, "progress"?: J}` | reports progress J (any JSON) first if given, sleeps N ms (stops early when cancelled), succeeds |
 //! | `builtin.crash` | anything | aborts the whole worker process (fault drills: poison tasks) |
 //! | `builtin.record` | `{"key": K, "ms"?: N, "fail_until_attempt"?: A, "permanent"?: bool, "log"?: L}` | `HINCRBY K <task id> 1` in Redis (and, with `log`, `RPUSH L "<task id> <attempt> <unix ms>"`), then sleeps N ms, then fails (retryable) while attempt < A, or permanently when asked, else succeeds |
 //!
@@ -39,6 +39,8 @@ struct RecordPayload {
 struct SleepPayload {
     #[serde(default)]
     ms: u64,
+    #[serde(default)]
+    progress: Option<serde_json::Value>,
 }
 
 async fn sleep_cancellable(ctx: &TaskContext, ms: u64) -> Result<(), HandlerError> {
@@ -69,6 +71,9 @@ pub fn register(reg: &mut Registry, conn: Conn) {
         "builtin.sleep",
         handler_fn(|ctx: TaskContext| async move {
             let p: SleepPayload = ctx.payload()?;
+            if let Some(v) = p.progress {
+                ctx.progress(v);
+            }
             sleep_cancellable(&ctx, p.ms).await?;
             Ok(serde_json::Value::Null)
         }),

@@ -312,6 +312,14 @@ pub struct QueueConfig {
     /// the masters of a Redis Cluster (1: the queue's keys as they always were). Every
     /// worker reads every partition; producers pick one round-robin, or by partition key.
     pub partitions: u32,
+    /// Keep each task's state, attempts, timestamps, last error and result for this many
+    /// seconds after its last change (`taskstream task show`, the API, and
+    /// `Producer::enqueue_and_wait`; see [`crate::results`]). Off by default: the hot path
+    /// then writes nothing per task beyond its ACK.
+    pub result_ttl_secs: Option<u64>,
+    /// Longest result (and progress report) a record keeps, in bytes of JSON; a larger
+    /// one is left out and the record says why. Default 64 KiB.
+    pub max_result_bytes: usize,
 }
 
 impl Default for QueueConfig {
@@ -332,6 +340,8 @@ impl Default for QueueConfig {
             sla_p95_wait_ms: None,
             min_concurrency: None,
             partitions: 1,
+            result_ttl_secs: None,
+            max_result_bytes: 64 * 1024,
         }
     }
 }
@@ -349,6 +359,12 @@ pub fn default_express_concurrency(concurrency: usize) -> usize {
 
 /// Most slots one queue may have in one process (`concurrency`, `min_concurrency`).
 pub const MAX_CONCURRENCY: usize = 100_000;
+
+/// Longest `result_ttl_secs` (30 days).
+pub const MAX_RESULT_TTL_SECS: u64 = 30 * 24 * 3_600;
+
+/// Largest `max_result_bytes` (16 MiB).
+pub const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
 
 /// Longest time any `*_ms` setting may name: 7 days. Longer values overflow timers or
 /// make no operational sense (issue 9: `u64::MAX` passed the check).
@@ -1076,6 +1092,23 @@ impl Config {
             }
             if q.sla_p95_wait_ms == Some(0) {
                 bad(k("sla_p95_wait_ms"), "must be positive".into());
+            }
+            if let Some(t) = q.result_ttl_secs {
+                if t == 0 || t > MAX_RESULT_TTL_SECS {
+                    bad(
+                        k("result_ttl_secs"),
+                        format!("must be 1 to {MAX_RESULT_TTL_SECS} (30 days), got {t}; leave it out to keep no results"),
+                    );
+                }
+            }
+            if q.max_result_bytes == 0 || q.max_result_bytes > MAX_RESULT_BYTES {
+                bad(
+                    k("max_result_bytes"),
+                    format!(
+                        "must be 1 to {MAX_RESULT_BYTES} (16 MiB), got {}",
+                        q.max_result_bytes
+                    ),
+                );
             }
             if let Some(m) = q.min_concurrency {
                 if m <= q.express_concurrency || m > q.concurrency {

@@ -96,6 +96,18 @@ pub enum Error {
     /// or a record written by hand).
     #[error("saga {0} already exists; start it again for a fresh id")]
     SagaExists(String),
+
+    /// [`Producer::enqueue_and_wait`](crate::producer::Producer::enqueue_and_wait) gave up:
+    /// the task did not end within the wait. It was enqueued and may still run.
+    #[error("task {task_id} of queue {queue:?} did not end within {waited_ms} ms; it is enqueued and may still run (`taskstream task show {task_id} -q {queue}`). Waiting needs result_ttl_secs on the queue's workers, or nothing ever rings")]
+    WaitTimeout {
+        /// The task.
+        task_id: String,
+        /// Its queue.
+        queue: String,
+        /// How long the call waited.
+        waited_ms: u64,
+    },
 }
 
 impl From<redis::RedisError> for Error {

@@ -98,7 +98,13 @@ struct ContextInner {
     /// The run's own trace context when spans are exported (the `execute` span), set
     /// once the run starts; see [`TaskContext::traceparent`].
     run_trace: std::sync::OnceLock<String>,
+    /// Where [`TaskContext::progress`] reports go (set by the worker when the queue keeps
+    /// results).
+    progress: std::sync::OnceLock<ProgressSink>,
 }
+
+/// Takes a progress report's JSON text; false when it was dropped.
+pub(crate) type ProgressSink = Arc<dyn Fn(String) -> bool + Send + Sync>;
 
 /// One task execution as a handler sees it. Cheap to clone.
 #[derive(Clone)]
@@ -136,7 +142,25 @@ impl TaskContext {
             max_attempts,
             cancel,
             run_trace: std::sync::OnceLock::new(),
+            progress: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Sets where progress reports go (the worker, on a queue that keeps results).
+    pub(crate) fn set_progress(&self, sink: ProgressSink) {
+        let _ = self.0.progress.set(sink);
+    }
+
+    /// Reports the run's progress (any JSON: `{"done": 40, "of": 100}`), kept as the
+    /// newest value in the task's record and shown by `taskstream task show` and the API
+    /// (see [`crate::results`]). Returns at once: the report rides the worker's next
+    /// settlement round trip. False when it was not kept: the queue keeps no results
+    /// (`result_ttl_secs` unset), or too many reports wait to be written.
+    pub fn progress(&self, value: serde_json::Value) -> bool {
+        match self.0.progress.get() {
+            Some(sink) => sink(value.to_string()),
+            None => false,
+        }
     }
 
     /// Sets the run's trace context (the worker, when it opens the `execute` span).

@@ -367,6 +367,20 @@ impl Inspector {
         self.signal(queue, &Signal::Resume).await
     }
 
+    /// Sets the progress of running task `task_id` of `queue` (any JSON text, kept as the
+    /// newest report in its record; [`crate::results`]): how an HTTP handler reports
+    /// progress. False when the task has no running record (unknown, ended, or the queue
+    /// keeps no results).
+    pub async fn report_progress(&self, queue: &str, task_id: &str, json: &str) -> Result<bool> {
+        let parts = self
+            .broker
+            .partitions(&crate::keys::QueueKeys::new(queue))
+            .await?;
+        self.broker
+            .report_progress(queue, parts, task_id, json)
+            .await
+    }
+
     /// Cancels task `task_id` of `queue`, queued or running.
     pub async fn cancel(&self, queue: &str, task_id: &str) -> Result<String> {
         let s = Signal::Cancel {

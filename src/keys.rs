@@ -253,6 +253,26 @@ impl QueueKeys {
         }
     }
 
+    /// The record of task `task_id` (state, attempts, timestamps, last error, result,
+    /// progress) when the queue keeps results (`result_ttl_secs`, see [`crate::results`]):
+    /// `ts:{q}:result:<id>`, a hash in the slot of the partition the task was added to.
+    pub fn result(&self, task_id: &str) -> String {
+        format!(
+            "{PREFIX}:{{{}}}:result:{task_id}",
+            partition_tag(&self.queue, self.partition)
+        )
+    }
+
+    /// The doorbell of task `task_id`: `ts:{q}:done:<id>`, a stream of at most one entry
+    /// added when the task ends (succeeded, dead or cancelled) on a queue that keeps
+    /// results. Waiters block on it with `XREAD` (see [`crate::results`]).
+    pub fn done(&self, task_id: &str) -> String {
+        format!(
+            "{PREFIX}:{{{}}}:done:{task_id}",
+            partition_tag(&self.queue, self.partition)
+        )
+    }
+
     /// The claim state of schedule `name` when its tasks go to these keys' partition:
     /// `ts:{q}:schedule:<name>`, in the slot of the streams its ticks are added to.
     pub fn schedule(&self, name: &str) -> String {

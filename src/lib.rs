@@ -65,6 +65,7 @@ pub mod preflight;
 pub mod producer;
 pub mod rdb;
 pub mod reply;
+pub mod results;
 pub(crate) mod routing;
 #[cfg(feature = "http")]
 pub mod runbooks;

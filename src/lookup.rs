@@ -13,8 +13,13 @@
 //!
 //! A default task id (the entry id, `express:` + entry id, …) is found with one `XRANGE`;
 //! other ids are searched for among the newest [`LOOKUP_SCAN`] entries of each stream.
-//! A task that finished is not found: its entry was deleted when it was acknowledged, and
-//! results are not kept yet. The answer says so rather than guessing.
+//! A task that finished leaves no entry behind (it was deleted when acknowledged). On a
+//! queue that keeps results (`result_ttl_secs`, [`crate::results`]) its record says how it
+//! ended — `succeeded` with its result, `cancelled`, `dead` — and is read first: a
+//! succeeded or cancelled task is answered from it with one `HGETALL` per partition and no
+//! stream search. Otherwise the search above runs, and the record adds what the streams do
+//! not hold (when the run started, its progress, when it ended). Without a record a
+//! finished task is not found, and the answer says so rather than guessing.
 
 use serde::Serialize;
 
@@ -22,6 +27,7 @@ use crate::error::Result;
 use crate::keys::{Lane, QueueKeys, DEFAULT_GROUP};
 use crate::rdb::scan::{Criterion, Fields, SCAN_CHUNK};
 use crate::rdb::Broker;
+use crate::results::{RecordState, TaskRecord};
 use crate::task::entry_order;
 
 /// Entries of one stream a lookup looks at, at most (newest first is not possible with a
@@ -45,6 +51,10 @@ pub enum TaskState {
     Retrying,
     /// In the dead-letter stream.
     Dead,
+    /// Succeeded (known from its record, on a queue that keeps results).
+    Succeeded,
+    /// Cancelled by an operator (known from its record).
+    Cancelled,
 }
 
 /// What a lookup found.
@@ -84,6 +94,16 @@ pub struct TaskInfo {
     pub deliveries: Option<u64>,
     /// Its payload (JSON text, cut at [`LOOKUP_VALUE_CUT`] bytes).
     pub payload: Option<String>,
+    /// Unix ms its newest run started (from its record).
+    pub started_at: Option<u64>,
+    /// Unix ms it ended: succeeded, dead or cancelled (from its record).
+    pub finished_at: Option<u64>,
+    /// The handler's result, JSON text (succeeded, from its record).
+    pub result: Option<String>,
+    /// Why the result was not kept (larger than `max_result_bytes`).
+    pub result_error: Option<String>,
+    /// The newest progress report, JSON text (from its record).
+    pub progress: Option<String>,
 }
 
 fn get<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -128,6 +148,49 @@ fn info_of(
         consumer: None,
         deliveries: None,
         payload: get(fields, "payload").map(String::from),
+        started_at: None,
+        finished_at: None,
+        result: None,
+        result_error: None,
+        progress: None,
+    }
+}
+
+/// The info of a task known only from its record (in partition `partition`).
+fn info_of_record(task_id: &str, queue: &str, partition: u32, r: &TaskRecord) -> TaskInfo {
+    let state = match r.state {
+        RecordState::Running => TaskState::Running,
+        RecordState::Retrying => TaskState::Retrying,
+        RecordState::Succeeded => TaskState::Succeeded,
+        RecordState::Dead => TaskState::Dead,
+        RecordState::Cancelled => TaskState::Cancelled,
+    };
+    let mut info = info_of(task_id, queue, state, "bulk", &[]);
+    info.partition = partition;
+    info.task_type = r.task_type.clone();
+    info.attempt = r.attempt;
+    info.max_attempts = r.max_attempts;
+    info.enqueued_at = r.enqueued_at;
+    info.last_error = r.last_error.clone();
+    info.dead_reason = r.dead_reason.clone();
+    if r.state == RecordState::Running {
+        info.consumer = r.consumer.clone();
+    }
+    merge_record(&mut info, r);
+    info
+}
+
+/// Adds to `info` (found where the task waits or lies) what only its record holds.
+fn merge_record(info: &mut TaskInfo, r: &TaskRecord) {
+    info.started_at = r.started_at;
+    info.progress = r.progress.clone();
+    if r.state.is_final() {
+        info.finished_at = r.finished_at;
+        info.result = r.result.clone();
+        info.result_error = r.result_error.clone();
+    }
+    if info.consumer.is_none() && info.state == TaskState::Running {
+        info.consumer = r.consumer.clone();
     }
 }
 
@@ -203,6 +266,28 @@ async fn find_in(
 /// Finds task `task_id` of `queue` (see the module docs); `None` when it is nowhere.
 pub(crate) async fn find(b: &Broker, queue: &str, task_id: &str) -> Result<Option<TaskInfo>> {
     let parts = b.partitions(&QueueKeys::new(queue)).await?;
+    let record = b.task_record(queue, parts, task_id).await?;
+    if let Some((p, r)) = &record {
+        // Succeeded and cancelled tasks are nowhere else; a dead one may have been
+        // requeued since, so the search below still runs for it.
+        if matches!(r.state, RecordState::Succeeded | RecordState::Cancelled) {
+            return Ok(Some(info_of_record(task_id, queue, *p, r)));
+        }
+    }
+    let live = search(b, queue, parts, task_id).await?;
+    Ok(match (live, record) {
+        (Some(mut info), Some((_, r))) => {
+            merge_record(&mut info, &r);
+            Some(info)
+        }
+        (Some(info), None) => Some(info),
+        (None, Some((p, r))) => Some(info_of_record(task_id, queue, p, &r)),
+        (None, None) => None,
+    })
+}
+
+/// Searches the streams, the schedule and the dead letters of `queue` for `task_id`.
+async fn search(b: &Broker, queue: &str, parts: u32, task_id: &str) -> Result<Option<TaskInfo>> {
     let mut pools: Vec<String> = b
         .routes_of(&[queue.to_string()])
         .await?

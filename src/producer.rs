@@ -178,6 +178,29 @@ pub struct Producer {
     /// [`Producer::connect`] is dropped. Without it the loop held a handle on the
     /// connection forever: every dropped producer left a connection and a task behind.
     _name_loop: Option<Arc<tokio_util::sync::DropGuard>>,
+    /// Exclusive connections for [`Producer::enqueue_and_wait`]'s blocking waits (a
+    /// blocking read on the shared connection would stall every other enqueue behind it);
+    /// made by [`Producer::connect`].
+    waiters: Option<rdb::ReaderPool>,
+}
+
+/// How long one blocking read of [`Producer::enqueue_and_wait`] lasts at most.
+const WAIT_BLOCK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connections [`Producer::enqueue_and_wait`] may hold at once (more waiters queue for one).
+const WAITER_CONNECTIONS: usize = 64;
+
+/// How a task [`Producer::enqueue_and_wait`] waited for ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    /// Task id.
+    pub task_id: String,
+    /// `Succeeded`, `Dead` or `Cancelled`.
+    pub state: crate::results::RecordState,
+    /// The handler's result (succeeded; `None` if it was larger than `max_result_bytes`).
+    pub result: Option<serde_json::Value>,
+    /// The whole record: attempts, timestamps, last error, dead reason.
+    pub record: crate::results::TaskRecord,
 }
 
 pub use crate::routing::ROUTES_TTL;
@@ -201,6 +224,7 @@ impl Producer {
             wait: None,
             next_partition: Arc::default(),
             _name_loop: None,
+            waiters: None,
         }
     }
 
@@ -232,6 +256,12 @@ impl Producer {
         .await?;
         let mut p = Self::new(conn, cfg.producer.clone());
         p.wait = rdb::WaitFor::of(&cfg.redis);
+        p.waiters = Some(rdb::reader_pool(
+            &cfg.redis,
+            WAIT_BLOCK,
+            WAITER_CONNECTIONS,
+            rdb::ClientName::process(rdb::Role::Producer),
+        )?);
         p._name_loop = Some(Arc::new(name_loop.drop_guard()));
         Ok(p)
     }
@@ -426,11 +456,91 @@ impl Producer {
         Ok(v.pop().expect("one result per task"))
     }
 
+    /// Enqueues one task and waits until it ends (succeeded, dead or cancelled), at most
+    /// `timeout`; a failed run that will be retried is not an end. The queue's workers must
+    /// keep results (`result_ttl_secs`, see [`crate::results`]): the wait blocks in Redis on
+    /// the task's doorbell, which they ring, and never polls. An idempotent duplicate waits
+    /// for the first task. A producer made with [`Producer::new`] has no connections of its
+    /// own to block on: use [`Producer::connect`].
+    ///
+    /// Errors: [`Error::WaitTimeout`] when the task did not end in time (it is enqueued,
+    /// and may still run), and whatever the enqueue itself can fail with.
+    pub async fn enqueue_and_wait(
+        &self,
+        t: NewTask,
+        timeout: std::time::Duration,
+    ) -> Result<Finished> {
+        let Some(pool) = &self.waiters else {
+            return Err(Error::Invalid {
+                what: "enqueue_and_wait",
+                reason:
+                    "this producer has no connections to wait on; make it with Producer::connect"
+                        .into(),
+            });
+        };
+        let queue = t.queue.clone();
+        let mut v = self.enqueue_with_keys(vec![t]).await?;
+        let (e, keys) = v.pop().expect("one result per task");
+        let deadline = std::time::Instant::now() + timeout;
+        let broker = self.broker();
+        let done = keys.done(&e.task_id);
+        // The doorbell entry seen last: a task that ended, was requeued by an operator and
+        // runs again rings anew, and an old ring must not be read over and over.
+        let mut seen = "0-0".to_string();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let rang = match left.is_zero() {
+                true => None,
+                false => {
+                    broker
+                        .wait_done(pool, &done, &seen, left.min(WAIT_BLOCK))
+                        .await?
+                }
+            };
+            if rang.is_some() || left.is_zero() {
+                if let Some(id) = rang {
+                    seen = id;
+                }
+                let parts = broker.partitions(&QueueKeys::new(&queue)).await?;
+                if let Some((_, r)) = broker.task_record(&queue, parts, &e.task_id).await? {
+                    if r.state.is_final() {
+                        return Ok(Finished {
+                            task_id: e.task_id,
+                            state: r.state,
+                            result: r
+                                .result
+                                .as_deref()
+                                .and_then(|t| serde_json::from_str(t).ok()),
+                            record: r,
+                        });
+                    }
+                }
+                if left.is_zero() {
+                    return Err(Error::WaitTimeout {
+                        task_id: e.task_id,
+                        queue,
+                        waited_ms: timeout.as_millis() as u64,
+                    });
+                }
+            }
+        }
+    }
+
     /// Enqueues tasks in one pipelined round trip. Every task is validated first; if one is
     /// invalid nothing is sent. Each task's add is atomic on its own; on a connection error
     /// some tasks may have been added (as with any producer, retry with idempotency keys
     /// for exactly-once enqueue).
     pub async fn enqueue_batch(&self, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
+        Ok(self
+            .enqueue_with_keys(tasks)
+            .await?
+            .into_iter()
+            .map(|(e, _)| e)
+            .collect())
+    }
+
+    /// [`Producer::enqueue_batch`], with the keys of the partition each task went to.
+    async fn enqueue_with_keys(&self, tasks: Vec<NewTask>) -> Result<Vec<(Enqueued, QueueKeys)>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
@@ -442,12 +552,14 @@ impl Producer {
         let mut entries = Vec::with_capacity(tasks.len());
         let mut scheduled = Vec::with_capacity(tasks.len());
         let mut spans = Vec::new();
+        let mut keys = Vec::with_capacity(tasks.len());
         for t in tasks {
             queues.push((t.queue.clone(), t.lane()));
-            let (e, s, span, _) = self.entry(t, now)?;
+            let (e, s, span, k) = self.entry(t, now)?;
             entries.push(e);
             scheduled.push(s);
             spans.push(span);
+            keys.push(k);
         }
         let added = match self.add(&queues, &entries).await {
             Ok(a) => a,
@@ -461,12 +573,13 @@ impl Producer {
         };
         let end = std::time::SystemTime::now();
         let mut out = Vec::with_capacity(entries.len());
-        for ((((entry, added), (queue, lane)), scheduled), span) in entries
+        for (((((entry, added), (queue, lane)), scheduled), span), keys) in entries
             .into_iter()
             .zip(added)
             .zip(queues)
             .zip(scheduled)
             .zip(spans)
+            .zip(keys)
         {
             if let Some(s) = span {
                 s.attr(
@@ -495,7 +608,7 @@ impl Producer {
             if !e.duplicate {
                 metrics::counter!(crate::metrics::ENQUEUED_TOTAL, "queue" => queue, "lane" => lane.as_str()).increment(1);
             }
-            out.push(e);
+            out.push((e, keys));
         }
         Ok(out)
     }

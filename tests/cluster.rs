@@ -105,7 +105,7 @@ async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
     let toml = cluster.worker_toml(
         q,
         "recovery_interval_ms = 200\nheartbeat_interval_ms = 100\nheartbeat_lapse_ms = 800\nmin_idle_ms = 3000",
-        "fanout_groups = [\"audit\"]\n[queues.types.\"builtin.record\"]\nrate_per_sec = 2000\nburst = 50\n[[queues]]\nname = \"beta\"\nconcurrency = 8\n\
+        "result_ttl_secs = 60\nfanout_groups = [\"audit\"]\n[queues.types.\"builtin.record\"]\nrate_per_sec = 2000\nburst = 50\n[[queues]]\nname = \"beta\"\nconcurrency = 8\n\
          [[schedules]]\nname = \"tick\"\nevery = \"1s\"\nqueue = \"alpha\"\ntype = \"builtin.record\"\npayload = { key = \"{rec}:ticks\" }\n",
     );
     let mut w1 = WorkerProc::spawn_named(&toml, "c1");
@@ -321,6 +321,18 @@ async fn every_script_of_a_queue_runs_within_one_slot_on_a_cluster() {
         insp.pause_schedule("tick", false).await.unwrap(),
         Some(true)
     );
+    // A blocking wait for a result (the record and its doorbell in the task's slot; the
+    // XREAD on a cluster connection of its own).
+    let f = producer
+        .enqueue_and_wait(
+            record(q, "{rec}:waited", serde_json::json!({})),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    assert_eq!(f.state, taskstream::results::RecordState::Succeeded);
+    let shown = insp.task(q, &f.task_id).await.unwrap().unwrap();
+    assert_eq!(shown.state, taskstream::lookup::TaskState::Succeeded);
 
     let (shas, errors) = cluster.scripts_and_errors();
     let digests = script_digests(&cluster);

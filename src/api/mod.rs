@@ -223,6 +223,10 @@ pub fn router(state: ApiState) -> Router {
             "/queues/{queue}/tasks/{task_id}/cancel",
             post(tasks::cancel),
         )
+        .route(
+            "/queues/{queue}/tasks/{task_id}/progress",
+            post(tasks::progress),
+        )
         .route("/queues/{queue}/dead-letters", get(dead_letters::search))
         .route(
             "/queues/{queue}/dead-letters/requeue",

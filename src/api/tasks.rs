@@ -265,10 +265,60 @@ pub(crate) async fn show(
     match state.backend()?.insp.task(&queue, &task_id).await? {
         Some(t) => Ok(Json(t)),
         None => Err(Problem::not_found(format!(
-            "task {task_id:?} is not waiting, running or dead in queue {queue:?}: it finished (results are not retained), was never enqueued there, or sits beyond the first {} entries of a stream",
+            "task {task_id:?} is not waiting, running or dead in queue {queue:?}: it finished (and the queue keeps no results, or its record expired: result_ttl_secs), was never enqueued there, or sits beyond the first {} entries of a stream",
             crate::lookup::LOOKUP_SCAN
         ))),
     }
+}
+
+/// Longest progress report the API takes, in bytes of JSON.
+pub(crate) const MAX_PROGRESS_BYTES: usize = 64 * 1024;
+
+/// A progress report stored.
+#[derive(Debug, Serialize)]
+pub(crate) struct ProgressOut {
+    /// The task.
+    task_id: String,
+    /// The report, as stored (JSON text).
+    progress: String,
+}
+
+/// `POST /queues/{queue}/tasks/{task_id}/progress`: an HTTP handler (or anything with an
+/// admin token) reports a running task's progress; the body is a JSON object. 404 when the
+/// task has no running record (the queue keeps no results, or the task is not running).
+pub(crate) async fn progress(
+    State(state): State<ApiState>,
+    caller: Caller,
+    PathParams((queue, task_id)): PathParams<(String, String)>,
+    Body(value): Body<serde_json::Value>,
+) -> Result<Json<ProgressOut>, Problem> {
+    caller.require_admin("report task progress")?;
+    known_queue(&state, &queue).await?;
+    if task_id.is_empty() || task_id.len() > 128 {
+        return Err(Problem::bad_request("a task id is 1 to 128 bytes"));
+    }
+    let text = value.to_string();
+    if text.len() > MAX_PROGRESS_BYTES {
+        return Err(Problem::bad_request(format!(
+            "a progress report is at most {MAX_PROGRESS_BYTES} bytes of JSON, got {}",
+            text.len()
+        )));
+    }
+    if !state
+        .backend()?
+        .insp
+        .report_progress(&queue, &task_id, &text)
+        .await?
+    {
+        return Err(Problem::not_found(format!(
+            "task {task_id:?} of queue {queue:?} is not running with a record: progress is kept only while a task runs, on a queue whose workers set result_ttl_secs"
+        )));
+    }
+    tracing::debug!(token = %caller.name, queue = %queue, task_id = %task_id, "api: task progress");
+    Ok(Json(ProgressOut {
+        task_id,
+        progress: text,
+    }))
 }
 
 /// A cancel signal sent.

@@ -52,9 +52,15 @@ pub(crate) struct Args {
     /// warning.
     #[arg(long)]
     strict: bool,
-    /// Print JSON: always an array with one object per task.
+    /// Print JSON: always an array with one object per task (with `--wait`: the one
+    /// task's end, as an object).
     #[arg(long)]
     json: bool,
+    /// Wait for the task to end, at most this long (default 30s), and print its result;
+    /// exits 1 when it was dead-lettered or cancelled, or did not end in time. Needs
+    /// `result_ttl_secs` on the queue's workers (see "Results and progress" in the README).
+    #[arg(long, value_parser = parse_duration, num_args = 0..=1, default_missing_value = "30s", value_name = "TIMEOUT")]
+    wait: Option<Duration>,
 }
 
 /// The warning for a queue no live worker serves, or `None` when one does.
@@ -100,6 +106,43 @@ pub(crate) async fn run(cfg: Config, a: Args) -> anyhow::Result<()> {
             anyhow::bail!("{w}; nothing enqueued (--strict)");
         }
         eprintln!("warning: {w} (--strict refuses)");
+    }
+    if let Some(timeout) = a.wait {
+        anyhow::ensure!(a.count <= 1, "--wait waits for one task; drop --count");
+        let mut t = NewTask::raw(a.queue.clone(), a.task_type.clone(), a.payload.clone());
+        t.express = a.express;
+        t.delay = a.delay;
+        t.max_attempts = a.max_attempts;
+        t.timeout = a.timeout;
+        t.idempotency_key = a.idempotency_key.clone();
+        let waiter = Producer::connect(&cfg).await?;
+        let f = waiter.enqueue_and_wait(t, timeout).await?;
+        if a.json {
+            outln!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "task_id": f.task_id, "state": f.state, "result": f.result, "record": f.record,
+                }))?
+            );
+        } else {
+            outln!("{} {}", f.state.as_str(), f.task_id);
+            if let Some(r) = &f.record.result {
+                outln!("{r}");
+            }
+        }
+        match f.state {
+            crate::results::RecordState::Succeeded => return Ok(()),
+            s => anyhow::bail!(
+                "task {} ended {}{}",
+                f.task_id,
+                s.as_str(),
+                f.record
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+        }
     }
     let mut tasks = Vec::with_capacity(a.count);
     for _ in 0..a.count.max(1) {

@@ -20,7 +20,8 @@ pub(crate) enum Action {
         #[arg(long, short = 'q', default_value = "default")]
         queue: String,
     },
-    /// Where a task is and its state: scheduled, queued, running, retrying or dead.
+    /// Where a task is and its state: scheduled, queued, running, retrying, dead, and on a
+    /// queue that keeps results (result_ttl_secs) succeeded or cancelled, with its result.
     Show {
         /// Task id.
         id: String,
@@ -43,7 +44,7 @@ pub(crate) async fn run(cfg: Config, action: Action) -> anyhow::Result<()> {
         Action::Show { id, queue, json } => {
             let Some(t) = insp.task(&queue, &id).await? else {
                 anyhow::bail!(
-                    "task {id:?} is not waiting, running or dead in queue {queue:?}: it finished (results are not retained), was never enqueued there, or sits beyond the first {} entries of a stream",
+                    "task {id:?} is not waiting, running or dead in queue {queue:?}: it finished (and the queue keeps no results, or its record expired: result_ttl_secs), was never enqueued there, or sits beyond the first {} entries of a stream",
                     crate::lookup::LOOKUP_SCAN
                 );
             };
@@ -91,6 +92,21 @@ pub(crate) async fn run(cfg: Config, action: Action) -> anyhow::Result<()> {
                 }
                 if t.dead_reason.is_some() {
                     outln!("reason    {}", esc(&t.dead_reason));
+                }
+                if let Some(ms) = t.started_at {
+                    outln!("started   {ms} (Unix ms)");
+                }
+                if let Some(ms) = t.finished_at {
+                    outln!("finished  {ms} (Unix ms)");
+                }
+                if t.progress.is_some() {
+                    outln!("progress  {}", esc(&t.progress));
+                }
+                if t.result.is_some() {
+                    outln!("result    {}", esc(&t.result));
+                }
+                if t.result_error.is_some() {
+                    outln!("result    not kept: {}", esc(&t.result_error));
                 }
                 outln!("payload   {}", esc(&t.payload));
             }

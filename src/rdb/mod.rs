@@ -31,6 +31,7 @@ mod group_reader;
 mod lifecycle;
 mod noperm;
 mod parse;
+mod results;
 mod routes;
 pub(crate) mod scan;
 pub(crate) mod schedule;

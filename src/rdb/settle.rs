@@ -10,6 +10,7 @@ use redis::{Pipeline, Value};
 use super::{Broker, ScriptId};
 use crate::error::Result;
 use crate::keys::{Lane, QueueKeys};
+use crate::results::RecordWrite;
 use crate::task::Fields;
 
 /// What a settlement does with its delivery.
@@ -64,6 +65,9 @@ pub(crate) struct Settlement {
     /// The `settle` span, ended by the settler once Redis has the batch (boxed: `None`
     /// costs one word on the hot path when spans are not exported).
     pub trace: Option<Box<crate::telemetry::Span>>,
+    /// How the task's record ends this run, on a queue that keeps results
+    /// ([`crate::results`]); written right after the ACK, in the same round trip.
+    pub record: Option<Box<RecordWrite>>,
 }
 
 impl Settlement {
@@ -88,9 +92,15 @@ pub(crate) struct SettleScope<'a> {
     pub delete_on_ack: bool,
 }
 
-fn build(scope: SettleScope<'_>, batch: &[Settlement]) -> Pipeline {
+/// The pipeline of one batch: the records' `running` and progress writes (`notes`, sent
+/// before the batch's settlements, so they can never land after them), the plain ACKs per
+/// lane in MULTI/EXEC, the counters, `settle.lua` for the rest, then the ending records.
+fn build(scope: SettleScope<'_>, notes: &[RecordWrite], batch: &[Settlement]) -> Pipeline {
     let keys = scope.keys;
-    let mut p = Pipeline::with_capacity(batch.len() + 8);
+    let mut p = Pipeline::with_capacity(batch.len() + 8 + notes.len() * 2);
+    for n in notes {
+        super::results::append_record(&mut p, n);
+    }
     for lane in [Lane::Bulk, Lane::Express] {
         let ids: Vec<&str> = batch
             .iter()
@@ -200,16 +210,24 @@ fn build(scope: SettleScope<'_>, batch: &[Settlement]) -> Pipeline {
         ))
         .ignore();
     }
+    for r in batch.iter().filter_map(|s| s.record.as_deref()) {
+        super::results::append_record(&mut p, r);
+    }
     p
 }
 
 impl Broker {
     /// Settles a batch of deliveries in one pipelined round trip (each settlement atomic on
     /// its own; resending the same batch is harmless).
-    pub(crate) async fn settle(&self, scope: SettleScope<'_>, batch: &[Settlement]) -> Result<()> {
+    pub(crate) async fn settle(
+        &self,
+        scope: SettleScope<'_>,
+        notes: &[RecordWrite],
+        batch: &[Settlement],
+    ) -> Result<()> {
         let detached = self.post_foreign_replies(scope, batch).await?;
         let batch = detached.as_deref().unwrap_or(batch);
-        let mut p = build(scope, batch);
+        let mut p = build(scope, notes, batch);
         match self.wait {
             None => self.pipe(&p).await,
             Some(w) => {
@@ -293,14 +311,15 @@ impl Broker {
         &self,
         pool: &super::ReaderPool,
         scope: SettleScope<'_>,
+        notes: &[RecordWrite],
         batch: &[Settlement],
     ) -> Result<()> {
         let Ok(mut c) = pool.get().await else {
-            return self.settle(scope, batch).await;
+            return self.settle(scope, notes, batch).await;
         };
         let detached = self.post_foreign_replies(scope, batch).await?;
         let batch = detached.as_deref().unwrap_or(batch);
-        let mut p = build(scope, batch);
+        let mut p = build(scope, notes, batch);
         if let Some(w) = &self.wait {
             p.add_command(w.cmd());
         }

@@ -97,7 +97,8 @@ pub(crate) fn settlement_bytes(s: &Settlement) -> usize {
         .reply
         .as_ref()
         .map_or(0, |r| r.fields.iter().map(|(k, v)| k.len() + v.len()).sum());
-    s.entry_id.len() + action + reply
+    let record = s.record.as_ref().map_or(0, |r| r.bytes());
+    s.entry_id.len() + action + reply + record
 }
 
 /// True when a batch of `len` settlements holding `bytes` may take no more: `max` reached
@@ -175,6 +176,7 @@ mod tests {
             }),
             recovered: false,
             trace: None,
+            record: None,
         }
     }
 

@@ -222,6 +222,7 @@ pub(crate) fn settlement(
         reply,
         recovered: d.recovered,
         trace: None,
+        record: None,
     }
 }
 
@@ -255,6 +256,7 @@ pub(crate) fn dead_on_arrival(
         reply: task.and_then(|t| reply(t, r.queue, Err(reason), d.now_ms)),
         recovered: d.recovered,
         trace: None,
+        record: None,
     }
 }
 
@@ -269,6 +271,7 @@ pub(crate) fn skip(lane: Lane, entry_id: &str, recovered: bool) -> Settlement {
         reply: None,
         recovered,
         trace: None,
+        record: None,
     }
 }
 
@@ -290,6 +293,7 @@ pub(crate) fn moved(
         reply: None,
         recovered,
         trace: None,
+        record: None,
     }
 }
 

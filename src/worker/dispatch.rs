@@ -71,12 +71,13 @@ pub(crate) fn dispatch(
     if rt.cancels.contains(&task.id) {
         tracing::info!(queue = %rt.cfg.name, task_id = %task.id, "skipping a cancelled task");
         rt.count_cancelled(&task.task_type);
-        let s = decide::settlement(
+        let mut s = decide::settlement(
             decide::Decision::Cancelled,
             &task,
             rt.reader(),
             delivery(lane, &entry.id, task.attempt, recovered),
         );
+        s.record = rt.record_end(&task, task.attempt, Some(crate::results::Ended::Cancelled));
         rt.settler.send(s);
         return;
     }
@@ -208,12 +209,22 @@ fn dead_on_arrival(
     metrics::counter!(m::DEAD_LETTERED_TOTAL, "queue" => rt.cfg.name.clone(), "reason" => label)
         .increment(1);
     tracing::warn!(queue = %rt.cfg.name, entry_id = %entry_id, task_id = task.map(|t| t.id.as_str()).unwrap_or(""), reason = %reason, "task dead-lettered");
-    let s = decide::dead_on_arrival(
+    let mut s = decide::dead_on_arrival(
         fields,
         task,
         reason,
         rt.reader(),
         delivery(lane, entry_id, 0, recovered),
     );
+    s.record = task.and_then(|t| {
+        rt.record_end(
+            t,
+            t.attempt,
+            Some(crate::results::Ended::Dead {
+                reason,
+                error: reason,
+            }),
+        )
+    });
     rt.settler.send(s);
 }

@@ -97,6 +97,28 @@ pub(crate) async fn execute(
     if let Some(t) = &trace {
         ctx.set_run_traceparent(t.traceparent());
     }
+    if let (Some(policy), false) = (rt.results, refused) {
+        // The record says `running` (ahead of the settlement, through the settler), and
+        // the handler's progress reports go the same way.
+        rt.settler.note(crate::results::running(
+            &rt.keys,
+            policy,
+            ctx.task(),
+            attempt,
+            &rt.consumer,
+            now_ms(),
+        ));
+        let (sender, keys, id) = (rt.settler.clone(), rt.keys.clone(), ctx.id().to_string());
+        ctx.set_progress(Arc::new(move |json: String| {
+            sender.note(crate::results::progress(
+                &keys,
+                policy,
+                &id,
+                &json,
+                now_ms(),
+            ))
+        }));
+    }
     let started = Instant::now();
     let outcome = match start {
         Some(start) => {
@@ -169,6 +191,7 @@ pub(crate) async fn execute(
         let (label, error) = trace_outcome(&decision);
         t.executed(label, error)
     });
+    let record = rt.record_end(task, attempt, ended(&decision));
     let mut s = decide::settlement(
         decision,
         task,
@@ -176,7 +199,20 @@ pub(crate) async fn execute(
         delivery(lane, &entry_id, attempt, recovered),
     );
     s.trace = settle_span.map(Box::new);
+    s.record = record;
     rt.settler.send(s);
+}
+
+/// How the task's record tells `d` (`None`: a hand-back, which is not an end of a run).
+fn ended(d: &Decision) -> Option<crate::results::Ended<'_>> {
+    use crate::results::Ended;
+    Some(match d {
+        Decision::Succeeded(v) => Ended::Succeeded(v),
+        Decision::Retry { error, .. } => Ended::Retrying { error },
+        Decision::Dead { reason, error, .. } => Ended::Dead { reason, error },
+        Decision::Cancelled => Ended::Cancelled,
+        Decision::HandBack => return None,
+    })
 }
 
 /// The `taskstream.outcome` of a run's spans, and the error that is their status.

@@ -27,7 +27,7 @@ use crate::config::QueueConfig;
 use crate::handler::Registry;
 use crate::keys::{Lane, QueueKeys};
 use crate::metrics as m;
-use crate::rdb::{Broker, Settlement};
+use crate::rdb::Broker;
 
 /// One slot of capacity; dropping it frees the slot.
 pub(crate) struct Slot {
@@ -155,11 +155,13 @@ pub(crate) struct QueueRuntime {
     pub inflight_bulk: metrics::Gauge,
     /// Running express tasks.
     pub inflight_express: metrics::Gauge,
+    /// What the queue keeps of its tasks (`result_ttl_secs`); `None`: nothing.
+    pub results: Option<crate::results::ResultsPolicy>,
 }
 
 impl QueueRuntime {
     /// The runtime of one queue, and the receiving end of its settler's channel.
-    pub(crate) fn new(p: RuntimeParts) -> (Self, tokio::sync::mpsc::UnboundedReceiver<Settlement>) {
+    pub(crate) fn new(p: RuntimeParts) -> (Self, super::settler::SettleReceiver) {
         let RuntimeParts {
             cfg,
             keys,
@@ -218,11 +220,31 @@ impl QueueRuntime {
             wait_express: metrics::histogram!(m::WAIT_SECONDS, "queue" => q.clone(), "lane" => "express"),
             inflight_bulk: metrics::gauge!(m::IN_FLIGHT, "queue" => q.clone(), "lane" => "bulk"),
             inflight_express: metrics::gauge!(m::IN_FLIGHT, "queue" => q, "lane" => "express"),
+            results: crate::results::ResultsPolicy::of(&cfg),
             keys,
             consumer,
             cfg,
         };
         (rt, rx)
+    }
+
+    /// The record write that ends a run of `task` on a queue that keeps results (`None`
+    /// otherwise, or when `how` is not an end: a run handed back at shutdown).
+    pub(crate) fn record_end(
+        &self,
+        task: &crate::task::Task,
+        attempt: u32,
+        how: Option<crate::results::Ended<'_>>,
+    ) -> Option<Box<crate::results::RecordWrite>> {
+        let policy = self.results?;
+        Some(Box::new(crate::results::ended(
+            &self.keys,
+            policy,
+            task,
+            attempt,
+            how?,
+            crate::task::now_ms(),
+        )))
     }
 
     /// The facts about this reader a settlement needs.

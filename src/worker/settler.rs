@@ -28,6 +28,11 @@
 //! ([`SettleSender::room`]). Dead letters of large entries are settled about as fast as
 //! they are read, so without this a long run of them piled up in memory (60 entries of
 //! 10 MiB peaked at 236 MB, growing with the run).
+//!
+//! On a queue that keeps results ([`crate::results`]) the settler also carries the task
+//! records' `running` and progress writes ("notes"), on a second, bounded channel: every
+//! round trip sends the notes queued so far ahead of its settlements, so a run's `running`
+//! can never land after its `succeeded`, and an idle settler sends notes as they come.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -44,6 +49,7 @@ use super::tracked::Tracked;
 use crate::keys::QueueKeys;
 use crate::metrics as m;
 use crate::rdb::{Broker, ReaderPool, SettleScope, Settlement};
+use crate::results::{RecordWrite, MAX_PENDING_NOTES};
 
 /// Bytes of the settlements sent to the settler and not yet settled.
 #[derive(Debug, Default)]
@@ -71,6 +77,7 @@ impl Backlog {
 #[derive(Clone)]
 pub(crate) struct SettleSender {
     tx: mpsc::UnboundedSender<Settlement>,
+    notes: mpsc::Sender<RecordWrite>,
     tracked: Arc<Tracked>,
     backlog: Arc<Backlog>,
 }
@@ -82,6 +89,13 @@ impl SettleSender {
         self.tracked.settling(&s.entry_id);
         self.backlog.add(settlement_bytes(&s));
         let _ = self.tx.send(s);
+    }
+
+    /// Queues a record write (a run's start, a progress report) ahead of any settlement
+    /// sent after it. False when [`MAX_PENDING_NOTES`] already wait: the write is dropped
+    /// (records are information, not state a task depends on).
+    pub(crate) fn note(&self, w: RecordWrite) -> bool {
+        self.notes.try_send(w).is_ok()
     }
 
     /// Waits while more than [`BACKLOG_BUDGET_BYTES`] of settlements wait for the
@@ -150,20 +164,33 @@ pub(crate) struct Settler {
     pub backlog: Arc<Backlog>,
 }
 
+/// The receiving side: settlements and record notes.
+pub(crate) struct SettleReceiver {
+    rx: mpsc::UnboundedReceiver<Settlement>,
+    notes: mpsc::Receiver<RecordWrite>,
+}
+
 /// A channel to a settler.
-pub(crate) fn channel(
-    tracked: Arc<Tracked>,
-) -> (SettleSender, mpsc::UnboundedReceiver<Settlement>) {
+pub(crate) fn channel(tracked: Arc<Tracked>) -> (SettleSender, SettleReceiver) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (ntx, nrx) = mpsc::channel(MAX_PENDING_NOTES);
     let backlog = Arc::default();
     (
         SettleSender {
             tx,
+            notes: ntx,
             tracked,
             backlog,
         },
-        rx,
+        SettleReceiver { rx, notes: nrx },
     )
+}
+
+/// Moves every note queued now into `out`.
+fn take_notes(rx: &mut mpsc::Receiver<RecordWrite>, out: &mut Vec<RecordWrite>) {
+    while let Ok(n) = rx.try_recv() {
+        out.push(n);
+    }
 }
 
 /// Ends the `settle` spans of a batch once the settler knows whether Redis has it.
@@ -196,6 +223,7 @@ impl Settler {
     /// `max_times` failures. A refusal (`NOPERM`) is retried until `stop` fires.
     async fn flush(
         &self,
+        notes: &[RecordWrite],
         batch: &[Settlement],
         max_times: usize,
         stop: &CancellationToken,
@@ -208,10 +236,10 @@ impl Settler {
             let attempt = || async move {
                 if large {
                     self.broker
-                        .settle_detached(&self.pool, self.scope(), batch)
+                        .settle_detached(&self.pool, self.scope(), notes, batch)
                         .await
                 } else {
-                    self.broker.settle(self.scope(), batch).await
+                    self.broker.settle(self.scope(), notes, batch).await
                 }
             };
             let backoff = ExponentialBuilder::default()
@@ -257,7 +285,7 @@ impl Settler {
                 crate::health::set_redis_up(true);
                 metrics::counter!(m::ACK_TOTAL, "queue" => q.clone(), "result" => "ok")
                     .increment(1);
-                if retried {
+                if retried && !batch.is_empty() {
                     match self.broker.still_pending(self.scope(), batch).await {
                         Ok(0) => {
                             tracing::info!(queue = %q, entries = batch.len(), "ack confirmed against XPENDING after retry")
@@ -284,51 +312,70 @@ impl Settler {
     }
 
     /// Runs until the channel closes or `stop` fires; on `stop` it drains what is queued.
-    pub(crate) async fn run(
-        self,
-        mut rx: mpsc::UnboundedReceiver<Settlement>,
-        stop: CancellationToken,
-    ) {
+    pub(crate) async fn run(self, rx: SettleReceiver, stop: CancellationToken) {
+        let SettleReceiver {
+            mut rx,
+            notes: mut notes_rx,
+        } = rx;
         let mut batch: Vec<Settlement> = Vec::with_capacity(self.batch);
+        let mut notes: Vec<RecordWrite> = Vec::new();
         loop {
             let first = tokio::select! {
                 biased;
-                s = rx.recv() => s,
-                _ = stop.cancelled() => None,
-            };
-            let Some(first) = first else { break };
-            let mut bytes = settlement_bytes(&first);
-            batch.push(first);
-            while !settle_batch_full(batch.len(), bytes, self.batch) {
-                match rx.try_recv() {
-                    Ok(s) => {
-                        bytes += settlement_bytes(&s);
-                        batch.push(s);
+                s = rx.recv() => match s {
+                    Some(s) => Some(s),
+                    None => break,
+                },
+                n = notes_rx.recv() => match n {
+                    Some(n) => {
+                        notes.push(n);
+                        None
                     }
-                    Err(_) => break,
+                    None => break,
+                },
+                _ = stop.cancelled() => break,
+            };
+            if let Some(first) = first {
+                let mut bytes = settlement_bytes(&first);
+                batch.push(first);
+                while !settle_batch_full(batch.len(), bytes, self.batch) {
+                    match rx.try_recv() {
+                        Ok(s) => {
+                            bytes += settlement_bytes(&s);
+                            batch.push(s);
+                        }
+                        Err(_) => break,
+                    }
                 }
             }
+            // After the settlements: a note sent before any of them is taken with them.
+            take_notes(&mut notes_rx, &mut notes);
             // While running, keep trying for ~a minute; recovery takes over after that.
-            let ok = self.flush(&batch, 12, &stop).await;
+            let ok = self.flush(&notes, &batch, 12, &stop).await;
             end_spans(&mut batch, ok);
             self.release(&batch);
             batch.clear();
+            notes.clear();
         }
         // Drain whatever finished before shutdown, with a short retry budget.
         let mut bytes = 0;
+        take_notes(&mut notes_rx, &mut notes);
         while let Ok(s) = rx.try_recv() {
             bytes += settlement_bytes(&s);
             batch.push(s);
             if settle_batch_full(batch.len(), bytes, self.batch) {
-                let ok = self.flush(&batch, 4, &stop).await;
+                take_notes(&mut notes_rx, &mut notes);
+                let ok = self.flush(&notes, &batch, 4, &stop).await;
                 end_spans(&mut batch, ok);
                 self.release(&batch);
                 batch.clear();
+                notes.clear();
                 bytes = 0;
             }
         }
-        if !batch.is_empty() {
-            let ok = self.flush(&batch, 4, &stop).await;
+        take_notes(&mut notes_rx, &mut notes);
+        if !batch.is_empty() || !notes.is_empty() {
+            let ok = self.flush(&notes, &batch, 4, &stop).await;
             end_spans(&mut batch, ok);
             self.release(&batch);
         }
