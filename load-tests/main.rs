@@ -148,6 +148,16 @@ enum Mode {
         #[arg(long, default_value_t = 100_000)]
         tasks: usize,
     },
+    /// Throughput with task records (`result_ttl_secs`) off and on, alternated, and the
+    /// Redis memory the records take (issue 13.2).
+    Results {
+        /// Tasks per run.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        /// Rounds (off then on, the order swapped every round; medians reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// The cost of span export (`[tracing] otlp_endpoint`): end-to-end runs with export
     /// off, on with every trace sampled, and on at 1%, each in a fresh child process
     /// (export is set up once per process), alternated over rounds, against a null OTLP
@@ -750,6 +760,59 @@ async fn durability(url: &str, tasks: usize, rounds: usize) -> Result<()> {
     println!(
         "RESULT wait0_tasks_per_s={off:.0} wait1_tasks_per_s={on:.0} ratio={:.3}",
         on / off
+    );
+    Ok(())
+}
+
+async fn results_bench(url: &str, tasks: usize, rounds: usize) -> Result<()> {
+    println!("results: {tasks} no-op tasks per run, concurrency 512, result_ttl_secs off and on alternated (on: a record per task, written in the settler's batches)");
+    let mut figures: Vec<(bool, f64, f64)> = Vec::new();
+    let mut mem_per_task = Vec::new();
+    for r in 0..rounds {
+        let order = if r % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for on in order {
+            let q = format!("res{r}{}", if on { "on" } else { "off" });
+            let mut cfg = base_config(url, &q, 512);
+            cfg.queues[0].result_ttl_secs = on.then_some(600);
+            let (_, before) = redis_info(url)?;
+            let (tps, mut lat, _) = end_to_end_cfg(cfg, tasks, &q).await?;
+            let (_, after) = redis_info(url)?;
+            let p99 = pct(&mut lat, 0.99);
+            println!(
+                "  round {r} results {}: {tps:>9.0} tasks/s, enqueue→start p99 {p99:.2} ms, Redis memory {:+.1} MiB",
+                if on { "on " } else { "off" },
+                (after as f64 - before as f64) / 1048576.0
+            );
+            if on {
+                mem_per_task.push((after as f64 - before as f64) / tasks as f64);
+            }
+            figures.push((on, tps, p99));
+        }
+    }
+    let med = |on: bool, i: usize| {
+        let mut v: Vec<f64> = figures
+            .iter()
+            .filter(|f| f.0 == on)
+            .map(|f| if i == 1 { f.1 } else { f.2 })
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (off, on) = (med(false, 1), med(true, 1));
+    mem_per_task.sort_by(|a, b| a.total_cmp(b));
+    let bytes = mem_per_task[mem_per_task.len() / 2];
+    println!(
+        "  records: {bytes:.0} bytes of Redis memory per task kept (record + doorbell, median)"
+    );
+    println!(
+        "RESULT results_off_tasks_per_s={off:.0} results_on_tasks_per_s={on:.0} ratio={:.3} p99_off_ms={:.2} p99_on_ms={:.2} bytes_per_record={bytes:.0}",
+        on / off,
+        med(false, 2),
+        med(true, 2)
     );
     Ok(())
 }
@@ -1768,6 +1831,7 @@ async fn main() -> Result<()> {
         Mode::Cluster { tasks, rounds } => cluster_bench(&url, tasks, rounds).await,
         Mode::Recovery { kills } => recovery(&url, kills).await,
         Mode::Trace { tasks, rounds } => trace_bench(&url, tasks, rounds).await,
+        Mode::Results { tasks, rounds } => results_bench(&url, tasks, rounds).await,
         Mode::Sizes { tasks } => sizes_bench(&url, tasks).await,
         Mode::Latency {
             tasks,

@@ -2,8 +2,9 @@
 //! W3C WebDriver protocol, against a real `taskstream serve` process and a private
 //! redis-server: the page shows a queue's live counts (equal to Redis'), a search finds one
 //! dead letter among 3,000, requeue from the page moves it back to the queue's stream,
-//! pause and resume from the page set and clear `ts:{Q}:paused`, and a read token's page
-//! has no mutating button in its DOM. Screenshots go to `target/test-output/dashboard/`.
+//! pause and resume from the page set and clear `ts:{Q}:paused`, a schedule paused from
+//! the page is paused in Redis and a trigger adds its task (issue 13.1), and a read token's
+//! page has no mutating button in its DOM. Screenshots go to `target/test-output/dashboard/`.
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `apt-get install chromium chromium-driver`):
 //! without them the test fails when `CI=true` and prints a SKIP line otherwise.
@@ -334,7 +335,7 @@ async fn counts_match_redis(b: &Browser, redis: &RedisServer, what: &str) {
 }
 
 /// The selector of every mutating control.
-const MUTATING: &str = "[data-mutating], [data-action=pause], [data-action=resume], [data-action=requeue], [data-action=delete], [data-action^=bulk-], [data-action=abort]";
+const MUTATING: &str = "[data-mutating], [data-action=pause], [data-action=resume], [data-action=requeue], [data-action=delete], [data-action^=bulk-], [data-action=abort], [data-action$=-schedule]";
 
 async fn count(b: &Browser, selector: &str) -> usize {
     b.find_all(selector).await.unwrap().len()
@@ -719,6 +720,82 @@ async fn dashboard_in_headless_chromium() {
     )
     .await;
 
+    // Schedules: the page lists one, pauses it (its claim state in Redis says so) and
+    // triggers it (a task with the manual id lands in the stream).
+    let (code, out, err) = common::run_cli(
+        &[
+            "--redis-url",
+            &redis.url(),
+            "schedule",
+            "set",
+            "nightly",
+            "--every",
+            "1h",
+            "--queue",
+            Q,
+            "--type",
+            "builtin.noop",
+            "--payload",
+            "{}",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    b.click(&b.find("#tabs a[data-tab=\"schedules\"]").await.unwrap())
+        .await
+        .unwrap();
+    let sched_state = "document.querySelector('[data-schedule=\"nightly\"] [data-field=state]')";
+    b.wait_for(
+        "the schedule's card, running",
+        WAIT,
+        &format!("const e = {sched_state}; return !!e && e.textContent === 'running';"),
+    )
+    .await;
+    b.click_when_present(
+        "[data-schedule=\"nightly\"] [data-action=pause-schedule]",
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let state_key = format!("ts:{{{Q}}}:schedule:nightly");
+    common::poll("the schedule paused in Redis", WAIT, || {
+        let p: Option<String> = redis::cmd("HGET")
+            .arg(&state_key)
+            .arg("paused")
+            .query(&mut c)
+            .unwrap();
+        async move { (p.as_deref() == Some("1")).then_some(()) }
+    })
+    .await;
+    b.wait_for(
+        "the card says paused",
+        WAIT,
+        &format!("const e = {sched_state}; return !!e && e.textContent === 'paused' && !!document.querySelector('[data-schedule=\"nightly\"] [data-action=resume-schedule]');"),
+    )
+    .await;
+    b.click_when_present(
+        "[data-schedule=\"nightly\"] [data-action=trigger-schedule]",
+        WAIT,
+    )
+    .await
+    .unwrap();
+    let stream = format!("ts:{{{Q}}}:stream");
+    common::poll("the triggered task in the stream", WAIT, || {
+        let v: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query(&mut c)
+            .unwrap();
+        let found = v.iter().any(|(_, f)| {
+            f.get("id")
+                .is_some_and(|id| id.starts_with("nightly@manual-"))
+        });
+        async move { found.then_some(()) }
+    })
+    .await;
+    shot(&b, "05b-schedules.png").await;
+
     // A read token: the same page without a single mutating control.
     b.click(&b.find("#logout").await.unwrap()).await.unwrap();
     b.wait_for(
@@ -776,6 +853,16 @@ async fn dashboard_in_headless_chromium() {
     )
     .await;
     assert_eq!(count(&b, MUTATING).await, 0, "read token, sagas");
+    b.click(&b.find("#tabs a[data-tab=\"schedules\"]").await.unwrap())
+        .await
+        .unwrap();
+    b.wait_for(
+        "the schedule for the read token",
+        WAIT,
+        "return !!document.querySelector('[data-schedule=\"nightly\"] [data-field=state]');",
+    )
+    .await;
+    assert_eq!(count(&b, MUTATING).await, 0, "read token, schedules");
 
     // A phone: 390 px wide, nothing wider than the screen.
     b.click(&b.find("#tabs a[data-tab=\"queues\"]").await.unwrap())

@@ -199,6 +199,8 @@
     $('saga-list').replaceChildren();
     $('saga-detail').replaceChildren();
     $('saga-more').hidden = true;
+    $('schedules').replaceChildren();
+    $('no-schedules').hidden = true;
     closeConfirm(false);
   }
 
@@ -240,7 +242,7 @@
 
   function currentTab() {
     const h = location.hash.replace(/^#/, '');
-    return ['queues', 'dead-letters', 'sagas'].includes(h) ? h : 'queues';
+    return ['queues', 'dead-letters', 'sagas', 'schedules'].includes(h) ? h : 'queues';
   }
 
   function showTab() {
@@ -252,7 +254,9 @@
     $('view-queues').hidden = tab !== 'queues';
     $('view-dead-letters').hidden = tab !== 'dead-letters';
     $('view-sagas').hidden = tab !== 'sagas';
+    $('view-schedules').hidden = tab !== 'schedules';
     if (tab === 'sagas' && !$('saga-list').hasChildNodes()) loadSagas(false);
+    if (tab === 'schedules') loadSchedules(S.generation).catch((e) => setStatus('schedules: ' + e.message, true));
   }
 
   // ----- polling -----------------------------------------------------------------------
@@ -272,6 +276,7 @@
       renderQueues(queues, Date.now());
       await refreshOpenWorkers(gen);
       if (currentTab() === 'sagas' && S.sagaOpen) await openSaga(S.sagaOpen, true);
+      if (currentTab() === 'schedules') await loadSchedules(gen);
       setStatus('live · updated ' + new Date().toLocaleTimeString('en-GB'), false);
     } catch (e) {
       if (gen !== S.generation) return;
@@ -910,6 +915,66 @@
   }
 
   // ----- wiring ------------------------------------------------------------------------
+
+  // ----- schedules ---------------------------------------------------------------------
+
+  async function loadSchedules(gen) {
+    const all = [];
+    let cursor = null;
+    for (let i = 0; i < 10; i++) {
+      const page = await api('GET', '/schedules' + qs({ cursor, limit: 500 }));
+      all.push(...page.schedules);
+      cursor = page.next_cursor;
+      if (!cursor) break;
+    }
+    if (gen !== S.generation) return;
+    $('no-schedules').hidden = all.length > 0;
+    $('schedules').replaceChildren(...all.map(scheduleCard));
+  }
+
+  function scheduleCard(s) {
+    const d = s.definition;
+    const when = d
+      ? (d.cron ? 'cron ' + d.cron + ' (' + (d.timezone || 'UTC') + ')' : 'every ' + d.every) +
+        ' → ' + d.queue + ' / ' + d.type + (d.express ? ' (express)' : '')
+      : 'invalid definition: ' + s.problems.join('; ');
+    const state = !d ? 'invalid' : s.paused ? 'paused' : 'running';
+    const actions = el('div', { class: 'buttons' },
+      d && (s.paused
+        ? mutButton('Resume', 'resume-schedule', (ev) => scheduleAction(s.name, 'resume', ev.target))
+        : mutButton('Pause', 'pause-schedule', (ev) => scheduleAction(s.name, 'pause', ev.target))),
+      d && mutButton('Trigger now', 'trigger-schedule', (ev) => scheduleAction(s.name, 'trigger', ev.target)));
+    const stats = el('dl', { class: 'stats' });
+    for (const [label, field, value] of [
+      ['Next fire', 'next', s.paused ? 'paused' : fmtTime(s.next_fire_ms)],
+      ['Last fired', 'last-fired', ago(s.last_fired_ms)],
+      ['Last task', 'last-task', s.last_task || '–'],
+      ['Fired', 'fired', fmtNum(s.fired)],
+      ['Late', 'late', fmtNum(s.late)],
+      ['Skipped', 'skipped', fmtNum(s.skipped)],
+    ]) {
+      stats.append(el('div', { class: 'stat' }, el('dt', null, label), el('dd', { 'data-field': field }, value)));
+    }
+    return el('article', { class: 'card schedule' + (s.paused ? ' is-paused' : ''), 'data-schedule': s.name },
+      el('div', { class: 'card-head' },
+        el('h2', null, s.name),
+        el('span', { class: 'badge ' + state, 'data-field': 'state' }, state),
+        actions),
+      el('p', { class: 'muted', 'data-field': 'when' }, when),
+      stats);
+  }
+
+  async function scheduleAction(name, action, button) {
+    if (button) button.disabled = true;
+    try {
+      const r = await api('POST', '/schedules/' + enc(name) + '/' + action);
+      setStatus(action === 'trigger' ? 'triggered ' + name + ': task ' + r.task_id : action + 'd schedule ' + name, false);
+      await loadSchedules(S.generation);
+    } catch (e) {
+      setStatus(action + ' ' + name + ' failed: ' + e.message, true);
+      if (button) button.disabled = false;
+    }
+  }
 
   function wire() {
     $('login-form').addEventListener('submit', async (ev) => {

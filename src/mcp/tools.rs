@@ -115,7 +115,7 @@ fn specs() -> Vec<Spec> {
         Spec {
             name: "task_get",
             title: "Look up a task",
-            description: "Where a task is (scheduled, queued, running, retrying or dead) with its type, attempt, last error and timings. Finished tasks are not retained.",
+            description: "Where a task is (scheduled, queued, running, retrying or dead) with its type, attempt, last error and timings; on a queue that keeps results (result_ttl_secs) also succeeded or cancelled, with its result, progress and start and end times. Elsewhere finished tasks are not retained.",
             mutating: false,
             destructive: false,
             idempotent: true,

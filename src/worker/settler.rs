@@ -326,6 +326,9 @@ impl Settler {
                     Some(s) => Some(s),
                     None => break,
                 },
+                // Before the notes: a handler reporting progress without pause cannot
+                // keep the settler from seeing shutdown (the drain below takes its notes).
+                _ = stop.cancelled() => break,
                 n = notes_rx.recv() => match n {
                     Some(n) => {
                         notes.push(n);
@@ -333,7 +336,6 @@ impl Settler {
                     }
                     None => break,
                 },
-                _ = stop.cancelled() => break,
             };
             if let Some(first) = first {
                 let mut bytes = settlement_bytes(&first);
