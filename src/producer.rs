@@ -484,23 +484,11 @@ impl Producer {
         let deadline = std::time::Instant::now() + timeout;
         let broker = self.broker();
         let done = keys.done(&e.task_id);
-        // The doorbell entry seen last: a task that ended, was requeued by an operator and
-        // runs again rings anew, and an old ring must not be read over and over.
-        let mut seen = "0-0".to_string();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let rang = match left.is_zero() {
-                true => None,
-                false => {
-                    broker
-                        .wait_done(pool, &done, &seen, left.min(WAIT_BLOCK))
-                        .await?
-                }
-            };
-            if rang.is_some() || left.is_zero() {
-                if let Some(id) = rang {
-                    seen = id;
-                }
+            let rang =
+                !left.is_zero() && broker.wait_done(pool, &done, left.min(WAIT_BLOCK)).await?;
+            if rang || left.is_zero() {
                 let parts = broker.partitions(&QueueKeys::new(&queue)).await?;
                 if let Some((_, r)) = broker.task_record(&queue, parts, &e.task_id).await? {
                     if r.state.is_final() {

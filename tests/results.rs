@@ -175,12 +175,12 @@ async fn results_states_progress_waits_and_expiry() {
         .await
         .unwrap());
     let w2 = tokio::spawn(async move { p2.enqueue_and_wait(sleeper(), wait).await });
-    // Both waiters are blocked in XREAD before the cancel.
+    // Both waiters are blocked in BLMOVE before the cancel.
     poll("two blocked waiters", wait, || {
         let mut conn = redis.sync_conn();
         async move {
             let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut conn).unwrap();
-            (clients.matches("cmd=xread").count() >= 2).then_some(())
+            (clients.matches("cmd=blmove").count() >= 2).then_some(())
         }
     })
     .await;

@@ -6,15 +6,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::Value;
-
 use super::{Broker, ReaderPool};
 use crate::error::{Error, Result};
 use crate::keys::QueueKeys;
 use crate::results::{RecordState, RecordWrite, TaskRecord};
 
 /// Appends the commands of record write `w` to `p`: `HSET` and `PEXPIRE` of the record,
-/// and for an end `XADD … MAXLEN 1` and `PEXPIRE` of its doorbell (see [`RecordWrite`]).
+/// then the doorbell's ring (`RPUSH`, `LTRIM` to one, `PEXPIRE`) or, for a start, its
+/// `DEL` (see [`RecordWrite`]).
 pub(crate) fn append_record(p: &mut redis::Pipeline, w: &RecordWrite) {
     let ttl = w.ttl_ms.max(1);
     let c = p.cmd("HSET").arg(&w.key);
@@ -23,21 +22,21 @@ pub(crate) fn append_record(p: &mut redis::Pipeline, w: &RecordWrite) {
     }
     c.ignore();
     p.cmd("PEXPIRE").arg(&w.key).arg(ttl).ignore();
-    if let Some(done) = &w.done {
-        let state = w
-            .fields
-            .iter()
-            .find(|(k, _)| *k == "state")
-            .map_or("", |(_, v)| v.as_str());
-        p.cmd("XADD")
-            .arg(done)
-            .arg("MAXLEN")
-            .arg(1)
-            .arg("*")
-            .arg("state")
-            .arg(state)
-            .ignore();
-        p.cmd("PEXPIRE").arg(done).arg(ttl).ignore();
+    match (&w.done, w.ring) {
+        (Some(done), true) => {
+            let state = w
+                .fields
+                .iter()
+                .find(|(k, _)| *k == "state")
+                .map_or("", |(_, v)| v.as_str());
+            p.cmd("RPUSH").arg(done).arg(state).ignore();
+            p.cmd("LTRIM").arg(done).arg(-1).arg(-1).ignore();
+            p.cmd("PEXPIRE").arg(done).arg(ttl).ignore();
+        }
+        (Some(done), false) => {
+            p.cmd("DEL").arg(done).ignore();
+        }
+        (None, _) => {}
     }
 }
 
@@ -80,29 +79,26 @@ impl Broker {
         Ok(best)
     }
 
-    /// Blocks up to `block` on the doorbell `done` (an exclusive connection from `pool`)
-    /// for an entry after `after` (`0-0` for any): its id once the task has ended, at once
-    /// if it already had; `None` when the block ran out.
+    /// Blocks up to `block` on the doorbell `done` (an exclusive connection from `pool`):
+    /// true once the task has ended, at once if it already had. `BLMOVE` onto the same list
+    /// leaves the element for the other waiters.
     pub(crate) async fn wait_done(
         &self,
         pool: &ReaderPool,
         done: &str,
-        after: &str,
         block: Duration,
-    ) -> Result<Option<String>> {
+    ) -> Result<bool> {
         let mut c = pool.get().await.map_err(Error::Pool)?;
-        let r: redis::RedisResult<Value> = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(1)
-            .arg("BLOCK")
-            .arg(block.as_millis().max(1) as u64)
-            .arg("STREAMS")
+        let r: redis::RedisResult<Option<String>> = redis::cmd("BLMOVE")
             .arg(done)
-            .arg(after)
+            .arg(done)
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(format!("{:.3}", block.as_secs_f64().max(0.001)))
             .query_async(&mut c)
             .await;
         match r {
-            Ok(v) => Ok(super::parse_read_reply(v).into_iter().next().map(|e| e.id)),
+            Ok(v) => Ok(v.is_some()),
             Err(e) => {
                 c.discard();
                 Err(e.into())
