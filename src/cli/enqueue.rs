@@ -63,6 +63,23 @@ pub(crate) struct Args {
     wait: Option<Duration>,
 }
 
+impl Args {
+    /// The task these options describe.
+    fn task(&self) -> NewTask {
+        let mut t = NewTask::raw(
+            self.queue.clone(),
+            self.task_type.clone(),
+            self.payload.clone(),
+        );
+        t.express = self.express;
+        t.delay = self.delay;
+        t.max_attempts = self.max_attempts;
+        t.timeout = self.timeout;
+        t.idempotency_key = self.idempotency_key.clone();
+        t
+    }
+}
+
 /// The warning for a queue no live worker serves, or `None` when one does.
 pub(crate) fn unserved_warning(s: &QueueStatus) -> Option<String> {
     if s.live_workers > 0 {
@@ -109,12 +126,7 @@ pub(crate) async fn run(cfg: Config, a: Args) -> anyhow::Result<()> {
     }
     if let Some(timeout) = a.wait {
         anyhow::ensure!(a.count <= 1, "--wait waits for one task; drop --count");
-        let mut t = NewTask::raw(a.queue.clone(), a.task_type.clone(), a.payload.clone());
-        t.express = a.express;
-        t.delay = a.delay;
-        t.max_attempts = a.max_attempts;
-        t.timeout = a.timeout;
-        t.idempotency_key = a.idempotency_key.clone();
+        let t = a.task();
         let waiter = Producer::connect(&cfg).await?;
         let f = waiter.enqueue_and_wait(t, timeout).await?;
         if a.json {
@@ -146,13 +158,7 @@ pub(crate) async fn run(cfg: Config, a: Args) -> anyhow::Result<()> {
     }
     let mut tasks = Vec::with_capacity(a.count);
     for _ in 0..a.count.max(1) {
-        let mut t = NewTask::raw(a.queue.clone(), a.task_type.clone(), a.payload.clone());
-        t.express = a.express;
-        t.delay = a.delay;
-        t.max_attempts = a.max_attempts;
-        t.timeout = a.timeout;
-        t.idempotency_key = a.idempotency_key.clone();
-        tasks.push(t);
+        tasks.push(a.task());
     }
     let mut out = Vec::new();
     for chunk in tasks.chunks(1000) {
