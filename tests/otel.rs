@@ -254,7 +254,8 @@ async fn one_trace_links_the_enqueue_the_handler_run_and_the_sagas_steps() {
         .to_string();
 
     // Everything the trace should hold has arrived: the saga's last transition (rolled
-    // back after ml failed and two compensations ran) and the traced task's settle.
+    // back after ml failed and two compensations ran), the traced task's settle and its
+    // enqueue.
     let spans = poll("the whole trace", Duration::from_secs(60), || async {
         let s = seen.lock().unwrap();
         assert!(s.bad_requests.is_empty(), "{:?}", s.bad_requests);
@@ -266,6 +267,11 @@ async fn one_trace_links_the_enqueue_the_handler_run_and_the_sagas_steps() {
                     && g.attrs.get("messaging.message.id") == Some(&traced_id)
             }) && s.spans.iter().any(|g| {
                 g.name == "settle default" && g.attrs.get("messaging.message.id") == Some(&root_id)
+            }) && s.spans.iter().any(|g| {
+                // The enqueue spans come from the serve process, whose exporter flushes
+                // on its own clock: the worker's settle can arrive first.
+                g.name == "enqueue default"
+                    && g.attrs.get("messaging.message.id") == Some(&traced_id)
             });
         done.then(|| s.spans.clone())
     })
