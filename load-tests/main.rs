@@ -158,6 +158,18 @@ enum Mode {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Throughput with per-key limits (`max_per_key`, issue 13.3) against the same tasks
+    /// without: no keys; 1,000 keys with a cap that never binds (the price of the lease);
+    /// 100 keys with cap 2, far below the concurrency (tasks park and take turns).
+    /// Alternated over rounds; medians reported.
+    Keys {
+        /// Tasks per run.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        /// Rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// The cost of span export (`[tracing] otlp_endpoint`): end-to-end runs with export
     /// off, on with every trace sampled, and on at 1%, each in a fresh child process
     /// (export is set up once per process), alternated over rounds, against a null OTLP
@@ -364,6 +376,18 @@ async fn end_to_end_padded(
     queue: &str,
     pad: usize,
 ) -> Result<(f64, Vec<f64>, Vec<(u64, u64)>)> {
+    end_to_end_keyed(cfg, n, queue, pad, 0).await
+}
+
+/// [`end_to_end_padded`] with task `i` given group key `k<i mod keys>` (none when `keys`
+/// is 0).
+async fn end_to_end_keyed(
+    cfg: Config,
+    n: usize,
+    queue: &str,
+    pad: usize,
+    keys: usize,
+) -> Result<(f64, Vec<f64>, Vec<(u64, u64)>)> {
     let filler: Arc<str> = "x".repeat(pad).into();
     let done = Arc::new(AtomicU64::new(0));
     let lat: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::with_capacity(n)));
@@ -412,13 +436,17 @@ async fn end_to_end_padded(
             while left > 0 {
                 let b = left.min(500);
                 let batch: Vec<NewTask> = (0..b)
-                    .map(|_| {
+                    .map(|i| {
                         let payload = if filler.is_empty() {
                             format!("{{\"t\":{}}}", micros())
                         } else {
                             format!("{{\"t\":{},\"p\":\"{filler}\"}}", micros())
                         };
-                        NewTask::raw(q.clone(), "noop", payload)
+                        let t = NewTask::raw(q.clone(), "noop", payload);
+                        match keys {
+                            0 => t,
+                            _ => t.group_key(format!("k{}", (left + i) % keys)),
+                        }
                     })
                     .collect();
                 p.enqueue_batch(batch).await?;
@@ -813,6 +841,41 @@ async fn results_bench(url: &str, tasks: usize, rounds: usize) -> Result<()> {
         on / off,
         med(false, 2),
         med(true, 2)
+    );
+    Ok(())
+}
+
+async fn keys_bench(url: &str, tasks: usize, rounds: usize) -> Result<()> {
+    println!("keys: {tasks} no-op tasks per run, concurrency 512; no group keys / 1000 keys, cap 64 (never binds) / 100 keys, cap 2 (binds: tasks park and take turns), rotated");
+    let variants: [(&str, usize, Option<u32>); 3] = [
+        ("none", 0, None),
+        ("loose", 1_000, Some(64)),
+        ("tight", 100, Some(2)),
+    ];
+    let mut figures: Vec<(usize, f64, f64)> = Vec::new();
+    for r in 0..rounds {
+        for k in 0..variants.len() {
+            let v = (k + r) % variants.len();
+            let (name, keys, cap) = variants[v];
+            let q = format!("keys{r}{name}");
+            let mut cfg = base_config(url, &q, 512);
+            cfg.queues[0].max_per_key = cap;
+            let (tps, mut lat, _) = end_to_end_keyed(cfg, tasks, &q, 0, keys).await?;
+            let p99 = pct(&mut lat, 0.99);
+            println!("  round {r} {name:<5}: {tps:>9.0} tasks/s, enqueue→start p99 {p99:.2} ms");
+            figures.push((v, tps, p99));
+        }
+    }
+    let med = |v: usize| {
+        let mut t: Vec<f64> = figures.iter().filter(|f| f.0 == v).map(|f| f.1).collect();
+        t.sort_by(|a, b| a.total_cmp(b));
+        t[t.len() / 2]
+    };
+    let (none, loose, tight) = (med(0), med(1), med(2));
+    println!(
+        "RESULT none_tasks_per_s={none:.0} loose_tasks_per_s={loose:.0} tight_tasks_per_s={tight:.0} loose_ratio={:.3} tight_ratio={:.3}",
+        loose / none,
+        tight / none
     );
     Ok(())
 }
@@ -1832,6 +1895,7 @@ async fn main() -> Result<()> {
         Mode::Recovery { kills } => recovery(&url, kills).await,
         Mode::Trace { tasks, rounds } => trace_bench(&url, tasks, rounds).await,
         Mode::Results { tasks, rounds } => results_bench(&url, tasks, rounds).await,
+        Mode::Keys { tasks, rounds } => keys_bench(&url, tasks, rounds).await,
         Mode::Sizes { tasks } => sizes_bench(&url, tasks).await,
         Mode::Latency {
             tasks,

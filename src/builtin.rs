@@ -9,10 +9,14 @@
 //! | `builtin.echo` | anything | succeeds with the payload as result |
 //! | `builtin.sleep` | `{"ms": N, "progress"?: J}` | reports progress J (any JSON) first if given, sleeps N ms (stops early when cancelled), succeeds |
 //! | `builtin.crash` | anything | aborts the whole worker process (fault drills: poison tasks) |
-//! | `builtin.record` | `{"key": K, "ms"?: N, "fail_until_attempt"?: A, "permanent"?: bool, "log"?: L}` | `HINCRBY K <task id> 1` in Redis (and, with `log`, `RPUSH L "<task id> <attempt> <unix ms>"`), then sleeps N ms, then fails (retryable) while attempt < A, or permanently when asked, else succeeds |
+//! | `builtin.record` | `{"key": K, "ms"?: N, "fail_until_attempt"?: A, "permanent"?: bool, "log"?: L, "running"?: R}` | `HINCRBY K <task id> 1` in Redis (and, with `log`, `RPUSH L "<task id> <attempt> <unix ms>"`), then sleeps N ms, then fails (retryable) while attempt < A, or permanently when asked, else succeeds |
 //!
 //! `builtin.record` is how tests count executions per task across processes: every run
-//! leaves a mark in Redis before it can be killed.
+//! leaves a mark in Redis before it can be killed. With `"running": R` it also counts the
+//! runs of each group key under way: `SADD R:<group key> <task id>` when it starts (the
+//! set's size then goes into the sorted set `R:peak` with `ZADD GT`, so `R:peak` holds the
+//! highest concurrency each key reached) and `SREM` when it ends. A run killed with its
+//! process stays in the set until its re-run ends: a re-run holds the same place.
 
 use std::time::Duration;
 
@@ -33,6 +37,8 @@ struct RecordPayload {
     permanent: bool,
     #[serde(default)]
     log: Option<String>,
+    #[serde(default)]
+    running: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -106,7 +112,24 @@ pub fn register(reg: &mut Registry, conn: Conn) {
                     .record_execution(&p.key, ctx.id(), log)
                     .await
                     .map_err(|e| HandlerError::retryable(format!("record: {e}")))?;
-                sleep_cancellable(&ctx, p.ms).await?;
+                let running = p.running.as_deref().map(|r| {
+                    let gk = ctx.task().group_key.as_deref().unwrap_or("");
+                    (format!("{r}:{gk}"), format!("{r}:peak"), gk.to_string())
+                });
+                if let Some((set, peak, gk)) = &running {
+                    broker
+                        .record_running(set, peak, gk, ctx.id())
+                        .await
+                        .map_err(|e| HandlerError::retryable(format!("record: {e}")))?;
+                }
+                let slept = sleep_cancellable(&ctx, p.ms).await;
+                if let Some((set, _, _)) = &running {
+                    broker
+                        .record_stopped(set, ctx.id())
+                        .await
+                        .map_err(|e| HandlerError::retryable(format!("record: {e}")))?;
+                }
+                slept?;
                 if p.permanent {
                     return Err(HandlerError::permanent("asked to fail permanently"));
                 }

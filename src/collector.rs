@@ -38,6 +38,7 @@ pub async fn sample(
             .set(s.express_length as f64);
         metrics::gauge!(m::SCHEDULED, "queue" => name.clone()).set(s.scheduled as f64);
         metrics::gauge!(m::DLQ_LENGTH, "queue" => name.clone()).set(s.dead_letters as f64);
+        metrics::gauge!(m::PARKED, "queue" => name.clone()).set(s.parked as f64);
         metrics::gauge!(m::OLDEST_AGE_SECONDS, "queue" => name.clone(), "lane" => "bulk")
             .set(s.oldest_bulk_age_seconds);
         metrics::gauge!(m::OLDEST_AGE_SECONDS, "queue" => name.clone(), "lane" => "express")
@@ -65,6 +66,12 @@ pub async fn sample(
                 .set(p.express_length as f64);
         }
         out.push(s);
+    }
+    // Circuit breakers: every replica exports the state Redis holds (crate::breaker).
+    for b in crate::rdb::Broker::new(conn.clone()).breakers().await? {
+        if let Some(st) = crate::breaker::State::parse(&b.state) {
+            metrics::gauge!(m::BREAKER_STATE, "target" => b.target).set(st.gauge());
+        }
     }
     Ok(out)
 }

@@ -51,6 +51,8 @@ pub struct Config {
     pub schedules: Vec<crate::schedule::ScheduleDef>,
     /// Whether this worker runs the scheduler (`[scheduler]`).
     pub scheduler: SchedulerConfig,
+    /// Circuit breakers per downstream (`[[breakers]]`, see [`crate::breaker`]).
+    pub breakers: Vec<crate::breaker::BreakerConfig>,
 }
 
 /// The `[scheduler]` table.
@@ -320,6 +322,11 @@ pub struct QueueConfig {
     /// Longest result (and progress report) a record keeps, in bytes of JSON; a larger
     /// one is left out and the record says why. Default 64 KiB.
     pub max_result_bytes: usize,
+    /// Most tasks of one group key (the `group_key` wire field) running at once across
+    /// all replicas; a task over the cap waits in Redis, holding no worker slot, and the
+    /// keys take turns (see [`crate::keylimit`]). Tasks without a key are not limited.
+    /// A type's own `max_per_key` overrides it for that type.
+    pub max_per_key: Option<u32>,
 }
 
 impl Default for QueueConfig {
@@ -342,6 +349,7 @@ impl Default for QueueConfig {
             partitions: 1,
             result_ttl_secs: None,
             max_result_bytes: 64 * 1024,
+            max_per_key: None,
         }
     }
 }
@@ -362,6 +370,9 @@ pub const MAX_CONCURRENCY: usize = 100_000;
 
 /// Longest `result_ttl_secs` (30 days).
 pub const MAX_RESULT_TTL_SECS: u64 = 30 * 24 * 3_600;
+
+/// Largest `max_per_key`.
+pub const MAX_PER_KEY: u32 = 10_000;
 
 /// Largest `max_result_bytes` (16 MiB).
 pub const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
@@ -387,6 +398,9 @@ pub struct TypeOverride {
     pub rate_per_sec: Option<f64>,
     /// Tasks that may start at once above the rate (default 1).
     pub burst: Option<u32>,
+    /// Most tasks of this type with one group key running at once across all replicas
+    /// (the type's own limit, counted apart from the queue's `max_per_key`).
+    pub max_per_key: Option<u32>,
 }
 
 /// Effective retry policy of a task type in a queue.
@@ -1110,6 +1124,24 @@ impl Config {
                     ),
                 );
             }
+            let per_key = |v: Option<u32>| v.is_some_and(|n| n == 0 || n > MAX_PER_KEY);
+            if per_key(q.max_per_key) {
+                bad(
+                    k("max_per_key"),
+                    format!(
+                        "must be 1 to {MAX_PER_KEY}, got {}; leave it out for no per-key limit",
+                        q.max_per_key.unwrap_or(0)
+                    ),
+                );
+            }
+            let keyed =
+                q.max_per_key.is_some() || q.types.values().any(|o| o.max_per_key.is_some());
+            if keyed && !q.fanout_groups.is_empty() {
+                bad(
+                    k("max_per_key"),
+                    "cannot be used with fanout_groups: a per-key limit needs every task read by one group (drop fanout_groups, or the limit)".into(),
+                );
+            }
             if let Some(m) = q.min_concurrency {
                 if m <= q.express_concurrency || m > q.concurrency {
                     bad(
@@ -1145,6 +1177,15 @@ impl Config {
                 }
                 if o.burst.is_some() && o.rate_per_sec.is_none() {
                     bad(tk("burst"), "needs rate_per_sec".into());
+                }
+                if per_key(o.max_per_key) {
+                    bad(
+                        tk("max_per_key"),
+                        format!(
+                            "must be 1 to {MAX_PER_KEY}, got {}",
+                            o.max_per_key.unwrap_or(0)
+                        ),
+                    );
                 }
             }
         }
@@ -1188,6 +1229,27 @@ impl Config {
         }
         for (key, reason) in sagas::table_problems(&self.sagas, &self.orchestrator) {
             bad(key, reason);
+        }
+        let mut guarded = std::collections::HashMap::new();
+        let mut targets = std::collections::HashSet::new();
+        for (i, b) in self.breakers.iter().enumerate() {
+            for (field, reason) in b.problems() {
+                bad(format!("breakers[{i}].{field}"), reason);
+            }
+            if !targets.insert(b.target.as_str()) {
+                bad(
+                    format!("breakers[{i}].target"),
+                    format!("{:?} is defined twice: one table per downstream", b.target),
+                );
+            }
+            for t in &b.types {
+                if let Some(other) = guarded.insert(t.as_str(), b.target.as_str()) {
+                    bad(
+                        format!("breakers[{i}].types"),
+                        format!("task type {t:?} is already guarded by breaker {other:?}: a type calls one guarded target"),
+                    );
+                }
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (i, d) in self.schedules.iter().enumerate() {

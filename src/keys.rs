@@ -242,6 +242,32 @@ impl QueueKeys {
         }
     }
 
+    /// `ts:{q}:` under this partition's hash tag: the prefix of the per-key limit's keys
+    /// (see [`crate::keylimit`]), shared by every pool of the partition.
+    pub fn tag_prefix(&self) -> String {
+        format!(
+            "{PREFIX}:{{{}}}:",
+            partition_tag(&self.queue, self.partition)
+        )
+    }
+
+    /// Leases of one per-key limit scope: `ts:{q}:lease:<scope>`, a hash whose fields are
+    /// `<stream> <entry id>` of the tasks that hold one (see [`crate::keylimit`]).
+    pub fn lease(&self, scope: &str) -> String {
+        format!("{}lease:{scope}", self.tag_prefix())
+    }
+
+    /// Tasks of one scope waiting for a lease: `ts:{q}:parked:<scope>`, a list of task
+    /// JSON objects (the scheduled-set member format, with the `stream` they go back to).
+    pub fn parked(&self, scope: &str) -> String {
+        format!("{}parked:{scope}", self.tag_prefix())
+    }
+
+    /// Scopes with parked tasks: `ts:{q}:keyed`, a sorted set scope → its cap.
+    pub fn keyed(&self) -> String {
+        format!("{}keyed", self.tag_prefix())
+    }
+
     /// The heartbeat set of `group`: `ts:{q}:heartbeats` for the default group,
     /// `ts:{q}:heartbeats:<group>` for the others (a process reads one group per queue,
     /// and recoverers must only judge consumers of their own group).

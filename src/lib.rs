@@ -35,6 +35,7 @@
 #[cfg(feature = "http")]
 pub mod api;
 pub mod backoff;
+pub mod breaker;
 #[cfg(feature = "cli")]
 pub(crate) mod builtin;
 #[cfg(feature = "cli")]
@@ -54,6 +55,7 @@ pub mod http;
 #[cfg(feature = "http-handler")]
 pub mod http_handler;
 pub mod inspect;
+pub mod keylimit;
 pub mod keys;
 #[doc(hidden)]
 pub mod local_redis;

@@ -107,6 +107,20 @@ pub const SCHEDULE_LATE_TICKS_TOTAL: &str = "taskstream_schedule_late_ticks_tota
 /// The next tick of a schedule, Unix seconds (every scheduler reports it). Labels:
 /// schedule. Gauge.
 pub const SCHEDULE_NEXT_FIRE: &str = "taskstream_schedule_next_fire_timestamp_seconds";
+/// Tasks parked because their group key was at its `max_per_key` cap (each park counts;
+/// a task can park again after a turn). Labels: queue.
+pub const PARKED_TOTAL: &str = "taskstream_tasks_parked_total";
+/// Tasks waiting in Redis for their group key's turn (`max_per_key`). Labels: queue. Gauge.
+pub const PARKED: &str = "taskstream_parked_tasks";
+/// A circuit breaker's state: 0 closed, 1 half-open, 2 open (sampled from Redis by every
+/// replica). Labels: target. Gauge.
+pub const BREAKER_STATE: &str = "taskstream_breaker_state";
+/// Times a circuit breaker opened (counted by the replica whose call opened it). Labels:
+/// target.
+pub const BREAKER_OPENED_TOTAL: &str = "taskstream_breaker_opened_total";
+/// Tasks held back (to the schedule, same attempt) by an open circuit breaker. Labels:
+/// target.
+pub const BREAKER_HELD_TOTAL: &str = "taskstream_breaker_held_total";
 /// Build information: value 1. Labels: version.
 pub const BUILD_INFO: &str = "taskstream_build_info";
 

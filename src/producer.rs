@@ -64,8 +64,11 @@ pub struct NewTask {
     /// W3C traceparent; a new trace is started when not set.
     pub traceparent: Option<String>,
     /// Tasks with the same partition key go to the same partition of a partitioned queue
-    /// (otherwise: round-robin, or by idempotency key when there is one).
+    /// (otherwise: by group key, by idempotency key, or round-robin).
     pub partition_key: Option<String>,
+    /// Group key: at most the queue's `max_per_key` tasks of one key run at once, and
+    /// keys take turns (see [`crate::keylimit`]). Also picks the partition.
+    pub group_key: Option<String>,
 }
 
 impl NewTask {
@@ -99,6 +102,7 @@ impl NewTask {
             correlation: None,
             traceparent: None,
             partition_key: None,
+            group_key: None,
         }
     }
 
@@ -130,6 +134,11 @@ impl NewTask {
     /// Sets the task id.
     pub fn id(mut self, id: impl Into<String>) -> Self {
         self.id = Some(id.into());
+        self
+    }
+    /// Sets the group key (per-key concurrency limits, `max_per_key`).
+    pub fn group_key(mut self, k: impl Into<String>) -> Self {
+        self.group_key = Some(k.into());
         self
     }
     /// Sets the trace context.
@@ -318,6 +327,12 @@ impl Producer {
                 });
             }
         }
+        if let Some(k) = &t.group_key {
+            crate::keylimit::validate_group_key(k).map_err(|reason| Error::Invalid {
+                what: "group key",
+                reason,
+            })?;
+        }
         if let Some(k) = &t.idempotency_key {
             if k.is_empty() || k.len() > 256 {
                 return Err(Error::Invalid {
@@ -338,8 +353,13 @@ impl Producer {
         let (pool, n) = self.routes.route(&t.queue, &t.task_type);
         let keys = if n > 1 {
             // An idempotency key lives in its partition's slot, so a key must always pick
-            // the same partition or a duplicate would slip through another one.
-            let by = t.partition_key.as_deref().or(t.idempotency_key.as_deref());
+            // the same partition or a duplicate would slip through another one; a group
+            // key's leases live in one partition, so its tasks must all go there.
+            let by = t
+                .partition_key
+                .as_deref()
+                .or(t.group_key.as_deref())
+                .or(t.idempotency_key.as_deref());
             let p = match by {
                 Some(k) => crate::keys::partition_of(k, n),
                 None => {
@@ -372,6 +392,7 @@ impl Producer {
             reply_to: t.reply_to,
             correlation: t.correlation,
             traceparent: Some(traceparent),
+            group_key: t.group_key,
             ..Task::new(task_id.clone(), t.task_type, t.payload)
         };
         let scheduled = t.delay.is_some_and(|d| !d.is_zero());

@@ -41,6 +41,7 @@ macro_rules! runbooks {
 
 runbooks!(
     TaskstreamAckFailures,
+    TaskstreamCircuitBreakerOpen,
     TaskstreamCrossTypeDeliveries,
     TaskstreamDeadLetterQueueGrowing,
     TaskstreamDeadLetterRatioHigh,

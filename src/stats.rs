@@ -47,6 +47,11 @@ pub struct QueueStats {
     pub paused: bool,
     /// Consumer groups of both lanes.
     pub groups: Vec<GroupStats>,
+    /// Tasks waiting in Redis because their group key is at its `max_per_key` cap
+    /// (summed over at most 100 keys per partition; see [`crate::keylimit`]).
+    pub parked: u64,
+    /// Group keys (scopes) with parked tasks.
+    pub parked_keys: u64,
     /// Partitions the figures add up (1 for a queue that is not partitioned).
     pub partitions: u32,
     /// Each partition's own backlog and the node that holds it (partitioned queues only).
@@ -162,6 +167,12 @@ pub fn render_table(stats: &[QueueStats], rates: Option<&[f64]>) -> String {
             if s.paused { "yes" } else { "no" },
             rate
         ));
+        if s.parked_keys > 0 {
+            out.push_str(&format!(
+                "  parked: {} tasks of {} keys at their max_per_key cap\n",
+                s.parked, s.parked_keys
+            ));
+        }
         for p in &s.by_partition {
             out.push_str(&format!(
                 "  #{:<17} {:>9} {:>8} {:>9} {:>8} {:>8} {:>9}  {} slot {}{}\n",

@@ -69,6 +69,8 @@ pub mod field {
     pub const BACKOFF_BASE_MS: &str = "backoff_base_ms";
     /// Longest retry delay in ms; default from the queue configuration.
     pub const BACKOFF_CAP_MS: &str = "backoff_cap_ms";
+    /// Group key for per-key concurrency limits (`max_per_key`, see `crate::keylimit`).
+    pub const GROUP_KEY: &str = "group_key";
 }
 
 /// Current Unix time in milliseconds.
@@ -128,6 +130,8 @@ pub struct Task {
     pub backoff_base_ms: Option<u64>,
     /// Per-task longest retry delay in ms.
     pub backoff_cap_ms: Option<u64>,
+    /// Group key: tasks of one key share the queue's (or type's) `max_per_key` limit.
+    pub group_key: Option<String>,
 }
 
 /// Why a stream entry is not a valid task.
@@ -234,6 +238,7 @@ impl Task {
             only_group: None,
             backoff_base_ms: None,
             backoff_cap_ms: None,
+            group_key: None,
         }
     }
 
@@ -338,6 +343,14 @@ impl Task {
             | b"last_error" | b"only_group" => {
                 text(name, value)?;
             }
+            b"group_key" => {
+                crate::keylimit::validate_group_key(text(name, value)?).map_err(|reason| {
+                    DecodeError::Invalid {
+                        field: field::GROUP_KEY,
+                        reason,
+                    }
+                })?;
+            }
             _ => {}
         }
         Ok(())
@@ -411,6 +424,8 @@ impl Task {
                 b"traceparent" => t.traceparent = Some(utf8(&name, value)?),
                 b"last_error" => t.last_error = Some(utf8(&name, value)?),
                 b"only_group" => t.only_group = Some(utf8(&name, value)?),
+                // Checked by `check_field`.
+                b"group_key" => t.group_key = Some(utf8(&name, value)?),
                 // Unknown fields are ignored so newer producers can add optional fields.
                 _ => {}
             }
@@ -457,6 +472,7 @@ impl Task {
                 field::BACKOFF_CAP_MS,
                 self.backoff_cap_ms.map(|v| v.to_string()),
             ),
+            (field::GROUP_KEY, self.group_key.clone()),
         ];
         for (k, v) in opt {
             if let Some(v) = v {
@@ -545,6 +561,7 @@ mod tests {
             only_group: None,
             backoff_base_ms: Some(10),
             backoff_cap_ms: Some(100),
+            group_key: Some("tenant-1".into()),
         };
         let fields = t
             .encode()

@@ -46,6 +46,9 @@ pub(crate) struct TaskIn {
     /// Same key → same partition of a partitioned queue.
     #[serde(default)]
     partition_key: Option<String>,
+    /// Group key: tasks of one key share the queue's `max_per_key` limit.
+    #[serde(default)]
+    group_key: Option<String>,
     /// W3C trace context to continue.
     #[serde(default)]
     traceparent: Option<String>,
@@ -122,6 +125,11 @@ fn new_task(queue: &str, t: TaskIn) -> Result<NewTask, Problem> {
         }
     }
     n.partition_key = t.partition_key;
+    if let Some(k) = &t.group_key {
+        crate::keylimit::validate_group_key(k)
+            .map_err(|e| Problem::bad_request(format!("group_key {e}")))?;
+    }
+    n.group_key = t.group_key;
     if let Some(tp) = &t.traceparent {
         if !is_traceparent(tp) {
             return Err(Problem::bad_request(format!(

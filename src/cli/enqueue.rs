@@ -45,6 +45,10 @@ pub(crate) struct Args {
     /// first task's id.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Group key (a tenant, an account): at most the queue's `max_per_key` tasks of one
+    /// key run at once.
+    #[arg(long)]
+    group_key: Option<String>,
     /// Enqueue this many copies (pipelined), e.g. for a quick load.
     #[arg(long, default_value_t = 1)]
     count: usize,
@@ -76,6 +80,7 @@ impl Args {
         t.max_attempts = self.max_attempts;
         t.timeout = self.timeout;
         t.idempotency_key = self.idempotency_key.clone();
+        t.group_key = self.group_key.clone();
         t
     }
 }

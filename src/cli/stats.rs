@@ -81,6 +81,30 @@ pub(crate) async fn run(cfg: Config, a: Args) -> anyhow::Result<()> {
             }
             let table = crate::stats::render_table(&all, rates.as_deref());
             out!("{}", escape_controls(&table, true));
+            // Circuit breakers (`[[breakers]]`): one line each while not closed.
+            for b in insp.broker().breakers().await? {
+                if b.state != "closed" {
+                    let until = b
+                        .until_ms
+                        .map(|u| {
+                            format!(
+                                " for {} s more",
+                                u.saturating_sub(crate::task::now_ms()) / 1000
+                            )
+                        })
+                        .unwrap_or_default();
+                    outln!(
+                        "{}",
+                        escape_controls(
+                            &format!(
+                                "breaker {}: {}{until} (tasks of its types wait, same attempt)",
+                                b.target, b.state
+                            ),
+                            true
+                        )
+                    );
+                }
+            }
         }
         if !a.watch {
             return Ok(());

@@ -143,6 +143,7 @@ fn specs() -> Vec<Spec> {
                 "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "description": "Attempts in all before it is dead-lettered."},
                 "timeout_ms": {"type": "integer", "minimum": 1, "maximum": 604_800_000, "description": "Handler time limit in ms."},
                 "partition_key": {"type": "string", "maxLength": 256, "description": "Same key, same partition of a partitioned queue."},
+                "group_key": {"type": "string", "minLength": 1, "maxLength": 256, "description": "Group key (a tenant, an account): at most the queue's max_per_key tasks of one key run at once, and keys take turns."},
                 "traceparent": {"type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$", "description": "W3C trace context to continue."},
             }),
             required: &["queue", "type"],

@@ -146,6 +146,8 @@ impl Broker {
             total.express_length += s.express_length;
             total.scheduled += s.scheduled;
             total.dead_letters += s.dead_letters;
+            total.parked += s.parked;
+            total.parked_keys += s.parked_keys;
             total.oldest_bulk_age_seconds =
                 total.oldest_bulk_age_seconds.max(s.oldest_bulk_age_seconds);
             total.oldest_express_age_seconds = total
@@ -244,8 +246,22 @@ impl Broker {
             .arg(now.saturating_sub(lapse_ms))
             .arg("+inf");
         p.cmd("EXISTS").arg(&k.paused);
-        let (bl, el, sc, dl, ob, oe, live, paused): (u64, u64, u64, u64, Value, Value, u64, u64) =
-            self.pipe(&p).await?;
+        p.cmd("ZCARD").arg(k.keyed());
+        let (bl, el, sc, dl, ob, oe, live, paused, keyed): (
+            u64,
+            u64,
+            u64,
+            u64,
+            Value,
+            Value,
+            u64,
+            u64,
+            u64,
+        ) = self.pipe(&p).await?;
+        let (parked, parked_keys) = match keyed {
+            0 => (0, 0),
+            _ => self.parked(k, 100).await?,
+        };
         let age = |v: Value| -> f64 {
             let id = match v {
                 // stream_meta.lua: [oldest id or nil, entries-added].
@@ -272,6 +288,8 @@ impl Broker {
             live_workers: live,
             paused: paused > 0,
             groups,
+            parked,
+            parked_keys,
             partitions: 1,
             by_partition: Vec::new(),
         })

@@ -24,6 +24,7 @@
 //! `ACL SETUSER` that grants it, shown by `/ready` until that command succeeds again, and
 //! converted to [`crate::Error::NoPermission`] so the loops retry it.
 
+pub mod breaker;
 mod claim;
 mod conn;
 mod enqueue;
@@ -44,6 +45,7 @@ mod builtin;
 #[cfg(feature = "cli")]
 mod demo;
 mod inspect;
+pub(crate) mod keylimit;
 mod preflight;
 mod signals;
 

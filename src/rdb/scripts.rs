@@ -49,6 +49,10 @@ pub(crate) enum ScriptId {
     ScheduleTick,
     /// Pause or resume a schedule (`schedule_pause.lua`).
     SchedulePause,
+    /// Per-key concurrency: admit, release, sweep (`keylimit.lua`).
+    KeyLimit,
+    /// Circuit breaker: allow, record (`breaker.lua`).
+    Breaker,
 }
 
 /// `(id, file, source)` of every script, in [`ScriptId`] order.
@@ -139,6 +143,16 @@ pub(crate) const TABLE: &[(ScriptId, &str, &str)] = &[
         "schedule_pause.lua",
         include_str!("lua/schedule_pause.lua"),
     ),
+    (
+        ScriptId::KeyLimit,
+        "keylimit.lua",
+        include_str!("lua/keylimit.lua"),
+    ),
+    (
+        ScriptId::Breaker,
+        "breaker.lua",
+        include_str!("lua/breaker.lua"),
+    ),
 ];
 
 static COMPILED: LazyLock<Vec<Script>> =
@@ -213,7 +227,7 @@ mod tests {
                 "row {i} of the script table is out of order"
             );
         }
-        assert_eq!(TABLE.len(), ScriptId::SchedulePause as usize + 1);
+        assert_eq!(TABLE.len(), ScriptId::Breaker as usize + 1);
     }
 
     #[test]

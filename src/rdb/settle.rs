@@ -68,6 +68,9 @@ pub(crate) struct Settlement {
     /// How the task's record ends this run, on a queue that keeps results
     /// ([`crate::results`]); written right after the ACK, in the same round trip.
     pub record: Option<Box<RecordWrite>>,
+    /// The per-key lease the task holds ([`crate::keylimit`]), given back right after
+    /// the ACK, in the same round trip.
+    pub lease: Option<Box<super::keylimit::LeaseRelease>>,
 }
 
 impl Settlement {
@@ -209,6 +212,9 @@ fn build(scope: SettleScope<'_>, notes: &[RecordWrite], batch: &[Settlement]) ->
             args,
         ))
         .ignore();
+    }
+    for r in batch.iter().filter_map(|s| s.lease.as_deref()) {
+        super::keylimit::append_release(&mut p, keys, r);
     }
     for r in batch.iter().filter_map(|s| s.record.as_deref()) {
         super::results::append_record(&mut p, r);

@@ -177,6 +177,7 @@ mod tests {
             recovered: false,
             trace: None,
             record: None,
+            lease: None,
         }
     }
 

@@ -223,6 +223,23 @@ pub(crate) fn settlement(
         recovered: d.recovered,
         trace: None,
         record: None,
+        lease: None,
+    }
+}
+
+/// The settlement that holds `task` back while its circuit breaker is open: back in the
+/// schedule on the same attempt, due at `until_ms` (see [`crate::breaker`]).
+pub(crate) fn held(task: &Task, r: Reader<'_>, d: Delivery<'_>, until_ms: u64) -> Settlement {
+    let delay = Duration::from_millis(until_ms.saturating_sub(d.now_ms));
+    Settlement {
+        lane: d.lane,
+        entry_id: d.entry_id.to_string(),
+        action: retry(task.clone(), r, d, delay),
+        reply: None,
+        recovered: d.recovered,
+        trace: None,
+        record: None,
+        lease: None,
     }
 }
 
@@ -257,6 +274,7 @@ pub(crate) fn dead_on_arrival(
         recovered: d.recovered,
         trace: None,
         record: None,
+        lease: None,
     }
 }
 
@@ -272,6 +290,7 @@ pub(crate) fn skip(lane: Lane, entry_id: &str, recovered: bool) -> Settlement {
         recovered,
         trace: None,
         record: None,
+        lease: None,
     }
 }
 
@@ -294,6 +313,7 @@ pub(crate) fn moved(
         recovered,
         trace: None,
         record: None,
+        lease: None,
     }
 }
 

@@ -12,10 +12,13 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::breaker::Gate;
 use super::decide::{self, Delivery};
 use super::runtime::{QueueRuntime, Slot};
+use crate::keylimit;
 use crate::keys::Lane;
 use crate::metrics as m;
+use crate::rdb::keylimit::{Admission, LeaseRelease};
 use crate::rdb::RawEntry;
 use crate::routing::{self, Unserved};
 use crate::task::{now_ms, Fields, Task};
@@ -116,8 +119,41 @@ pub(crate) fn dispatch(
         return;
     };
     let attempt = task.attempt;
+    let limit = match rt.limited {
+        true => keylimit::limit_of(&rt.cfg, &task.task_type, task.group_key.as_deref()),
+        false => None,
+    };
     let rt = rt.clone();
     rt.tracker.clone().spawn(async move {
+        // Over its key's cap, the task is parked in Redis and gives its slot back here.
+        let lease = match limit {
+            None => None,
+            Some(limit) => match admit(&rt, lane, &entry.id, &task, limit).await {
+                Some(lease) => Some(lease),
+                None => return,
+            },
+        };
+        // A downstream behind an open circuit breaker: back to the schedule, same attempt.
+        let breaker = rt.breakers.of(&task.task_type).cloned();
+        let probe = match &breaker {
+            None => false,
+            Some(b) => {
+                let probe_ms = rt.cfg.policy(&task.task_type).timeout.as_millis() as u64;
+                match b.gate(&rt.broker, probe_ms.max(1_000)).await {
+                    Gate::Run { probe } => probe,
+                    Gate::Hold(until) => {
+                        let now = crate::task::now_ms();
+                        let until = crate::breaker::hold_until(now, until, rand::random());
+                        metrics::counter!(m::BREAKER_HELD_TOTAL, "target" => b.cfg.target.clone()).increment(1);
+                        tracing::debug!(queue = %rt.cfg.name, task_id = %task.id, target_name = %b.cfg.target, back_in_ms = until - now, "task held: its circuit breaker is open");
+                        let mut s = decide::held(&task, rt.reader(), delivery(lane, &entry.id, task.attempt, recovered), until);
+                        s.lease = lease;
+                        rt.settler.send(s);
+                        return;
+                    }
+                }
+            }
+        };
         let _alone = if deliveries >= ISOLATE_FROM.min(rt.max_deliveries) {
             drop(slot);
             // Every slot the process has *now*: the SLA loop may have shrunk the semaphore
@@ -137,8 +173,61 @@ pub(crate) fn dispatch(
                 tracing::warn!(queue = %rt.cfg.name, entry_id = %entry.id, error = %e, "could not record the start of a recovered task");
             }
         }
-        super::execute::execute(rt, lane, entry.id, task, attempt, handler, recovered).await;
+        let guard = breaker.map(|b| super::execute::Guard { breaker: b, probe });
+        super::execute::execute(
+            rt, lane, entry.id, task, attempt, handler, recovered, lease, guard,
+        )
+        .await;
     });
+}
+
+/// Takes a lease of `limit` for the task, or parks it (see [`crate::keylimit`]): `None`
+/// when it is parked or no longer ours, after which the caller drops the slot. Redis
+/// errors are retried with a growing pause until shutdown, which leaves the entry pending
+/// for recovery.
+async fn admit(
+    rt: &QueueRuntime,
+    lane: Lane,
+    entry_id: &str,
+    task: &Task,
+    limit: keylimit::Limit,
+) -> Option<Box<LeaseRelease>> {
+    let stream = rt.keys.lane_stream(lane);
+    let item = keylimit::parked_item(task, stream);
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        match rt
+            .broker
+            .admit(&rt.keys, stream, &rt.group, entry_id, &limit, &item)
+            .await
+        {
+            Ok(Admission::Run) => {
+                return Some(Box::new(LeaseRelease {
+                    field: keylimit::lease_field(stream, entry_id),
+                    limit,
+                }))
+            }
+            Ok(a) => {
+                if a == Admission::Parked {
+                    tracing::debug!(queue = %rt.cfg.name, task_id = %task.id, scope = %limit.scope, "task parked: its key is at max_per_key");
+                    metrics::counter!(m::PARKED_TOTAL, "queue" => rt.cfg.name.clone()).increment(1);
+                }
+                rt.tracked.release(std::iter::once(entry_id));
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(queue = %rt.cfg.name, task_id = %task.id, error = %e, retry_in_ms = pause.as_millis() as u64, "could not take the task's per-key lease; retrying");
+                tokio::select! {
+                    _ = rt.stopping.cancelled() => {
+                        rt.tracked.release(std::iter::once(entry_id));
+                        return None;
+                    }
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// The delivery facts of a settlement made now.

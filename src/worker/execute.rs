@@ -21,7 +21,9 @@ use crate::keys::Lane;
 use crate::metrics as m;
 use crate::task::{entry_id_ms, now_ms, Task};
 
-/// Runs `handler` on `task` (entry `entry_id` of `lane`, run number `attempt`) and settles.
+/// Runs `handler` on `task` (entry `entry_id` of `lane`, run number `attempt`) and settles,
+/// giving back the task's per-key `lease` with the settlement.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn execute(
     rt: Arc<QueueRuntime>,
     lane: Lane,
@@ -30,6 +32,8 @@ pub(crate) async fn execute(
     attempt: u32,
     handler: Arc<dyn Handler>,
     recovered: bool,
+    lease: Option<Box<crate::rdb::keylimit::LeaseRelease>>,
+    guard: Option<Guard>,
 ) {
     let policy = decide::run_policy(rt.cfg.policy(&task.task_type), &task);
     let tm = rt.type_metrics(&task.task_type);
@@ -191,6 +195,17 @@ pub(crate) async fn execute(
         let (label, error) = trace_outcome(&decision);
         t.executed(label, error)
     });
+    if let Some(g) = &guard {
+        let probe_ms = policy.timeout.as_millis() as u64;
+        g.breaker
+            .record(
+                &rt.broker,
+                probe_ms.max(1_000),
+                breaker_outcome(&decision),
+                g.probe,
+            )
+            .await;
+    }
     let record = rt.record_end(task, attempt, ended(&decision));
     let mut s = decide::settlement(
         decision,
@@ -200,7 +215,29 @@ pub(crate) async fn execute(
     );
     s.trace = settle_span.map(Box::new);
     s.record = record;
+    s.lease = lease;
     rt.settler.send(s);
+}
+
+/// The circuit breaker a run reports to, and whether it is the half-open probe.
+pub(crate) struct Guard {
+    /// The breaker of the task's type.
+    pub breaker: Arc<super::breaker::Breaker>,
+    /// This run is the probe.
+    pub probe: bool,
+}
+
+/// What a run said about its downstream: a retryable failure or time-out is the target's
+/// (a permanent error is the task's own, and means the target answered).
+fn breaker_outcome(d: &Decision) -> crate::breaker::Outcome {
+    use crate::breaker::Outcome;
+    match d {
+        Decision::Succeeded(_) => Outcome::Ok,
+        Decision::Retry { .. } => Outcome::Fail,
+        Decision::Dead { label, .. } if *label == "exhausted" => Outcome::Fail,
+        Decision::Dead { .. } => Outcome::Ok,
+        Decision::Cancelled | Decision::HandBack => Outcome::None,
+    }
 }
 
 /// How the task's record tells `d` (`None`: a hand-back, which is not an end of a run).

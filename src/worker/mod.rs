@@ -14,6 +14,7 @@
 //! Tasks held by a pause (see [`pause`]) are handed back when shutdown begins.
 
 pub(crate) mod batch;
+pub(crate) mod breaker;
 mod builder;
 pub(crate) mod decide;
 pub(crate) mod dispatch;
@@ -259,6 +260,11 @@ impl Worker {
         let loops = TaskTracker::new();
         let ackers = TaskTracker::new();
         let mut runtimes = Vec::new();
+        let breakers = Arc::new(breaker::Breakers::new(&cfg.breakers));
+        let targets: Vec<String> = cfg.breakers.iter().map(|b| b.target.clone()).collect();
+        if let Err(e) = broker.register_breakers(&targets).await {
+            tracing::warn!(error = %e, "could not record the circuit breakers for stats");
+        }
         for q in &cfg.queues {
             let capacity = runtime::Capacity::of(q);
             for keys in crate::keys::QueueKeys::partitions(&q.name, q.pool.as_deref(), q.partitions)
@@ -275,6 +281,7 @@ impl Worker {
                     hard_stop: hard_stop.clone(),
                     stopping: stop_reading.clone(),
                     broker: broker.clone(),
+                    breakers: breakers.clone(),
                 });
                 let rt = Arc::new(rt);
                 let settler = settler::Settler {

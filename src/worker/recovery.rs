@@ -54,6 +54,9 @@ pub(crate) struct RecoveryConfig {
     pub min_idle: Duration,
 }
 
+/// Scopes with parked tasks one recovery round looks at (picked at random in Redis).
+const SWEEP_SCOPES: u32 = 16;
+
 /// Longest time one recovery round waits for a slot to run a dead consumer's entries.
 const SLOT_WAIT: Duration = Duration::from_secs(2);
 
@@ -226,6 +229,19 @@ pub(crate) async fn run(rt: Arc<QueueRuntime>, cfg: RecoveryConfig, stop: Cancel
                     crate::health::set_redis_up(false);
                 }
                 tracing::debug!(queue = %rt.cfg.name, error = %e, "recovery: redis error");
+            }
+        }
+        if rt.limited {
+            // Per-key limits: revive scopes whose leases were pruned rather than released
+            // (see `crate::keylimit`); a claimed entry keeps its lease and runs under it.
+            match rt.broker.sweep_keys(&rt.keys, SWEEP_SCOPES).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(queue = %rt.cfg.name, moved = n, "per-key sweep: parked tasks moved back to their streams")
+                }
+                Err(e) => {
+                    tracing::debug!(queue = %rt.cfg.name, error = %e, "per-key sweep: redis error")
+                }
             }
         }
         if last_idle.elapsed() >= idle_every {

@@ -94,6 +94,8 @@ pub(crate) struct RuntimeParts {
     pub stopping: CancellationToken,
     /// The broker.
     pub broker: Broker,
+    /// The process's circuit breakers, by task type.
+    pub breakers: Arc<super::breaker::Breakers>,
 }
 
 /// Everything the loops of one queue share.
@@ -157,6 +159,11 @@ pub(crate) struct QueueRuntime {
     pub inflight_express: metrics::Gauge,
     /// What the queue keeps of its tasks (`result_ttl_secs`); `None`: nothing.
     pub results: Option<crate::results::ResultsPolicy>,
+    /// Some task of the queue can fall under a per-key limit (`max_per_key`): dispatch
+    /// then looks at group keys ([`crate::keylimit`]).
+    pub limited: bool,
+    /// The process's circuit breakers, by task type ([`crate::breaker`]).
+    pub breakers: Arc<super::breaker::Breakers>,
 }
 
 impl QueueRuntime {
@@ -174,6 +181,7 @@ impl QueueRuntime {
             hard_stop,
             stopping,
             broker,
+            breakers,
         } = p;
         let q = cfg.name.clone();
         metrics::gauge!(m::CONCURRENCY, "queue" => q.clone()).set(cfg.concurrency as f64);
@@ -221,6 +229,8 @@ impl QueueRuntime {
             inflight_bulk: metrics::gauge!(m::IN_FLIGHT, "queue" => q.clone(), "lane" => "bulk"),
             inflight_express: metrics::gauge!(m::IN_FLIGHT, "queue" => q, "lane" => "express"),
             results: crate::results::ResultsPolicy::of(&cfg),
+            limited: crate::keylimit::limited(&cfg),
+            breakers,
             keys,
             consumer,
             cfg,
