@@ -196,6 +196,19 @@ enum Mode {
         #[arg(long, default_value_t = 1.0)]
         ratio: f64,
     },
+    /// The scheduler's cost per tick (issue 13): worker processes run it with no schedule
+    /// and with many firing every second; client and Redis CPU per tick fired.
+    Schedule {
+        /// Schedules, each every 1 s.
+        #[arg(long, default_value_t = 200)]
+        schedules: usize,
+        /// Seconds measured.
+        #[arg(long, default_value_t = 20)]
+        secs: u64,
+        /// Worker processes running the scheduler (each tick is claimed by one of them).
+        #[arg(long, default_value_t = 2)]
+        replicas: usize,
+    },
     /// Re-delivery delay after SIGKILL of the worker holding a task.
     Recovery {
         /// Kills.
@@ -876,6 +889,92 @@ async fn keys_bench(url: &str, tasks: usize, rounds: usize) -> Result<()> {
         "RESULT none_tasks_per_s={none:.0} loose_tasks_per_s={loose:.0} tight_tasks_per_s={tight:.0} loose_ratio={:.3} tight_ratio={:.3}",
         loose / none,
         tight / none
+    );
+    Ok(())
+}
+
+/// Redis CPU so far (user + system), in µs, from `INFO cpu`.
+fn redis_cpu_micros(url: &str) -> Result<u64> {
+    let mut c = redis::Client::open(url)?.get_connection()?;
+    let info: String = redis::cmd("INFO").arg("cpu").query(&mut c)?;
+    let field = |k: &str| -> f64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(((field("used_cpu_user:") + field("used_cpu_sys:")) * 1e6) as u64)
+}
+
+async fn schedule_bench(url: &str, schedules: usize, secs: u64, replicas: usize) -> Result<()> {
+    println!("schedule: {replicas} worker processes run the scheduler for {secs} s, with no schedule and with {schedules} schedules every 1 s (ticks to a queue nobody reads); CPU per tick = (CPU with - CPU without) / ticks fired");
+    let bin = taskstream_bin()?;
+    let dir = std::env::temp_dir().join(format!("taskstream-sched-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    let mut figures = Vec::new();
+    for (round, n) in [0usize, schedules].into_iter().enumerate() {
+        let mut toml = format!("[redis]\nurl = \"{url}\"\n[http]\nlisten = \"\"\n[[queues]]\nname = \"schedidle{round}\"\nconcurrency = 4\nexpress_concurrency = 1\n");
+        for i in 0..n {
+            toml.push_str(&format!("[[schedules]]\nname = \"bench-r{round}-{i}\"\nevery = \"1s\"\nqueue = \"schedsink\"\ntype = \"noop\"\n"));
+        }
+        let cfg = dir.join(format!("s{round}.toml"));
+        std::fs::write(&cfg, toml)?;
+        let mut procs = Vec::new();
+        for r in 0..replicas {
+            procs.push(spawn_worker(
+                &bin,
+                &cfg,
+                &format!("sched-{round}-{r}"),
+                &dir,
+            )?);
+        }
+        // Let them start and write the definitions before measuring.
+        std::thread::sleep(Duration::from_secs(3));
+        let fired = |c: &mut redis::Connection| -> Result<u64> {
+            let mut total = 0;
+            for i in 0..n {
+                let f: Option<u64> = redis::cmd("HGET")
+                    .arg(format!("ts:{{schedsink}}:schedule:bench-r{round}-{i}"))
+                    .arg("fired")
+                    .query(c)?;
+                total += f.unwrap_or(0);
+            }
+            Ok(total)
+        };
+        let pids: Vec<String> = procs.iter().map(|p| p.id().to_string()).collect();
+        let (c0, r0, f0) = (
+            pids.iter().map(|p| cpu_micros(p)).sum::<u64>(),
+            redis_cpu_micros(url)?,
+            fired(&mut conn)?,
+        );
+        std::thread::sleep(Duration::from_secs(secs));
+        let (c1, r1, f1) = (
+            pids.iter().map(|p| cpu_micros(p)).sum::<u64>(),
+            redis_cpu_micros(url)?,
+            fired(&mut conn)?,
+        );
+        for mut p in procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        println!(
+            "  {n:>4} schedules: {} ticks fired, workers {:.1} ms CPU/s, Redis {:.1} ms CPU/s",
+            f1 - f0,
+            (c1 - c0) as f64 / 1000.0 / secs as f64,
+            (r1 - r0) as f64 / 1000.0 / secs as f64
+        );
+        figures.push((f1 - f0, c1 - c0, r1 - r0));
+    }
+    let _: () = redis::cmd("DEL").arg("ts:schedules").query(&mut conn)?;
+    let (idle, busy) = (figures[0], figures[1]);
+    let ticks = busy.0.max(1) as f64;
+    let client = busy.1.saturating_sub(idle.1) as f64 / ticks;
+    let redis_us = busy.2.saturating_sub(idle.2) as f64 / ticks;
+    println!(
+        "RESULT ticks={} ticks_per_s={:.0} client_cpu_us_per_tick={client:.0} redis_cpu_us_per_tick={redis_us:.0}",
+        busy.0,
+        busy.0 as f64 / secs as f64
     );
     Ok(())
 }
@@ -1896,6 +1995,11 @@ async fn main() -> Result<()> {
         Mode::Trace { tasks, rounds } => trace_bench(&url, tasks, rounds).await,
         Mode::Results { tasks, rounds } => results_bench(&url, tasks, rounds).await,
         Mode::Keys { tasks, rounds } => keys_bench(&url, tasks, rounds).await,
+        Mode::Schedule {
+            schedules,
+            secs,
+            replicas,
+        } => schedule_bench(&url, schedules, secs, replicas).await,
         Mode::Sizes { tasks } => sizes_bench(&url, tasks).await,
         Mode::Latency {
             tasks,

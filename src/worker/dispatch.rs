@@ -1,7 +1,11 @@
 //! Dispatch: the first step of a delivery in the process. Takes one delivered entry and
 //! either starts its execution on the slot it came with, or settles it at once — skipped
 //! (deleted while pending, meant for another group), cancelled, forwarded to the pool that
-//! serves its type, or dead-lettered (malformed, unknown type) with the reason.
+//! serves its type, or dead-lettered (malformed, unknown type) with the reason. Before it
+//! runs, a task with a group key on a limited queue takes a per-key lease or is parked in
+//! Redis ([`crate::keylimit`]), and a task whose type calls a downstream behind an open
+//! circuit breaker goes back to the schedule on the same attempt ([`crate::breaker`]);
+//! either way its slot is given back at once.
 //!
 //! A recovered entry may be what killed its last worker: from the third delivery on it
 //! runs *isolated* (it waits for every slot of the queue in this process, so nothing else
