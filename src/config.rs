@@ -1124,14 +1124,14 @@ impl Config {
                     ),
                 );
             }
-            let per_key = |v: Option<u32>| v.is_some_and(|n| n == 0 || n > MAX_PER_KEY);
-            if per_key(q.max_per_key) {
+            let per_key = |v: Option<u32>| {
+                v.filter(|n| *n == 0 || *n > MAX_PER_KEY)
+                    .map(|n| format!("must be 1 to {MAX_PER_KEY}, got {n}"))
+            };
+            if let Some(r) = per_key(q.max_per_key) {
                 bad(
                     k("max_per_key"),
-                    format!(
-                        "must be 1 to {MAX_PER_KEY}, got {}; leave it out for no per-key limit",
-                        q.max_per_key.unwrap_or(0)
-                    ),
+                    format!("{r}; leave it out for no per-key limit"),
                 );
             }
             let keyed =
@@ -1178,14 +1178,8 @@ impl Config {
                 if o.burst.is_some() && o.rate_per_sec.is_none() {
                     bad(tk("burst"), "needs rate_per_sec".into());
                 }
-                if per_key(o.max_per_key) {
-                    bad(
-                        tk("max_per_key"),
-                        format!(
-                            "must be 1 to {MAX_PER_KEY}, got {}",
-                            o.max_per_key.unwrap_or(0)
-                        ),
-                    );
+                if let Some(r) = per_key(o.max_per_key) {
+                    bad(tk("max_per_key"), r);
                 }
             }
         }
