@@ -93,7 +93,10 @@ async fn an_outage_opens_the_breaker_everywhere_and_loses_no_task() {
     let mut first_open: Option<Instant> = None;
     let mut outage: Option<(Instant, Instant)> = None;
     let mut i = 0;
+    // The producer's pace (and how often the outage switch and the state are looked at).
+    let mut pace = tokio::time::interval(Duration::from_millis(10));
     while t0.elapsed() < Duration::from_secs(13) {
+        pace.tick().await;
         let now = t0.elapsed();
         let down = now >= Duration::from_secs(1) && now < Duration::from_secs(11);
         if down && outage.is_none() {
@@ -117,7 +120,6 @@ async fn an_outage_opens_the_breaker_everywhere_and_loses_no_task() {
             ids.push(id);
             i += 1;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await; // pacing the producer
     }
     let (down_from, down_until) = outage.expect("the outage happened");
     let first_open = first_open.expect("the breaker never opened during the outage");

@@ -409,6 +409,60 @@ fn refused(text: &str) -> String {
     c.validate("w.toml").expect_err("refused").to_string()
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_cancelled_while_parked_gives_its_turn_back() {
+    let _g = common::heavy().await;
+    let redis = RedisServer::start();
+    let toml = worker_toml(&redis.url(), "cxl", "", "max_per_key = 1");
+    let mut w = WorkerProc::spawn(&toml);
+    let cfg = Config::parse("w.toml", &toml).unwrap();
+    let p = Producer::connect(&cfg).await.unwrap();
+    let mut conn = p.connection();
+    let task = |id: &str, ms: u64| {
+        NewTask::raw(
+            "cxl",
+            "builtin.record",
+            json!({"key": "runs", "ms": ms}).to_string(),
+        )
+        .id(id)
+        .group_key("c")
+    };
+    // c1 runs for a while; c2 parks behind it and is cancelled there.
+    p.enqueue(task("c1", 1_500)).await.unwrap();
+    poll("c1 started", Duration::from_secs(10), || {
+        let r = executions(&mut redis.sync_conn(), "runs");
+        async move { r.contains_key("c1").then_some(()) }
+    })
+    .await;
+    p.enqueue(task("c2", 0)).await.unwrap();
+    poll("c2 parked", Duration::from_secs(10), || {
+        let l = leftovers(&mut redis.sync_conn(), "cxl");
+        async move { (l.1 == 1).then_some(()) }
+    })
+    .await;
+    taskstream::signals::cancel_task(&mut conn, "cxl", "c2")
+        .await
+        .unwrap();
+    // When c1 ends, c2 gets its turn, is found cancelled, and hands the turn on to c3 (its
+    // settlement releases the lease; without that the sweep would prune the dead lease).
+    p.enqueue(task("c3", 0)).await.unwrap();
+    poll("c3 ran", Duration::from_secs(20), || {
+        let r = executions(&mut redis.sync_conn(), "runs");
+        async move { r.contains_key("c3").then_some(()) }
+    })
+    .await;
+    let runs = executions(&mut redis.sync_conn(), "runs");
+    assert!(!runs.contains_key("c2"), "the cancelled task ran: {runs:?}");
+    // And no lease is left behind by the cancelled task's turn.
+    let left = poll("nothing left behind", Duration::from_secs(10), || {
+        let l = leftovers(&mut redis.sync_conn(), "cxl");
+        async move { (l == (0, 0, 0)).then_some(l) }
+    })
+    .await;
+    assert_eq!(left, (0, 0, 0));
+    w.terminate(Duration::from_secs(30));
+}
+
 #[test]
 fn bad_limits_are_refused_with_the_key() {
     let base = "[[queues]]\nname = \"q\"\n";

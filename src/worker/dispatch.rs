@@ -85,6 +85,14 @@ pub(crate) fn dispatch(
             delivery(lane, &entry.id, task.attempt, recovered),
         );
         s.record = rt.record_end(&task, task.attempt, Some(crate::results::Ended::Cancelled));
+        // A parked task cancelled while it waited comes back with its turn's lease taken:
+        // give it back with the settlement (a release of a lease never taken is a no-op).
+        s.lease = key_limit(rt, &task).map(|limit| {
+            Box::new(LeaseRelease {
+                field: keylimit::lease_field(rt.keys.lane_stream(lane), &entry.id),
+                limit,
+            })
+        });
         rt.settler.send(s);
         return;
     }
@@ -123,10 +131,7 @@ pub(crate) fn dispatch(
         return;
     };
     let attempt = task.attempt;
-    let limit = match rt.limited {
-        true => keylimit::limit_of(&rt.cfg, &task.task_type, task.group_key.as_deref()),
-        false => None,
-    };
+    let limit = key_limit(rt, &task);
     let rt = rt.clone();
     rt.tracker.clone().spawn(async move {
         // Over its key's cap, the task is parked in Redis and gives its slot back here.
@@ -183,6 +188,14 @@ pub(crate) fn dispatch(
         )
         .await;
     });
+}
+
+/// The per-key limit `task` falls under on this queue, if any.
+fn key_limit(rt: &QueueRuntime, task: &Task) -> Option<keylimit::Limit> {
+    match rt.limited {
+        true => keylimit::limit_of(&rt.cfg, &task.task_type, task.group_key.as_deref()),
+        false => None,
+    }
 }
 
 /// Takes a lease of `limit` for the task, or parks it (see [`crate::keylimit`]): `None`
