@@ -16,6 +16,7 @@ use crate::config::{Config, LogFormat};
 
 mod alerts;
 mod alloc;
+pub use alloc::{return_large_blocks_promptly, Allocator};
 mod config_check;
 mod demo;
 mod dlq;
