@@ -6,7 +6,7 @@
 //! atomically, so "seen before" and "added" can never disagree after a crash.
 //! `enqueue_batch` sends all of its commands in one pipeline (one round trip).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -183,6 +183,8 @@ pub struct Producer {
     wait: Option<rdb::WaitFor>,
     /// Round-robin position over the partitions of partitioned queues.
     next_partition: Arc<std::sync::atomic::AtomicU32>,
+    /// The keys of the queues and partitions this producer sent to.
+    keys: KeyCache,
     /// Ends the connection's name-refresh loop when the last clone of a producer made by
     /// [`Producer::connect`] is dropped. Without it the loop held a handle on the
     /// connection forever: every dropped producer left a connection and a task behind.
@@ -219,7 +221,61 @@ pub fn new_traceparent() -> String {
     // W3C: trace id and parent id must not be all zeros.
     let trace = rand::random::<u128>().max(1);
     let span = rand::random::<u64>().max(1);
-    format!("00-{trace:032x}-{span:016x}-01")
+    // Written digit by digit: `format!` with padded hex cost ~1,700 instructions, on every
+    // enqueue (issue 14.1).
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    push_hex(&mut s, trace, 32);
+    s.push('-');
+    push_hex(&mut s, span as u128, 16);
+    s.push_str("-01");
+    s
+}
+
+/// Appends the low `digits` hex digits of `v`, lowercase, zero-padded.
+fn push_hex(s: &mut String, v: u128, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for i in (0..digits).rev() {
+        s.push(HEX[((v >> (4 * i)) & 0xf) as usize] as char);
+    }
+}
+
+/// The keys of every (queue, partition) a producer sent to, built once. A [`QueueKeys`]
+/// is fifteen formatted key names, and building one for every enqueued task was a
+/// quarter of the client's instructions per task (issue 14.1, `load-tests/README.md`).
+/// Bounded: beyond [`KEY_CACHE_QUEUES`] queues it starts over (queue names come from
+/// callers, e.g. the HTTP API).
+#[derive(Clone, Default)]
+struct KeyCache(Arc<Mutex<HashMap<String, Partitions>>>);
+
+/// The keys of a queue's partitions, by partition number, as they were first needed.
+type Partitions = Vec<Option<Arc<QueueKeys>>>;
+
+/// Queues whose keys a producer keeps at most.
+const KEY_CACHE_QUEUES: usize = 1024;
+
+impl KeyCache {
+    /// The keys of partition `p` of `queue`.
+    fn get(&self, queue: &str, p: u32) -> Arc<QueueKeys> {
+        let mut m = self.0.lock().expect("poisoned");
+        if let Some(k) = m
+            .get(queue)
+            .and_then(|v| v.get(p as usize))
+            .and_then(Option::as_ref)
+        {
+            return k.clone();
+        }
+        if m.len() >= KEY_CACHE_QUEUES && !m.contains_key(queue) {
+            m.clear();
+        }
+        let keys = Arc::new(QueueKeys::partition(queue, p));
+        let v = m.entry(queue.to_string()).or_default();
+        if v.len() <= p as usize {
+            v.resize(p as usize + 1, None);
+        }
+        v[p as usize] = Some(keys.clone());
+        keys
+    }
 }
 
 impl Producer {
@@ -232,6 +288,7 @@ impl Producer {
             routes: RouteCache::default(),
             wait: None,
             next_partition: Arc::default(),
+            keys: KeyCache::default(),
             _name_loop: None,
             waiters: None,
         }
@@ -348,7 +405,12 @@ impl Producer {
         &self,
         t: NewTask,
         now: u64,
-    ) -> Result<(NewEntry, bool, Option<crate::telemetry::Span>, QueueKeys)> {
+    ) -> Result<(
+        NewEntry,
+        bool,
+        Option<crate::telemetry::Span>,
+        Arc<QueueKeys>,
+    )> {
         self.check(&t)?;
         let (pool, n) = self.routes.route(&t.queue, &t.task_type);
         let keys = if n > 1 {
@@ -368,9 +430,9 @@ impl Producer {
                         % n
                 }
             };
-            QueueKeys::partition(&t.queue, p)
+            self.keys.get(&t.queue, p)
         } else {
-            QueueKeys::new(&t.queue)
+            self.keys.get(&t.queue, 0)
         };
         let lane = t.lane();
         let task_id =
@@ -549,7 +611,10 @@ impl Producer {
     }
 
     /// [`Producer::enqueue_batch`], with the keys of the partition each task went to.
-    async fn enqueue_with_keys(&self, tasks: Vec<NewTask>) -> Result<Vec<(Enqueued, QueueKeys)>> {
+    async fn enqueue_with_keys(
+        &self,
+        tasks: Vec<NewTask>,
+    ) -> Result<Vec<(Enqueued, Arc<QueueKeys>)>> {
         if tasks.is_empty() {
             return Ok(Vec::new());
         }
@@ -627,5 +692,51 @@ impl Producer {
         self.register_queues(queues.iter().map(|(q, _)| q.as_str()))
             .await?;
         self.broker().enqueue(entries).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-written hex is what `format!` writes, zero padding included.
+    #[test]
+    fn traceparents_are_the_w3c_layout() {
+        for (v, digits) in [
+            (0u128, 32),
+            (1, 32),
+            (u128::MAX, 32),
+            (0xabc, 16),
+            (u64::MAX as u128, 16),
+        ] {
+            let mut s = String::new();
+            push_hex(&mut s, v, digits);
+            let want = match digits {
+                32 => format!("{v:032x}"),
+                _ => format!("{v:016x}"),
+            };
+            assert_eq!(s, want);
+        }
+        let t = new_traceparent();
+        let parsed = crate::telemetry::TraceContext::parse(&t).expect("a valid traceparent");
+        assert!(parsed.sampled);
+        assert_eq!(t.len(), 55);
+    }
+
+    /// Cached keys are the keys, per partition, and the cache stays bounded.
+    #[test]
+    fn cached_keys_are_built_once_and_bounded() {
+        let c = KeyCache::default();
+        let a = c.get("orders", 2);
+        assert_eq!(*a, QueueKeys::partition("orders", 2));
+        assert!(Arc::ptr_eq(&a, &c.get("orders", 2)));
+        assert_eq!(*c.get("orders", 0), QueueKeys::new("orders"));
+        for i in 0..3 * KEY_CACHE_QUEUES {
+            assert_eq!(
+                c.get(&format!("q{i}"), 0).stream,
+                QueueKeys::new(&format!("q{i}")).stream
+            );
+        }
+        assert!(c.0.lock().unwrap().len() <= KEY_CACHE_QUEUES);
     }
 }
