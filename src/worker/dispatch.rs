@@ -133,7 +133,10 @@ pub(crate) fn dispatch(
     let attempt = task.attempt;
     let limit = key_limit(rt, &task);
     let rt = rt.clone();
-    rt.tracker.clone().spawn(async move {
+    // Boxed: a spawned future is moved into its task and its stage rewritten as it runs and
+    // ends, each a copy of the whole future, and this one (the run with its context) is
+    // large; behind a box the copies are of a pointer (issue 14.1).
+    rt.tracker.clone().spawn(Box::pin(async move {
         // Over its key's cap, the task is parked in Redis and gives its slot back here.
         let lease = match limit {
             None => None,
@@ -187,7 +190,7 @@ pub(crate) fn dispatch(
             rt, lane, entry.id, task, attempt, handler, recovered, lease, guard,
         )
         .await;
-    });
+    }));
 }
 
 /// The per-key limit `task` falls under on this queue, if any.
