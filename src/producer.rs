@@ -400,7 +400,7 @@ impl Producer {
     )> {
         self.check(&t)?;
         let (pool, n) = self.routes.route(&t.queue, &t.task_type);
-        let keys = if n > 1 {
+        let p = if n > 1 {
             // An idempotency key lives in its partition's slot, so a key must always pick
             // the same partition or a duplicate would slip through another one; a group
             // key's leases live in one partition, so its tasks must all go there.
@@ -409,18 +409,18 @@ impl Producer {
                 .as_deref()
                 .or(t.group_key.as_deref())
                 .or(t.idempotency_key.as_deref());
-            let p = match by {
+            match by {
                 Some(k) => crate::keys::partition_of(k, n),
                 None => {
                     self.next_partition
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                         % n
                 }
-            };
-            self.keys.get(&t.queue, p)
+            }
         } else {
-            self.keys.get(&t.queue, 0)
+            0
         };
+        let keys = self.keys.get(&t.queue, p);
         let lane = t.lane();
         let task_id =
             t.id.clone()
